@@ -1,0 +1,107 @@
+"""The one image decoder, and image listing.
+
+Every stage reads pixels through ``decode_rgb`` so stage 1 and stage 2 see the same image:
+EXIF orientation applied, any mode (CMYK, grayscale, palette, 16-bit) converted to 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# Refuse decompression bombs well above ImageNet sizes, but allow large photos (~180 MP).
+Image.MAX_IMAGE_PIXELS = 180_000_000
+# A truncated JPEG is an error, not a silently grey-padded image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageDecodeError(Exception):
+    """An image that cannot be decoded; ``reason`` says why in a few words."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def decode_rgb(path) -> np.ndarray:
+    """Decode ``path`` to uint8 RGB ``[H, W, 3]`` with EXIF rotation applied.
+
+    Raises ImageDecodeError (never another exception) for unreadable files.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise ImageDecodeError(path, f"cannot read file ({err.strerror})") from None
+    if size == 0:
+        raise ImageDecodeError(path, "empty file (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode == "I;16" or img.mode == "I":
+                # 16-bit grayscale: scale to 8 bit before RGB conversion (PIL would clip).
+                arr = np.asarray(img, dtype=np.float32)
+                arr = np.clip(arr / 257.0, 0, 255).astype(np.uint8)
+                return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+            if img.mode != "RGB":
+                if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                    img = img.convert("RGBA")
+                img = img.convert("RGB")
+            return np.asarray(img, dtype=np.uint8).copy()
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(path, f"image too large ({err})") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        reason = str(err) or type(err).__name__
+        if "truncated" in reason.lower():
+            reason = f"truncated image ({reason})"
+        elif "cannot identify image file" in reason:
+            reason = "not an image (unrecognized format)"
+        raise ImageDecodeError(path, reason) from None
+
+
+def list_images(root, file_list=None) -> list[str]:
+    """Sorted keys (paths relative to ``root``, '/'-separated) of every image under ``root``.
+
+    With ``file_list`` (a text file, one relative path per line) only those are taken; a listed
+    file that does not exist is an error naming it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image root {root} is not a directory")
+    if file_list is not None:
+        keys = []
+        for line in Path(file_list).read_text().splitlines():
+            key = line.strip().replace(os.sep, "/")
+            if not key or key.startswith("#"):
+                continue
+            if not (root / key).is_file():
+                raise FileNotFoundError(f"{file_list}: listed image {key} not found under {root}")
+            keys.append(key)
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"{file_list}: lists some images twice")
+        return sorted(keys)
+    keys = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        for name in filenames:
+            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+                key = name if rel == "." else f"{rel}/{name}"
+                keys.append(key.replace(os.sep, "/"))
+    return sorted(keys)
+
+
+def folder_labels(keys) -> tuple[list[str], np.ndarray]:
+    """Class names (sorted first-level folders) and int64 labels, -1 for keys with no folder."""
+    folders = [k.split("/", 1)[0] if "/" in k else None for k in keys]
+    class_names = sorted({f for f in folders if f is not None})
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([index[f] if f is not None else -1 for f in folders], dtype=np.int64)
+    return class_names, labels

@@ -1,0 +1,1 @@
+"""attgmae.models"""

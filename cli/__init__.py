@@ -1,0 +1,1 @@
+"""Thin command-line front-ends: parse flags, build a config, call a pipeline."""

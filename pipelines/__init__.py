@@ -1,0 +1,1 @@
+"""The stages as orchestration: loaders -> models -> writers; the training loop."""
