@@ -1,0 +1,131 @@
+"""Reading map stores: by key, by batch of keys, or all at once into memory.
+
+``MapStore`` holds only metadata and opens the files per read, so it is safe to create before
+DataLoader workers fork (HDF5 handles must not cross a fork). ``MapTable`` is the whole store in
+two numpy arrays (keys as fixed-width UTF-8 bytes, maps as float16): no per-key Python objects, so
+forked workers share its pages instead of copying them (1.28M maps are ~500 MB).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .backends import backend_for
+from .layout import (
+    FORMAT_NAME,
+    GRID,
+    STATUS_FAILED,
+    STATUS_OK,
+    StoreError,
+    keys_as_bytes,
+    store_format,
+)
+
+
+class MapTable:
+    """All maps of a store in memory; lookup by key with a binary search."""
+
+    def __init__(self, keys, maps: np.ndarray):
+        self.keys = keys_as_bytes(keys)  # [N] sorted bytes
+        self.maps = maps  # float16 [N, 14, 14]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def index_of(self, keys) -> np.ndarray:
+        """int64 [B] row of each key, -1 where the key is not in the table."""
+        query = keys_as_bytes(list(keys))
+        if len(self.keys) == 0 or len(query) == 0:
+            return np.full(len(query), -1, dtype=np.int64)
+        rows = np.searchsorted(self.keys, query)
+        rows = np.minimum(rows, len(self.keys) - 1)
+        found = self.keys[rows] == query
+        return np.where(found, rows, -1).astype(np.int64)
+
+    def lookup(self, keys) -> np.ndarray:
+        """float32 [B, 14, 14]; KeyError naming the first missing keys."""
+        keys = list(keys)
+        rows = self.index_of(keys)
+        if (rows < 0).any():
+            missing = [keys[i] for i in np.flatnonzero(rows < 0)[:5]]
+            raise KeyError(f"no map for {len(np.flatnonzero(rows < 0))} keys, e.g. {missing}")
+        return self.maps[rows].astype(np.float32)
+
+
+class MapStore:
+    """A complete store on disk (zarr v3 directory or HDF5 file)."""
+
+    def __init__(self, path, allow_incomplete: bool = False):
+        self.path = Path(str(path).rstrip("/"))
+        self.fmt = store_format(self.path)
+        self._backend = backend_for(self.fmt)
+        if not self.path.exists():
+            partial = Path(str(self.path) + ".partial")
+            hint = (f" ({partial} exists: a run was interrupted; rerun it to finish)"
+                    if partial.exists() else "")
+            raise StoreError(f"no map store at {self.path}{hint}")
+        try:
+            meta = self._backend.read_meta(self.path)
+        except KeyError as err:
+            raise StoreError(f"{self.path}: not a map store (missing arrays: {err})") from None
+        except Exception as err:  # zarr/h5py raise many types for damaged files
+            raise StoreError(f"{self.path}: cannot read ({type(err).__name__}: {err})") from None
+        self.attrs: dict = meta["attrs"]
+        if self.attrs.get("format") != FORMAT_NAME:
+            raise StoreError(
+                f"{self.path}: not an attgmae map store (use `attg-maps import` to convert it)"
+            )
+        if not self.attrs.get("complete", False) and not allow_incomplete:
+            raise StoreError(f"{self.path}: store is incomplete; rerun the command that writes it")
+        self._key_list: list[str] = meta["keys"]
+        self.keys = np.array(self._key_list, dtype=object)
+        self.labels = meta["labels"]
+        self.status = meta["status"]
+        self.num_rows = meta["num_rows"]
+        self.maps_shape = meta["maps_shape"]
+        self.maps_dtype = meta["maps_dtype"]
+        self._key_bytes = keys_as_bytes(self._key_list)
+        self.failed: dict = self.attrs.get("failed", {})
+
+    @property
+    def method(self) -> str:
+        return self.attrs.get("method", "?")
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def ok_count(self) -> int:
+        return int((self.status == STATUS_OK).sum())
+
+    def failed_keys(self) -> list[str]:
+        return [self._key_list[i] for i in np.flatnonzero(self.status == STATUS_FAILED)]
+
+    def get(self, key: str) -> np.ndarray:
+        return self.get_batch([key])[0]
+
+    def get_batch(self, keys) -> np.ndarray:
+        """float32 [B, 14, 14] in the order of ``keys``."""
+        keys = list(keys)
+        rows = MapTable(self._key_bytes, None).index_of(keys)
+        if (rows < 0).any():
+            missing = [keys[i] for i in np.flatnonzero(rows < 0)[:5]]
+            raise KeyError(f"{self.path}: no map for {missing}")
+        order = np.argsort(rows)
+        maps = self._backend.read_maps(self.path, rows[order])
+        out = np.empty((len(keys), GRID, GRID), dtype=np.float32)
+        out[order] = maps
+        return out
+
+    def read_all(self) -> np.ndarray:
+        """float16 [N, 14, 14]."""
+        return self._backend.read_maps(self.path)
+
+    def load(self) -> MapTable:
+        """The whole store in memory (read once, no file left open)."""
+        return MapTable(self._key_bytes, self.read_all())
+
+
+def open_store(path, allow_incomplete: bool = False) -> MapStore:
+    return MapStore(path, allow_incomplete=allow_incomplete)

@@ -1,0 +1,305 @@
+"""Resumable, multi-process-safe writing of one map store.
+
+How a store comes to be (docs/store-format.md has the picture):
+
+1. ``<out>.partial/`` is created by rank 0: ``meta.json`` (what is being written: key digest,
+   method, parameters) and, for zarr, the arrays in ``store.zarr`` with keys and labels filled.
+2. Rows are computed in chunks of CHUNK_ROWS. Each finished chunk is staged atomically as
+   ``staging/chunk_NNNNNNN.npz``: a crash loses at most the chunk in flight, and a restart asks
+   ``pending_chunks()`` for what is still missing.
+3. Shards (SHARD_ROWS rows, one file per array in zarr) belong to ranks by ``shard % world_size``.
+   A shard is written to zarr only whole, by its one owner, once all its chunks are staged. Zarr
+   tolerates concurrent writers only when they write whole shards; ownership makes a partial-shard
+   write from two processes impossible. HDF5 has no concurrent writers at all, so its file is
+   assembled from the staging area by rank 0 at the end.
+4. ``finalize()`` (rank 0, after every rank's ``finish_rank()``) marks the store complete and
+   renames it into place: a reader never sees a half-written store under the final name.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from .backends import H5Backend, ZarrBackend
+from .layout import (
+    CHUNK_ROWS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    GRID,
+    SHARD_ROWS,
+    STATUS_FAILED,
+    STATUS_OK,
+    StoreError,
+    check_keys,
+    keys_digest,
+    store_format,
+)
+
+# Values a little outside [0, 1] from float error are clipped; anything further is a bug upstream.
+RANGE_TOLERANCE = 1e-3
+
+
+def _write_json_atomic(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _software_versions() -> dict:
+    import h5py
+    import zarr
+
+    return {"attgmae": __version__, "zarr": zarr.__version__, "h5py": h5py.__version__,
+            "numpy": np.__version__}
+
+
+class MapStoreWriter:
+    """Write the maps of one method for a fixed, sorted list of keys.
+
+    With several processes, construct on rank 0 first and on the other ranks after a barrier
+    (rank 0 creates or resumes the partial store; the others attach to it).
+    """
+
+    def __init__(self, path, keys, *, method: str, attrs: dict | None = None, labels=None,
+                 overwrite: bool = False, fmt: str | None = None, rank: int = 0,
+                 world_size: int = 1, chunk_rows: int = CHUNK_ROWS, shard_rows: int = SHARD_ROWS):
+        self.path = Path(str(path).rstrip("/"))
+        self.fmt = store_format(self.path, fmt)
+        self.partial = Path(str(self.path) + ".partial")
+        self.staging = self.partial / "staging"
+        self.inner = self.partial / ("store.zarr" if self.fmt == "zarr" else "store.h5")
+        self.keys = check_keys(keys, str(self.path))
+        if not self.keys:
+            raise StoreError(f"{self.path}: no keys to write")
+        if shard_rows % chunk_rows:
+            raise StoreError("shard_rows must be a multiple of chunk_rows")
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        if self.labels is not None and len(self.labels) != len(self.keys):
+            raise StoreError(f"{self.path}: {len(self.labels)} labels for {len(self.keys)} keys")
+        self.method = method
+        self.attrs = dict(attrs or {})
+        self.overwrite = overwrite
+        self.rank, self.world_size = rank, world_size
+        self.chunk_rows, self.shard_rows = chunk_rows, shard_rows
+        self.chunks_per_shard = shard_rows // chunk_rows
+        self.num_rows = len(self.keys)
+        self.num_chunks = -(-self.num_rows // chunk_rows)
+        self.num_shards = -(-self.num_rows // shard_rows)
+        # What a partial store must agree with to be resumed.
+        self.identity = {
+            "format": self.fmt,
+            "method": method,
+            "params": self.attrs.get("params", {}),
+            "num_rows": self.num_rows,
+            "keys_sha256": keys_digest(self.keys),
+            "chunk_rows": chunk_rows,
+            "shard_rows": shard_rows,
+        }
+        if rank == 0:
+            self._prepare()
+        else:
+            self._attach()
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        if self.path.exists() and not self.overwrite:
+            raise StoreError(f"{self.path} already exists; pass --overwrite to replace it")
+        meta_path = self.partial / "meta.json"
+        if self.partial.exists():
+            if meta_path.exists():
+                meta = json.loads(meta_path.read_text())
+                if meta == self.identity:
+                    self.resumed = True
+                    return
+                raise StoreError(
+                    f"{self.partial} holds an interrupted run with other keys or parameters "
+                    f"(method {meta.get('method')!r}, {meta.get('num_rows')} rows); remove it "
+                    "to start afresh"
+                )
+            shutil.rmtree(self.partial)  # creation itself was interrupted: nothing to keep
+        self.resumed = False
+        self.staging.mkdir(parents=True)
+        if self.fmt == "zarr":
+            ZarrBackend.create(self.inner, self.keys, self.labels, self._store_attrs(complete=False),
+                               self.chunk_rows, self.shard_rows)
+        # meta.json last: its presence means the partial store is fully set up.
+        _write_json_atomic(meta_path, self.identity)
+
+    def _attach(self) -> None:
+        meta_path = self.partial / "meta.json"
+        if not meta_path.exists() or json.loads(meta_path.read_text()) != self.identity:
+            raise StoreError(
+                f"rank {self.rank}: {self.partial} was not prepared by rank 0 for this run "
+                "(construct the writer on rank 0 first, then barrier)"
+            )
+        self.resumed = True
+
+    def _store_attrs(self, complete: bool, failed: dict | None = None) -> dict:
+        attrs = {
+            **self.attrs,
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "params": self.attrs.get("params", {}),
+            "grid": [GRID, GRID],
+            "num_rows": self.num_rows,
+            "keys_sha256": self.identity["keys_sha256"],
+            "software": {**_software_versions(), **self.attrs.get("software", {})},
+            "complete": complete,
+        }
+        if failed is not None:
+            attrs["failed"] = failed
+            attrs["num_failed"] = len(failed)
+            attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        return attrs
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def _chunk_file(self, chunk: int) -> Path:
+        return self.staging / f"chunk_{chunk:07d}.npz"
+
+    def _shard_done_file(self, shard: int) -> Path:
+        return self.staging / f"shard_{shard:05d}.done.json"
+
+    def chunk_rows_range(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.num_rows)
+
+    def _shard_chunks(self, shard: int) -> range:
+        first = shard * self.chunks_per_shard
+        return range(first, min(first + self.chunks_per_shard, self.num_chunks))
+
+    def owns_shard(self, shard: int) -> bool:
+        return shard % self.world_size == self.rank
+
+    def _shard_done(self, shard: int) -> bool:
+        return self.fmt == "zarr" and self._shard_done_file(shard).exists()
+
+    def pending_chunks(self) -> list[tuple[int, int, int]]:
+        """(chunk index, first row, end row) of every chunk this rank still has to compute."""
+        pending = []
+        for shard in range(self.num_shards):
+            if not self.owns_shard(shard) or self._shard_done(shard):
+                continue
+            for chunk in self._shard_chunks(shard):
+                if not self._chunk_file(chunk).exists():
+                    pending.append((chunk, *self.chunk_rows_range(chunk)))
+        return pending
+
+    # ---- writing -----------------------------------------------------------------------------
+    def write_chunk(self, chunk: int, maps, ok, errors: dict | None = None) -> None:
+        """Stage one chunk: maps [n, 14, 14] in [0, 1] (rows with ok=False are stored as zeros)."""
+        if not 0 <= chunk < self.num_chunks:
+            raise StoreError(f"chunk {chunk} out of range (0..{self.num_chunks - 1})")
+        shard = chunk // self.chunks_per_shard
+        if not self.owns_shard(shard):
+            raise StoreError(f"rank {self.rank} does not own shard {shard} (chunk {chunk})")
+        start, stop = self.chunk_rows_range(chunk)
+        maps = np.asarray(maps, dtype=np.float32)
+        ok = np.asarray(ok, dtype=bool)
+        if maps.shape != (stop - start, GRID, GRID) or ok.shape != (stop - start,):
+            raise StoreError(
+                f"chunk {chunk}: expected maps [{stop - start}, {GRID}, {GRID}] and ok "
+                f"[{stop - start}], got {list(maps.shape)} and {list(ok.shape)}"
+            )
+        bad = ok & ~(np.isfinite(maps).all(axis=(1, 2)))
+        bad |= ok & ((maps.min(axis=(1, 2)) < -RANGE_TOLERANCE) | (maps.max(axis=(1, 2)) > 1 + RANGE_TOLERANCE))
+        if bad.any():
+            names = [self.keys[start + i] for i in np.flatnonzero(bad)[:5]]
+            raise StoreError(f"maps with NaN/Inf or outside [0, 1]: {', '.join(names)}")
+        maps = np.where(ok[:, None, None], np.clip(maps, 0.0, 1.0), 0.0).astype(np.float16)
+        status = np.where(ok, STATUS_OK, STATUS_FAILED).astype(np.uint8)
+        errors = {str(k): str(v) for k, v in (errors or {}).items()}
+        target = self._chunk_file(chunk)
+        tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, maps=maps, status=status, errors=np.array(json.dumps(errors)))
+        os.replace(tmp, target)
+        if self.fmt == "zarr" and all(self._chunk_file(c).exists() for c in self._shard_chunks(shard)):
+            self._flush_shard(shard)
+
+    def _load_chunks(self, chunks) -> tuple[np.ndarray, np.ndarray, dict]:
+        maps, status, errors = [], [], {}
+        for chunk in chunks:
+            with np.load(self._chunk_file(chunk)) as staged:
+                maps.append(staged["maps"])
+                status.append(staged["status"])
+                errors.update(json.loads(str(staged["errors"])))
+        return np.concatenate(maps), np.concatenate(status), errors
+
+    def _flush_shard(self, shard: int) -> None:
+        """Write one whole zarr shard from its staged chunks; idempotent if interrupted."""
+        chunks = self._shard_chunks(shard)
+        maps, status, errors = self._load_chunks(chunks)
+        ZarrBackend.write_rows(self.inner, shard * self.shard_rows, maps, status)
+        _write_json_atomic(self._shard_done_file(shard), errors)
+        for chunk in chunks:
+            self._chunk_file(chunk).unlink(missing_ok=True)
+
+    def finish_rank(self) -> None:
+        """Write this rank's remaining whole shards; every chunk it owns must be staged."""
+        missing = self.pending_chunks()
+        if self.fmt == "zarr":
+            missing = [c for c in missing if not self._chunk_file(c[0]).exists()]
+            for shard in range(self.num_shards):
+                if self.owns_shard(shard) and not self._shard_done(shard):
+                    if all(self._chunk_file(c).exists() for c in self._shard_chunks(shard)):
+                        self._flush_shard(shard)
+        if missing:
+            raise StoreError(f"rank {self.rank}: {len(missing)} chunks not written yet")
+
+    def finalize(self) -> Path:
+        """Mark complete and move into place (rank 0 only, after every rank's finish_rank)."""
+        if self.rank != 0:
+            raise StoreError("finalize() runs on rank 0 only")
+        failed: dict = {}
+        if self.fmt == "zarr":
+            not_done = [s for s in range(self.num_shards) if not self._shard_done(s)]
+            if not_done:
+                raise StoreError(f"{self.path}: shards {not_done[:5]} not written; cannot finalize")
+            for shard in range(self.num_shards):
+                failed.update(json.loads(self._shard_done_file(shard).read_text()))
+            ZarrBackend.update_attrs(self.inner, self._store_attrs(True, dict(sorted(failed.items()))))
+        else:
+            missing = [c for c in range(self.num_chunks) if not self._chunk_file(c).exists()]
+            if missing:
+                raise StoreError(f"{self.path}: {len(missing)} chunks not written; cannot finalize")
+            maps, status, failed = self._load_chunks(range(self.num_chunks))
+            H5Backend.create_full(self.inner, self.keys, self.labels,
+                                  self._store_attrs(True, dict(sorted(failed.items()))), maps, status)
+        self._move_into_place()
+        return self.path
+
+    def _move_into_place(self) -> None:
+        old = None
+        if self.path.exists():
+            old = Path(f"{self.path}.old-{os.getpid()}")
+            os.rename(self.path, old)
+        os.rename(self.inner, self.path)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def write_store(path, keys, maps, *, method: str, attrs: dict | None = None, labels=None,
+                ok=None, errors: dict | None = None, overwrite: bool = False,
+                fmt: str | None = None, **layout) -> Path:
+    """Write a whole store in one process from in-memory maps [N, 14, 14] (import, tests).
+
+    ``layout`` may set chunk_rows / shard_rows (tests use small ones to get many shards).
+    """
+    writer = MapStoreWriter(path, keys, method=method, attrs=attrs, labels=labels,
+                            overwrite=overwrite, fmt=fmt, **layout)
+    maps = np.asarray(maps)
+    ok = np.ones(len(maps), dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
+    for chunk, start, stop in writer.pending_chunks():
+        chunk_keys = set(writer.keys[start:stop])
+        chunk_errors = {k: v for k, v in (errors or {}).items() if k in chunk_keys}
+        writer.write_chunk(chunk, maps[start:stop], ok[start:stop], chunk_errors)
+    writer.finish_rank()
+    return writer.finalize()
