@@ -57,9 +57,9 @@ class MapTable:
 class MapStore:
     """A complete store on disk (zarr v3 directory or HDF5 file)."""
 
-    def __init__(self, path, allow_incomplete: bool = False):
+    def __init__(self, path, allow_incomplete: bool = False, fmt: str | None = None):
         self.path = Path(str(path).rstrip("/"))
-        self.fmt = store_format(self.path)
+        self.fmt = store_format(self.path, fmt)
         self._backend = backend_for(self.fmt)
         if not self.path.exists():
             partial = Path(str(self.path) + ".partial")
@@ -127,5 +127,6 @@ class MapStore:
         return MapTable(self._key_bytes, self.read_all())
 
 
-def open_store(path, allow_incomplete: bool = False) -> MapStore:
-    return MapStore(path, allow_incomplete=allow_incomplete)
+def open_store(path, allow_incomplete: bool = False, fmt: str | None = None) -> MapStore:
+    """Open a complete store; ``fmt`` ('zarr' or 'h5') when the name has no telling suffix."""
+    return MapStore(path, allow_incomplete=allow_incomplete, fmt=fmt)

@@ -157,7 +157,9 @@ class MapStoreWriter:
         if failed is not None:
             attrs["failed"] = failed
             attrs["num_failed"] = len(failed)
-            attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            # An imported export keeps its creation time, so its attributes come back identical.
+            attrs["created"] = self.attrs.get("created") or _dt.datetime.now(
+                _dt.timezone.utc).isoformat(timespec="seconds")
         return attrs
 
     # ---- bookkeeping -------------------------------------------------------------------------

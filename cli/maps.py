@@ -1,0 +1,153 @@
+"""`attg-maps`: guidance-map stores — generate, import, export, verify, inspect, show, compare."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+try:  # TEMP until the generate module lands
+    from attgmae.cli import maps_generate
+except ImportError:
+    maps_generate = None
+from attgmae.cli._args import CliError, add_subparsers, make_parser, run_main
+from attgmae.store import StoreError
+
+
+def build_parser():
+    parser = make_parser("attg-maps", __doc__)
+    sub = add_subparsers(parser)
+
+    p = sub.add_parser("import", help="import a published map archive into a store")
+    p.add_argument("src", help="folder of .npy/.pt/.png maps, .npz, .pt/.pth dict, .h5, .zarr, "
+                               ".zip or .tar(.gz) of any of them")
+    p.add_argument("out", help="new store: *.zarr (default layout) or *.h5")
+    p.add_argument("--images", help="image root: match map files to images by stem")
+    p.add_argument("--method", help="method name recorded in the store (default: the source's, "
+                                    "or 'imported')")
+    p.add_argument("--resize", action="store_true", help="area-resample maps that are not 14x14")
+    p.add_argument("--no_normalize", action="store_true",
+                   help="keep values as they are (they must lie in [0, 1])")
+    p.add_argument("--maps_name", help="maps array name in a foreign HDF5/zarr store")
+    p.add_argument("--keys_name", help="keys array name in a foreign HDF5/zarr store")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+
+    p = sub.add_parser("export", help="one publishable file (.zarr.zip or .h5) + OUT.sha256")
+    p.add_argument("store")
+    p.add_argument("out", help="*.zarr.zip or *.h5")
+
+    p = sub.add_parser("verify", help="check a store; exit 0 only when all is well")
+    p.add_argument("store")
+    p.add_argument("--images", help="image root: report images without map and maps without image")
+    p.add_argument("--file_list", help="with --images: only these images (one relative path a line)")
+
+    p = sub.add_parser("inspect", help="method, parameters, model identity, count, value statistics")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("show", help="PNG of image, M_norm, M_norm/tau, exp(M_norm/tau) per image")
+    p.add_argument("store")
+    p.add_argument("--images", required=True, help="image root the store's keys are relative to")
+    p.add_argument("--keys", nargs="+", required=True, help="keys to show (one row each)")
+    p.add_argument("--tau", type=float, default=0.75)
+    p.add_argument("-o", "--out", required=True, help="output PNG")
+
+    p = sub.add_parser("make-example", help="write the built-in example image set with true masks")
+    p.add_argument("root")
+    p.add_argument("--train_per_class", type=int, default=25)
+    p.add_argument("--val_per_class", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+
+    if maps_generate is not None:
+        maps_generate.add_parsers(sub)
+    return parser
+
+
+def _import(args) -> int:
+    from attgmae.store.archive import import_maps
+
+    summary = import_maps(args.src, args.out, images=args.images, method=args.method,
+                          resize=args.resize, normalize=not args.no_normalize,
+                          maps_name=args.maps_name, keys_name=args.keys_name,
+                          overwrite=args.overwrite)
+    print(f"imported {summary['count']} maps ({summary['kind']}) into {summary['out']} "
+          f"as method {summary['method']!r}")
+    return 0
+
+
+def _export(args) -> int:
+    from attgmae.store.archive import export_store
+
+    out, manifest = export_store(args.store, args.out)
+    print(f"wrote {out} and {manifest}")
+    return 0
+
+
+def _verify(args) -> int:
+    from attgmae.store.verify import verify_store
+
+    report = verify_store(args.store, args.images, args.file_list)
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+def _inspect(args) -> int:
+    from attgmae.store.verify import describe_store
+
+    info = describe_store(args.store)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for name, value in info.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in value.items()) or "-"
+        print(f"{name:>14}: {value}")
+    return 0
+
+
+def _show(args) -> int:
+    from attgmae.pipelines.show import render_show
+
+    try:
+        out = render_show(args.store, args.images, args.keys, args.tau, args.out)
+    except KeyError as err:
+        raise CliError(str(err).strip('"')) from None
+    print(f"wrote {out}")
+    return 0
+
+
+def _make_example(args) -> int:
+    from attgmae.data.example import write_example
+
+    root = write_example(args.root, args.train_per_class, args.val_per_class, args.seed)
+    print(f"wrote the example image set to {root} (train/, val/, masks/)")
+    return 0
+
+
+COMMANDS = {
+    "import": _import,
+    "export": _export,
+    "verify": _verify,
+    "inspect": _inspect,
+    "show": _show,
+    "make-example": _make_example,
+}
+
+
+def _main(argv) -> int:
+    args = build_parser().parse_args(argv)
+    handler = COMMANDS.get(args.command)
+    try:
+        if handler is None:
+            return maps_generate.run(args)
+        return handler(args)
+    except (StoreError, FileNotFoundError) as err:
+        raise CliError(str(err)) from None
+
+
+def main(argv=None) -> int:
+    return run_main(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
