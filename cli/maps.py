@@ -10,6 +10,7 @@ try:  # TEMP until the generate module lands
 except ImportError:
     maps_generate = None
 from attgmae.cli._args import CliError, add_subparsers, make_parser, run_main
+
 from attgmae.store import StoreError
 
 
@@ -18,15 +19,22 @@ def build_parser():
     sub = add_subparsers(parser)
 
     p = sub.add_parser("import", help="import a published map archive into a store")
-    p.add_argument("src", help="folder of .npy/.pt/.png maps, .npz, .pt/.pth dict, .h5, .zarr, "
-                               ".zip or .tar(.gz) of any of them")
+    p.add_argument(
+        "src",
+        help="folder of .npy/.pt/.png maps, .npz, .pt/.pth dict, .h5, .zarr, "
+        ".zip or .tar(.gz) of any of them",
+    )
     p.add_argument("out", help="new store: *.zarr (default layout) or *.h5")
     p.add_argument("--images", help="image root: match map files to images by stem")
-    p.add_argument("--method", help="method name recorded in the store (default: the source's, "
-                                    "or 'imported')")
+    p.add_argument(
+        "--method", help="method name recorded in the store (default: the source's, or 'imported')"
+    )
     p.add_argument("--resize", action="store_true", help="area-resample maps that are not 14x14")
-    p.add_argument("--no_normalize", action="store_true",
-                   help="keep values as they are (they must lie in [0, 1])")
+    p.add_argument(
+        "--no_normalize",
+        action="store_true",
+        help="keep values as they are (they must lie in [0, 1])",
+    )
     p.add_argument("--maps_name", help="maps array name in a foreign HDF5/zarr store")
     p.add_argument("--keys_name", help="keys array name in a foreign HDF5/zarr store")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -38,9 +46,13 @@ def build_parser():
     p = sub.add_parser("verify", help="check a store; exit 0 only when all is well")
     p.add_argument("store")
     p.add_argument("--images", help="image root: report images without map and maps without image")
-    p.add_argument("--file_list", help="with --images: only these images (one relative path a line)")
+    p.add_argument(
+        "--file_list", help="with --images: only these images (one relative path a line)"
+    )
 
-    p = sub.add_parser("inspect", help="method, parameters, model identity, count, value statistics")
+    p = sub.add_parser(
+        "inspect", help="method, parameters, model identity, count, value statistics"
+    )
     p.add_argument("store")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -65,12 +77,21 @@ def build_parser():
 def _import(args) -> int:
     from attgmae.store.archive import import_maps
 
-    summary = import_maps(args.src, args.out, images=args.images, method=args.method,
-                          resize=args.resize, normalize=not args.no_normalize,
-                          maps_name=args.maps_name, keys_name=args.keys_name,
-                          overwrite=args.overwrite)
-    print(f"imported {summary['count']} maps ({summary['kind']}) into {summary['out']} "
-          f"as method {summary['method']!r}")
+    summary = import_maps(
+        args.src,
+        args.out,
+        images=args.images,
+        method=args.method,
+        resize=args.resize,
+        normalize=not args.no_normalize,
+        maps_name=args.maps_name,
+        keys_name=args.keys_name,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"imported {summary['count']} maps ({summary['kind']}) into {summary['out']} "
+        f"as method {summary['method']!r}"
+    )
     return 0
 
 
@@ -99,8 +120,12 @@ def _inspect(args) -> int:
         return 0
     for name, value in info.items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in value.items()) or "-"
+            value = (
+                ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()
+                )
+                or "-"
+            )
         print(f"{name:>14}: {value}")
     return 0
 

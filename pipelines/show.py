@@ -35,8 +35,9 @@ def render_show(store_path, images_root, keys, tau: float, out_png) -> Path:
         (f"M_norm / tau (tau={tau:g})", lambda m: m / tau),
         ("exp(M_norm / tau)", lambda m: np.exp(m / tau)),
     ]
-    fig, axes = plt.subplots(len(keys), 4, figsize=(12, 2.4 * len(keys) + 0.6), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        len(keys), 4, figsize=(12, 2.4 * len(keys) + 0.6), squeeze=False, layout="constrained"
+    )
     shown = None
     for row, (key, grid_map) in enumerate(zip(keys, maps_norm)):
         image = decode_rgb(Path(images_root) / key)
@@ -47,7 +48,10 @@ def render_show(store_path, images_root, keys, tau: float, out_png) -> Path:
             axes[row, col].imshow(image)
             shown = axes[row, col].imshow(
                 upsample_to(transform(grid_map), height, width),
-                cmap="jet", alpha=0.5, vmin=0.0, vmax=vmax,
+                cmap="jet",
+                alpha=0.5,
+                vmin=0.0,
+                vmax=vmax,
             )
             if row == 0:
                 axes[row, col].set_title(title, fontsize=9)

@@ -10,5 +10,6 @@ from attgmae.data.example import write_example
 @pytest.fixture(scope="session")
 def example_root(tmp_path_factory):
     """The procedural example set (4 classes, 6 train + 3 val images each), read-only for tests."""
-    return write_example(tmp_path_factory.mktemp("example"), n_train_per_class=6,
-                         n_val_per_class=3, seed=0)
+    return write_example(
+        tmp_path_factory.mktemp("example"), n_train_per_class=6, n_val_per_class=3, seed=0
+    )

@@ -9,8 +9,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import attgmae
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -36,9 +34,20 @@ def test_every_module_imports():
 
 def test_wheel_installs_cli_and_pipelines_under_the_attgmae_namespace(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(REPO)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = tmp_path.glob("attgmae-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -47,8 +56,11 @@ def test_wheel_installs_cli_and_pipelines_under_the_attgmae_namespace(tmp_path):
     assert "attgmae/cli/maps.py" in names and "attgmae/pipelines/show.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for script in ("attg-maps = attgmae.cli.maps:main", "attg-train = attgmae.cli.train:main",
-                   "attg-eval = attgmae.cli.eval:main"):
+    for script in (
+        "attg-maps = attgmae.cli.maps:main",
+        "attg-train = attgmae.cli.train:main",
+        "attg-eval = attgmae.cli.eval:main",
+    ):
         assert script in text
 
 

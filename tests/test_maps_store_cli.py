@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import tarfile
 import zipfile
-from pathlib import Path
 
 import cv2
 import h5py
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
 from attgmae.cli.maps import main
+
 from attgmae.store import open_store
 
 
@@ -37,8 +36,10 @@ def test_make_example_and_import_true_masks(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "circle/circle_0000.png: map is 120x160, not 14x14" in err and "--resize" in err
     assert not (tmp_path / "gt.zarr").exists() and not (tmp_path / "gt.zarr.partial").exists()
-    assert run("import", masks, tmp_path / "gt.zarr", "--images", tmp_path / "ex/train",
-               "--resize") == 0
+    assert (
+        run("import", masks, tmp_path / "gt.zarr", "--images", tmp_path / "ex/train", "--resize")
+        == 0
+    )
     store = open_store(tmp_path / "gt.zarr")
     assert list(store.keys)[0] == "circle/circle_0000.JPEG" and len(store) == 8
     # the object region (mask area-resampled) is where the map is high
@@ -77,10 +78,14 @@ def test_import_matches_images_by_stem(tmp_path):
     src.mkdir(parents=True)
     np.save(src / "p.npy", grid(0))
     np.save(src / "q.npy", grid(1))
-    assert run("import", tmp_path / "maps", tmp_path / "s.zarr", "--images", tmp_path / "images") == 0
+    assert (
+        run("import", tmp_path / "maps", tmp_path / "s.zarr", "--images", tmp_path / "images") == 0
+    )
     assert list(open_store(tmp_path / "s.zarr").keys) == ["cls/p.JPEG", "cls/q.png"]
     np.save(src / "orphan.npy", grid(2))
-    assert run("import", tmp_path / "maps", tmp_path / "t.zarr", "--images", tmp_path / "images") == 2
+    assert (
+        run("import", tmp_path / "maps", tmp_path / "t.zarr", "--images", tmp_path / "images") == 2
+    )
 
 
 def test_import_npz_and_torch_dict(tmp_path):
@@ -103,16 +108,28 @@ def test_import_foreign_hdf5_and_zarr_layouts(tmp_path):
         f["names"] = keys
         f["other"] = np.zeros((2, 3, 3))
     assert run("import", tmp_path / "f.h5", tmp_path / "a.zarr") == 2  # two 3-D arrays: ambiguous
-    assert run("import", tmp_path / "f.h5", tmp_path / "a.zarr", "--maps-name", "attention",
-               "--keys_name", "names") == 0
-    np.testing.assert_allclose(open_store(tmp_path / "a.zarr").get("k/1.JPEG"), minmax(grid(0)),
-                               atol=1e-3)
+    assert (
+        run(
+            "import",
+            tmp_path / "f.h5",
+            tmp_path / "a.zarr",
+            "--maps-name",
+            "attention",
+            "--keys_name",
+            "names",
+        )
+        == 0
+    )
+    np.testing.assert_allclose(
+        open_store(tmp_path / "a.zarr").get("k/1.JPEG"), minmax(grid(0)), atol=1e-3
+    )
     group = zarr.open_group(str(tmp_path / "f.zarr"), mode="w")
     group.create_array("maps", data=maps)
     group.create_array("keys", shape=(2,), dtype=str)[:] = np.array(["k/1.JPEG", "k/0.JPEG"])
     assert run("import", tmp_path / "f.zarr", tmp_path / "b.h5") == 0
-    np.testing.assert_allclose(open_store(tmp_path / "b.h5").get("k/0.JPEG"), minmax(grid(1)),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        open_store(tmp_path / "b.h5").get("k/0.JPEG"), minmax(grid(1)), atol=1e-3
+    )
 
 
 def test_import_zip_and_tar_of_a_folder(tmp_path):
@@ -198,17 +215,53 @@ def test_verify_reports_problems(tmp_path, capsys):
 
 
 def test_inspect_and_show(tmp_path, capsys, example_root):
-    assert run("import", example_root / "masks/train", tmp_path / "gt.zarr", "--images",
-               example_root / "train", "--resize", "--method", "truth") == 0
+    assert (
+        run(
+            "import",
+            example_root / "masks/train",
+            tmp_path / "gt.zarr",
+            "--images",
+            example_root / "train",
+            "--resize",
+            "--method",
+            "truth",
+        )
+        == 0
+    )
     capsys.readouterr()
     assert run("inspect", tmp_path / "gt.zarr", "--json") == 0
     info = json.loads(capsys.readouterr().out)
     assert info["method"] == "truth" and info["count"] == 24 and info["failed"] == 0
     assert 0 < info["value_stats"]["mean"] < 0.5 and info["value_stats"]["max"] == 1.0
     out = tmp_path / "grid.png"
-    assert run("show", tmp_path / "gt.zarr", "--images", example_root / "train", "--keys",
-               "circle/circle_0000.JPEG", "cross/cross_0001.JPEG", "--tau", "0.75", "-o", out) == 0
+    assert (
+        run(
+            "show",
+            tmp_path / "gt.zarr",
+            "--images",
+            example_root / "train",
+            "--keys",
+            "circle/circle_0000.JPEG",
+            "cross/cross_0001.JPEG",
+            "--tau",
+            "0.75",
+            "-o",
+            out,
+        )
+        == 0
+    )
     image = cv2.imread(str(out))
     assert image is not None and image.shape[0] > 300 and image.shape[1] > 800
-    assert run("show", tmp_path / "gt.zarr", "--images", example_root / "train", "--keys",
-               "nope.JPEG", "-o", out) == 2
+    assert (
+        run(
+            "show",
+            tmp_path / "gt.zarr",
+            "--images",
+            example_root / "train",
+            "--keys",
+            "nope.JPEG",
+            "-o",
+            out,
+        )
+        == 2
+    )

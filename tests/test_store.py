@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -46,10 +45,17 @@ def test_roundtrip_lookup_and_attributes(tmp_path, suffix):
     labels = np.arange(300) % 7
     ok = np.ones(300, bool)
     ok[[3, 150]] = False
-    path = write_store(tmp_path / f"s{suffix}", keys, maps, method="dino",
-                       attrs={"params": {"heads": "mean"}, "model": {"sha256": "abc"}},
-                       labels=labels, ok=ok, errors={keys[3]: "truncated", keys[150]: "empty"},
-                       **SMALL)
+    path = write_store(
+        tmp_path / f"s{suffix}",
+        keys,
+        maps,
+        method="dino",
+        attrs={"params": {"heads": "mean"}, "model": {"sha256": "abc"}},
+        labels=labels,
+        ok=ok,
+        errors={keys[3]: "truncated", keys[150]: "empty"},
+        **SMALL,
+    )
     store = open_store(path)
     assert list(store.keys) == keys
     assert store.method == "dino" and store.attrs["params"] == {"heads": "mean"}
@@ -72,7 +78,9 @@ def test_roundtrip_lookup_and_attributes(tmp_path, suffix):
 
 def test_zarr_store_is_sharded_and_compressed(tmp_path):
     path = write_store(tmp_path / "s.zarr", make_keys(300), make_maps(300), method="m", **SMALL)
-    shard_files = sorted(p for p in (path / "maps").rglob("*") if p.is_file() and p.name != "zarr.json")
+    shard_files = sorted(
+        p for p in (path / "maps").rglob("*") if p.is_file() and p.name != "zarr.json"
+    )
     assert len(shard_files) == 5  # ceil(300 / 64) shards, one file each
     import json
 
@@ -213,7 +221,9 @@ def test_reads_in_forked_dataloader_workers(tmp_path, suffix):
     store = open_store(write_store(tmp_path / f"s{suffix}", keys, maps, method="m"))
     table = store.load()  # loaded once in the parent, shared with the forked workers
     loader = torch.utils.data.DataLoader(
-        _StoreDataset(store, table, keys), batch_size=8, num_workers=2,
+        _StoreDataset(store, table, keys),
+        batch_size=8,
+        num_workers=2,
         multiprocessing_context="fork",
     )
     got_direct, got_table = zip(*loader)

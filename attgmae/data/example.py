@@ -27,10 +27,13 @@ WIDTH, HEIGHT = 160, 120
 def _background(rng: np.random.Generator) -> np.ndarray:
     """Textured background, float32 [H, W, 3] in [0, 1]."""
     coarse = rng.random((HEIGHT // 20 + 2, WIDTH // 20 + 2, 3)).astype(np.float32)
-    smooth = np.asarray(
-        Image.fromarray((coarse * 255).astype(np.uint8)).resize((WIDTH, HEIGHT), Image.BICUBIC),
-        dtype=np.float32,
-    ) / 255.0
+    smooth = (
+        np.asarray(
+            Image.fromarray((coarse * 255).astype(np.uint8)).resize((WIDTH, HEIGHT), Image.BICUBIC),
+            dtype=np.float32,
+        )
+        / 255.0
+    )
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     angle = rng.uniform(0, np.pi)
     period = rng.uniform(6, 14)
@@ -67,13 +70,17 @@ def make_example_image(shape: str, rng: np.random.Generator) -> tuple[np.ndarray
     mask = _shape_mask(shape, rng)
     colour = rng.uniform(0, 1, 3).astype(np.float32)
     # keep the object distinguishable from the mid-grey background
-    colour = np.where(np.abs(colour - 0.5) < 0.25, colour + np.sign(colour - 0.5 + 1e-3) * 0.3, colour)
+    colour = np.where(
+        np.abs(colour - 0.5) < 0.25, colour + np.sign(colour - 0.5 + 1e-3) * 0.3, colour
+    )
     shade = 1.0 - 0.15 * rng.random((HEIGHT, WIDTH, 1)).astype(np.float32)
     image = np.where(mask[..., None], np.clip(colour * shade, 0, 1), image)
     return (image * 255).round().astype(np.uint8), mask.astype(np.uint8) * 255
 
 
-def write_example(root, n_train_per_class: int = 8, n_val_per_class: int = 4, seed: int = 0) -> Path:
+def write_example(
+    root, n_train_per_class: int = 8, n_val_per_class: int = 4, seed: int = 0
+) -> Path:
     """Write the example set under ``root`` (created) and return ``root`` as a Path."""
     root = Path(root)
     rng = np.random.default_rng(seed)

@@ -24,7 +24,6 @@ import numpy as np
 
 from ..data.images import IMAGE_EXTENSIONS
 from .layout import (
-    FORMAT_NAME,
     GRID,
     H5_SUFFIXES,
     STATUS_FAILED,
@@ -94,7 +93,9 @@ def _safe_extract(path: Path, dest: Path) -> None:
                 for member in archive.getmembers():
                     check(member.name)
                     if not (member.isfile() or member.isdir()):
-                        raise StoreError(f"{path}: archive member {member.name!r} is a link or device")
+                        raise StoreError(
+                            f"{path}: archive member {member.name!r} is a link or device"
+                        )
                 archive.extractall(dest)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
         raise StoreError(f"{path}: cannot read archive ({err})") from None
@@ -186,9 +187,13 @@ def _read_dict_file(path: Path) -> RawMaps:
         except Exception as err:
             raise StoreError(f"{path}: cannot read torch file ({err})") from None
         if not isinstance(value, dict):
-            raise StoreError(f"{path}: holds a {type(value).__name__}; expected a dict {{key: map}}")
-        items = {str(k): (v.float().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
-                 for k, v in value.items()}
+            raise StoreError(
+                f"{path}: holds a {type(value).__name__}; expected a dict {{key: map}}"
+            )
+        items = {
+            str(k): (v.float().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+            for k, v in value.items()
+        }
         kind = "torch dict"
     return RawMaps(keys=list(items), maps=list(items.values()), kind=kind)
 
@@ -201,15 +206,18 @@ def _foreign_arrays(names_and_arrays, maps_name, keys_name, where):
     if maps_name is None:
         candidates = [n for n, a in arrays.items() if len(a.shape) == 3]
         if len(candidates) != 1:
-            raise StoreError(f"{where}: cannot tell which array holds the maps {sorted(arrays)}; "
-                             "pass --maps-name")
+            raise StoreError(
+                f"{where}: cannot tell which array holds the maps {sorted(arrays)}; "
+                "pass --maps-name"
+            )
         maps_name = candidates[0]
     if keys_name is None:
-        candidates = [n for n, a in arrays.items()
-                      if len(a.shape) == 1 and a.dtype.kind in "OSUT"]
+        candidates = [n for n, a in arrays.items() if len(a.shape) == 1 and a.dtype.kind in "OSUT"]
         if len(candidates) != 1:
-            raise StoreError(f"{where}: cannot tell which array holds the keys {sorted(arrays)}; "
-                             "pass --keys-name")
+            raise StoreError(
+                f"{where}: cannot tell which array holds the keys {sorted(arrays)}; "
+                "pass --keys-name"
+            )
         keys_name = candidates[0]
     for name in (maps_name, keys_name):
         if name not in arrays:
@@ -231,8 +239,14 @@ def _read_store(path: Path, maps_name, keys_name) -> RawMaps:
         if not ours.attrs.get("complete"):
             raise StoreError(f"{path}: store is incomplete; finish the run that writes it first")
         maps = ours.read_all()
-        return RawMaps(keys=list(ours.keys), maps=list(maps), kind="attgmae store",
-                       attrs=dict(ours.attrs), status=ours.status, labels=ours.labels)
+        return RawMaps(
+            keys=list(ours.keys),
+            maps=list(maps),
+            kind="attgmae store",
+            attrs=dict(ours.attrs),
+            status=ours.status,
+            labels=ours.labels,
+        )
     try:
         if fmt == "h5":
             import h5py
@@ -271,8 +285,10 @@ def read_source(source, maps_name=None, keys_name=None) -> RawMaps:
         return _read_store(path, maps_name, keys_name)
     if lower.endswith((".npz", ".pt", ".pth")):
         return _read_dict_file(path)
-    raise StoreError(f"{path}: unknown source type; expected a folder, .npz, .pt/.pth, .h5, "
-                     ".zarr, .zip or .tar(.gz)")
+    raise StoreError(
+        f"{path}: unknown source type; expected a folder, .npz, .pt/.pth, .h5, "
+        ".zarr, .zip or .tar(.gz)"
+    )
 
 
 # ---- keys and checks -------------------------------------------------------------------------
@@ -337,8 +353,10 @@ def check_and_stack(raw: RawMaps, resize: bool, normalize: bool) -> tuple[np.nda
             continue
         if grid_map.shape != (GRID, GRID):
             if not resize:
-                problems.append(f"{key}: map is {grid_map.shape[0]}x{grid_map.shape[1]}, not "
-                                f"{GRID}x{GRID} (pass --resize to area-resample it)")
+                problems.append(
+                    f"{key}: map is {grid_map.shape[0]}x{grid_map.shape[1]}, not "
+                    f"{GRID}x{GRID} (pass --resize to area-resample it)"
+                )
                 continue
             grid_map = resize_area(grid_map)
         out[i] = grid_map
@@ -347,14 +365,27 @@ def check_and_stack(raw: RawMaps, resize: bool, normalize: bool) -> tuple[np.nda
     else:
         low, high = out.min(axis=(1, 2)), out.max(axis=(1, 2))
         for i in np.flatnonzero((low < 0) | (high > 1)):
-            problems.append(f"{raw.origin(i)}: values in [{low[i]:.3g}, {high[i]:.3g}], outside "
-                            "[0, 1] (drop --no-normalize to min-max normalize)")
+            problems.append(
+                f"{raw.origin(i)}: values in [{low[i]:.3g}, {high[i]:.3g}], outside "
+                "[0, 1] (drop --no-normalize to min-max normalize)"
+            )
     return out, problems
 
 
 # ---- import / export -------------------------------------------------------------------------
-def import_maps(source, out, *, images=None, method=None, resize=False, normalize=True,
-                maps_name=None, keys_name=None, overwrite=False, fmt=None) -> dict:
+def import_maps(
+    source,
+    out,
+    *,
+    images=None,
+    method=None,
+    resize=False,
+    normalize=True,
+    maps_name=None,
+    keys_name=None,
+    overwrite=False,
+    fmt=None,
+) -> dict:
     """Import ``source`` into a new store at ``out``; returns a summary dict."""
     source = Path(source)
     store_format(out, fmt)  # fail early on a bad output name
@@ -398,15 +429,29 @@ def import_maps(source, out, *, images=None, method=None, resize=False, normaliz
             "params": {},
             "model": {"architecture": "unknown (imported)"},
             "preprocessing": "unknown (imported)",
-            "source": {"path": source.name, "kind": raw.kind,
-                       "sha256": sha256_file(source) if source.is_file() else None,
-                       "resized": bool(resize), "normalized": bool(normalize)},
+            "source": {
+                "path": source.name,
+                "kind": raw.kind,
+                "sha256": sha256_file(source) if source.is_file() else None,
+                "resized": bool(resize),
+                "normalized": bool(normalize),
+            },
         }
         ok, labels, errors = None, None, None
         method = method or "imported"
     try:
-        write_store(out, keys, maps, method=method, attrs=attrs, labels=labels, ok=ok,
-                    errors=errors, overwrite=overwrite, fmt=fmt)
+        write_store(
+            out,
+            keys,
+            maps,
+            method=method,
+            attrs=attrs,
+            labels=labels,
+            ok=ok,
+            errors=errors,
+            overwrite=overwrite,
+            fmt=fmt,
+        )
     except BaseException:
         shutil.rmtree(f"{str(out).rstrip('/')}.partial", ignore_errors=True)
         raise
@@ -414,7 +459,7 @@ def import_maps(source, out, *, images=None, method=None, resize=False, normaliz
 
 
 def export_store(store_path, out) -> tuple[Path, Path]:
-    """Write ``store_path`` as one publishable file (``.zarr.zip`` or ``.h5``) plus ``OUT.sha256``."""
+    """Write a store as one publishable file (``.zarr.zip`` or ``.h5``) plus ``OUT.sha256``."""
     out = Path(out)
     store = open_store(store_path)
     lower = out.name.lower()
@@ -446,9 +491,16 @@ def export_store(store_path, out) -> tuple[Path, Path]:
 
 def _copy_store(store, dest: Path) -> None:
     ok = store.status != STATUS_FAILED
-    write_store(dest, list(store.keys), store.read_all().astype(np.float32),
-                method=store.method, attrs=dict(store.attrs), labels=store.labels, ok=ok,
-                errors=store.failed)
+    write_store(
+        dest,
+        list(store.keys),
+        store.read_all().astype(np.float32),
+        method=store.method,
+        attrs=dict(store.attrs),
+        labels=store.labels,
+        ok=ok,
+        errors=store.failed,
+    )
 
 
 def _zip_dir(folder: Path, out: Path) -> None:

@@ -22,8 +22,14 @@ class ZarrBackend:
     name = "zarr"
 
     @staticmethod
-    def create(path, keys: list[str], labels, attrs: dict, chunk_rows: int = CHUNK_ROWS,
-               shard_rows: int = SHARD_ROWS) -> None:
+    def create(
+        path,
+        keys: list[str],
+        labels,
+        attrs: dict,
+        chunk_rows: int = CHUNK_ROWS,
+        shard_rows: int = SHARD_ROWS,
+    ) -> None:
         import zarr
         from zarr.codecs import ZstdCodec
 
@@ -85,10 +91,10 @@ class ZarrBackend:
         missing = {MAPS, KEYS, STATUS} - names
         if missing:
             raise KeyError(", ".join(sorted(missing)))
-        keys = group[KEYS][:]
         return {
             "attrs": dict(group.attrs),
-            "keys": keys.tolist(),
+            # UTF-8 bytes straight from numpy strings: no per-key Python objects
+            "key_bytes": np.strings.encode(np.asarray(group[KEYS][:]), "utf-8"),
             "labels": group[LABELS][:] if LABELS in names else None,
             "status": np.asarray(group[STATUS][:], dtype=np.uint8),
             "num_rows": int(group[MAPS].shape[0]),
@@ -119,8 +125,11 @@ class H5Backend:
         chunk = (min(CHUNK_ROWS, max(num_rows, 1)), GRID, GRID)
         with h5py.File(path, "w") as f:
             f.create_dataset(
-                MAPS, data=maps.astype(np.float16, copy=False), chunks=chunk,
-                compression="gzip", compression_opts=1, shuffle=True,
+                MAPS,
+                data=maps.astype(np.float16, copy=False),
+                chunks=chunk,
+                compression="lzf",
+                shuffle=True,  # h5py's built-in fast filter
             )
             f.create_dataset(STATUS, data=np.asarray(status, dtype=np.uint8))
             f.create_dataset(KEYS, data=keys, dtype=h5py.string_dtype("utf-8"))
@@ -167,7 +176,7 @@ class H5Backend:
                 raise KeyError(", ".join(sorted(missing)))
             return {
                 "attrs": H5Backend._get_attrs(f),
-                "keys": [k.decode("utf-8") for k in f[KEYS][:]],
+                "key_bytes": f[KEYS][:].astype(bytes),
                 "labels": f[LABELS][:] if LABELS in f else None,
                 "status": np.asarray(f[STATUS][:], dtype=np.uint8),
                 "num_rows": int(f[MAPS].shape[0]),

@@ -91,7 +91,10 @@ def keys_as_bytes(keys) -> np.ndarray:
     (UTF-8 byte order is code-point order, so sorted str keys stay sorted)."""
     if isinstance(keys, np.ndarray) and keys.dtype.kind == "S":
         return keys
-    encoded = [k if isinstance(k, bytes) else str(k).encode("utf-8") for k in np.asarray(keys, dtype=object).tolist()]
+    encoded = [
+        k if isinstance(k, bytes) else str(k).encode("utf-8")
+        for k in np.asarray(keys, dtype=object).tolist()
+    ]
     if not encoded:
         return np.zeros(0, dtype="S1")
     return np.array(encoded, dtype=bytes)
@@ -106,4 +109,6 @@ def sha256_file(path, block=1 << 20) -> str:
 
 
 def is_store_path(path) -> bool:
-    return str(path).rstrip("/").lower().endswith(ZARR_SUFFIXES + H5_SUFFIXES) and Path(path).exists()
+    return (
+        str(path).rstrip("/").lower().endswith(ZARR_SUFFIXES + H5_SUFFIXES) and Path(path).exists()
+    )

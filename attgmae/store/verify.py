@@ -45,18 +45,22 @@ def verify_store(path, images_root=None, file_list=None) -> VerifyReport:
         return report
     report.facts.append(f"method {store.method}, {store.num_rows} maps, format {store.fmt}")
     if store.attrs.get("format_version") != FORMAT_VERSION:
-        report.problems.append(f"format_version {store.attrs.get('format_version')} "
-                               f"(this software reads {FORMAT_VERSION})")
+        report.problems.append(
+            f"format_version {store.attrs.get('format_version')} "
+            f"(this software reads {FORMAT_VERSION})"
+        )
     if not store.attrs.get("complete"):
         report.problems.append("store is not marked complete (an interrupted write?)")
     if tuple(store.maps_shape) != (store.num_rows, GRID, GRID):
-        report.problems.append(f"maps have shape {list(store.maps_shape)}, expected "
-                               f"[{store.num_rows}, {GRID}, {GRID}]")
+        report.problems.append(
+            f"maps have shape {list(store.maps_shape)}, expected [{store.num_rows}, {GRID}, {GRID}]"
+        )
     if store.maps_dtype != "float16":
         report.problems.append(f"maps are {store.maps_dtype}, expected float16")
     if len(store.keys) != store.num_rows or len(store.status) != store.num_rows:
-        report.problems.append(f"{len(store.keys)} keys and {len(store.status)} status rows "
-                               f"for {store.num_rows} maps")
+        report.problems.append(
+            f"{len(store.keys)} keys and {len(store.status)} status rows for {store.num_rows} maps"
+        )
     keys = list(store.keys)
     duplicates = [b for a, b in zip(keys, keys[1:]) if a == b]
     unsorted = [b for a, b in zip(keys, keys[1:]) if b < a]
@@ -68,7 +72,9 @@ def verify_store(path, images_root=None, file_list=None) -> VerifyReport:
     maps = store.read_all().astype(np.float32)
     finite = np.isfinite(maps).all(axis=(1, 2))
     if not finite.all():
-        report.problems.append(f"NaN/Inf maps: {_examples(keys[i] for i in np.flatnonzero(~finite))}")
+        report.problems.append(
+            f"NaN/Inf maps: {_examples(keys[i] for i in np.flatnonzero(~finite))}"
+        )
     low = np.where(finite, maps.min(axis=(1, 2)), 0)
     high = np.where(finite, maps.max(axis=(1, 2)), 0)
     out_of_range = np.flatnonzero((low < 0) | (high > 1))
@@ -76,8 +82,10 @@ def verify_store(path, images_root=None, file_list=None) -> VerifyReport:
         report.problems.append(f"maps outside [0, 1]: {_examples(keys[i] for i in out_of_range)}")
     ok_rows = store.status == STATUS_OK
     if ok_rows.any():
-        report.facts.append(f"values: mean {maps[ok_rows].mean():.3f}, min {low[ok_rows].min():.3f}, "
-                            f"max {high[ok_rows].max():.3f}")
+        report.facts.append(
+            f"values: mean {maps[ok_rows].mean():.3f}, min {low[ok_rows].min():.3f}, "
+            f"max {high[ok_rows].max():.3f}"
+        )
 
     failed = np.flatnonzero(store.status == STATUS_FAILED)
     missing = np.flatnonzero((store.status != STATUS_OK) & (store.status != STATUS_FAILED))
@@ -85,8 +93,9 @@ def verify_store(path, images_root=None, file_list=None) -> VerifyReport:
         reasons = [f"{keys[i]} ({store.failed.get(keys[i], 'no reason recorded')})" for i in failed]
         report.problems.append(f"{len(failed)} images failed in generation: {_examples(reasons)}")
     if len(missing):
-        report.problems.append(f"{len(missing)} rows never written: "
-                               f"{_examples(keys[i] for i in missing)}")
+        report.problems.append(
+            f"{len(missing)} rows never written: {_examples(keys[i] for i in missing)}"
+        )
 
     if images_root is not None:
         image_keys = set(list_images(images_root, file_list))

@@ -56,8 +56,12 @@ def _software_versions() -> dict:
     import h5py
     import zarr
 
-    return {"attgmae": __version__, "zarr": zarr.__version__, "h5py": h5py.__version__,
-            "numpy": np.__version__}
+    return {
+        "attgmae": __version__,
+        "zarr": zarr.__version__,
+        "h5py": h5py.__version__,
+        "numpy": np.__version__,
+    }
 
 
 class MapStoreWriter:
@@ -67,9 +71,21 @@ class MapStoreWriter:
     (rank 0 creates or resumes the partial store; the others attach to it).
     """
 
-    def __init__(self, path, keys, *, method: str, attrs: dict | None = None, labels=None,
-                 overwrite: bool = False, fmt: str | None = None, rank: int = 0,
-                 world_size: int = 1, chunk_rows: int = CHUNK_ROWS, shard_rows: int = SHARD_ROWS):
+    def __init__(
+        self,
+        path,
+        keys,
+        *,
+        method: str,
+        attrs: dict | None = None,
+        labels=None,
+        overwrite: bool = False,
+        fmt: str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        chunk_rows: int = CHUNK_ROWS,
+        shard_rows: int = SHARD_ROWS,
+    ):
         self.path = Path(str(path).rstrip("/"))
         self.fmt = store_format(self.path, fmt)
         self.partial = Path(str(self.path) + ".partial")
@@ -127,8 +143,14 @@ class MapStoreWriter:
         self.resumed = False
         self.staging.mkdir(parents=True)
         if self.fmt == "zarr":
-            ZarrBackend.create(self.inner, self.keys, self.labels, self._store_attrs(complete=False),
-                               self.chunk_rows, self.shard_rows)
+            ZarrBackend.create(
+                self.inner,
+                self.keys,
+                self.labels,
+                self._store_attrs(complete=False),
+                self.chunk_rows,
+                self.shard_rows,
+            )
         # meta.json last: its presence means the partial store is fully set up.
         _write_json_atomic(meta_path, self.identity)
 
@@ -159,7 +181,8 @@ class MapStoreWriter:
             attrs["num_failed"] = len(failed)
             # An imported export keeps its creation time, so its attributes come back identical.
             attrs["created"] = self.attrs.get("created") or _dt.datetime.now(
-                _dt.timezone.utc).isoformat(timespec="seconds")
+                _dt.timezone.utc
+            ).isoformat(timespec="seconds")
         return attrs
 
     # ---- bookkeeping -------------------------------------------------------------------------
@@ -195,35 +218,69 @@ class MapStoreWriter:
         return pending
 
     # ---- writing -----------------------------------------------------------------------------
+    def _checked_rows(self, start: int, stop: int, maps, ok) -> tuple[np.ndarray, np.ndarray]:
+        """Validated float16 maps and uint8 status for rows [start, stop)."""
+        maps = np.asarray(maps, dtype=np.float32)
+        ok = np.asarray(ok, dtype=bool)
+        if maps.shape != (stop - start, GRID, GRID) or ok.shape != (stop - start,):
+            raise StoreError(
+                f"rows {start}..{stop}: expected maps [{stop - start}, {GRID}, {GRID}] and ok "
+                f"[{stop - start}], got {list(maps.shape)} and {list(ok.shape)}"
+            )
+        bad = ok & ~(np.isfinite(maps).all(axis=(1, 2)))
+        low, high = maps.min(axis=(1, 2)), maps.max(axis=(1, 2))
+        bad |= ok & ((low < -RANGE_TOLERANCE) | (high > 1 + RANGE_TOLERANCE))
+        if bad.any():
+            names = [self.keys[start + i] for i in np.flatnonzero(bad)[:5]]
+            raise StoreError(f"maps with NaN/Inf or outside [0, 1]: {', '.join(names)}")
+        maps = np.where(ok[:, None, None], np.clip(maps, 0.0, 1.0), 0.0).astype(np.float16)
+        return maps, np.where(ok, STATUS_OK, STATUS_FAILED).astype(np.uint8)
+
+    def _check_owner(self, shard: int) -> None:
+        if not self.owns_shard(shard):
+            raise StoreError(f"rank {self.rank} does not own shard {shard}")
+
     def write_chunk(self, chunk: int, maps, ok, errors: dict | None = None) -> None:
         """Stage one chunk: maps [n, 14, 14] in [0, 1] (rows with ok=False are stored as zeros)."""
         if not 0 <= chunk < self.num_chunks:
             raise StoreError(f"chunk {chunk} out of range (0..{self.num_chunks - 1})")
         shard = chunk // self.chunks_per_shard
-        if not self.owns_shard(shard):
-            raise StoreError(f"rank {self.rank} does not own shard {shard} (chunk {chunk})")
+        self._check_owner(shard)
         start, stop = self.chunk_rows_range(chunk)
-        maps = np.asarray(maps, dtype=np.float32)
-        ok = np.asarray(ok, dtype=bool)
-        if maps.shape != (stop - start, GRID, GRID) or ok.shape != (stop - start,):
-            raise StoreError(
-                f"chunk {chunk}: expected maps [{stop - start}, {GRID}, {GRID}] and ok "
-                f"[{stop - start}], got {list(maps.shape)} and {list(ok.shape)}"
-            )
-        bad = ok & ~(np.isfinite(maps).all(axis=(1, 2)))
-        bad |= ok & ((maps.min(axis=(1, 2)) < -RANGE_TOLERANCE) | (maps.max(axis=(1, 2)) > 1 + RANGE_TOLERANCE))
-        if bad.any():
-            names = [self.keys[start + i] for i in np.flatnonzero(bad)[:5]]
-            raise StoreError(f"maps with NaN/Inf or outside [0, 1]: {', '.join(names)}")
-        maps = np.where(ok[:, None, None], np.clip(maps, 0.0, 1.0), 0.0).astype(np.float16)
-        status = np.where(ok, STATUS_OK, STATUS_FAILED).astype(np.uint8)
+        maps, status = self._checked_rows(start, stop, maps, ok)
         errors = {str(k): str(v) for k, v in (errors or {}).items()}
         target = self._chunk_file(chunk)
         tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}.npz")
         np.savez(tmp, maps=maps, status=status, errors=np.array(json.dumps(errors)))
         os.replace(tmp, target)
-        if self.fmt == "zarr" and all(self._chunk_file(c).exists() for c in self._shard_chunks(shard)):
+        if self.fmt == "zarr" and all(
+            self._chunk_file(c).exists() for c in self._shard_chunks(shard)
+        ):
             self._flush_shard(shard)
+
+    def write_shard(self, shard: int, maps, ok, errors: dict | None = None) -> None:
+        """Write one whole shard at once from memory (zarr: no staging; HDF5: staged chunks)."""
+        self._check_owner(shard)
+        chunks = self._shard_chunks(shard)
+        if self.fmt != "zarr":
+            base = chunks[0] * self.chunk_rows
+            for chunk in chunks:
+                start, stop = self.chunk_rows_range(chunk)
+                names = set(self.keys[start:stop])
+                self.write_chunk(
+                    chunk,
+                    maps[start - base : stop - base],
+                    ok[start - base : stop - base],
+                    {k: v for k, v in (errors or {}).items() if k in names},
+                )
+            return
+        start = shard * self.shard_rows
+        stop = min(start + self.shard_rows, self.num_rows)
+        maps, status = self._checked_rows(start, stop, maps, ok)
+        ZarrBackend.write_rows(self.inner, start, maps, status)
+        _write_json_atomic(
+            self._shard_done_file(shard), {str(k): str(v) for k, v in (errors or {}).items()}
+        )
 
     def _load_chunks(self, chunks) -> tuple[np.ndarray, np.ndarray, dict]:
         maps, status, errors = [], [], {}
@@ -266,14 +323,22 @@ class MapStoreWriter:
                 raise StoreError(f"{self.path}: shards {not_done[:5]} not written; cannot finalize")
             for shard in range(self.num_shards):
                 failed.update(json.loads(self._shard_done_file(shard).read_text()))
-            ZarrBackend.update_attrs(self.inner, self._store_attrs(True, dict(sorted(failed.items()))))
+            ZarrBackend.update_attrs(
+                self.inner, self._store_attrs(True, dict(sorted(failed.items())))
+            )
         else:
             missing = [c for c in range(self.num_chunks) if not self._chunk_file(c).exists()]
             if missing:
                 raise StoreError(f"{self.path}: {len(missing)} chunks not written; cannot finalize")
             maps, status, failed = self._load_chunks(range(self.num_chunks))
-            H5Backend.create_full(self.inner, self.keys, self.labels,
-                                  self._store_attrs(True, dict(sorted(failed.items()))), maps, status)
+            H5Backend.create_full(
+                self.inner,
+                self.keys,
+                self.labels,
+                self._store_attrs(True, dict(sorted(failed.items()))),
+                maps,
+                status,
+            )
         self._move_into_place()
         return self.path
 
@@ -288,20 +353,54 @@ class MapStoreWriter:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def write_store(path, keys, maps, *, method: str, attrs: dict | None = None, labels=None,
-                ok=None, errors: dict | None = None, overwrite: bool = False,
-                fmt: str | None = None, **layout) -> Path:
+def write_store(
+    path,
+    keys,
+    maps,
+    *,
+    method: str,
+    attrs: dict | None = None,
+    labels=None,
+    ok=None,
+    errors: dict | None = None,
+    overwrite: bool = False,
+    fmt: str | None = None,
+    **layout,
+) -> Path:
     """Write a whole store in one process from in-memory maps [N, 14, 14] (import, tests).
 
     ``layout`` may set chunk_rows / shard_rows (tests use small ones to get many shards).
     """
-    writer = MapStoreWriter(path, keys, method=method, attrs=attrs, labels=labels,
-                            overwrite=overwrite, fmt=fmt, **layout)
+    writer = MapStoreWriter(
+        path,
+        keys,
+        method=method,
+        attrs=attrs,
+        labels=labels,
+        overwrite=overwrite,
+        fmt=fmt,
+        **layout,
+    )
     maps = np.asarray(maps)
     ok = np.ones(len(maps), dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
-    for chunk, start, stop in writer.pending_chunks():
-        chunk_keys = set(writer.keys[start:stop])
-        chunk_errors = {k: v for k, v in (errors or {}).items() if k in chunk_keys}
-        writer.write_chunk(chunk, maps[start:stop], ok[start:stop], chunk_errors)
+    errors = errors or {}
+    if writer.fmt == "h5":  # one process, all rows in memory: no staging needed
+        maps16, status = writer._checked_rows(0, writer.num_rows, maps, ok)
+        failed = {k: str(errors[k]) for k in writer.keys if k in errors}
+        H5Backend.create_full(
+            writer.inner,
+            writer.keys,
+            writer.labels,
+            writer._store_attrs(True, failed),
+            maps16,
+            status,
+        )
+        writer._move_into_place()
+        return writer.path
+    for shard in range(writer.num_shards):
+        start = shard * writer.shard_rows
+        stop = min(start + writer.shard_rows, writer.num_rows)
+        shard_errors = {k: errors[k] for k in writer.keys[start:stop] if k in errors}
+        writer.write_shard(shard, maps[start:stop], ok[start:stop], shard_errors)
     writer.finish_rank()
     return writer.finalize()
