@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-try:  # TEMP until the generate module lands
-    from attgmae.cli import maps_generate
-except ImportError:
-    maps_generate = None
+from attgmae.cli import maps_generate
 from attgmae.cli._args import CliError, add_subparsers, make_parser, run_main
 
 from attgmae.store import StoreError
@@ -69,8 +66,7 @@ def build_parser():
     p.add_argument("--val_per_class", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
 
-    if maps_generate is not None:
-        maps_generate.add_parsers(sub)
+    maps_generate.add_parsers(sub)
     return parser
 
 
