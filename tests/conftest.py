@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from attgmae.data.example import write_example
 
@@ -13,3 +14,8 @@ def example_root(tmp_path_factory):
     return write_example(
         tmp_path_factory.mktemp("example"), n_train_per_class=6, n_val_per_class=3, seed=0
     )
+
+
+# One intra-op thread: on a small shared box (2 cores, CI) oversubscribed torch threads make the
+# tiny models of the tests several times slower, never faster.
+torch.set_num_threads(1)

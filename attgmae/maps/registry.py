@@ -1,0 +1,147 @@
+"""The map methods as data, and the one function that computes a batch of maps.
+
+Each method declares the backbone it needs and its parameters with the issue's defaults; the
+CLI flags map one-to-one onto these parameter names (``--tokencut_tau`` -> tokencut ``tau``).
+``dino`` and ``tokencut`` share one DINO forward (``dino_outputs``); all methods share one
+decoded, resized, normalized batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BACKBONE_DINO = "dino_vit"
+BACKBONE_RESNET = "resnet50"
+
+
+@dataclass(frozen=True)
+class MapMethod:
+    name: str
+    backbone: str | None  # BACKBONE_DINO, BACKBONE_RESNET, or None (needs no network)
+    params: dict = field(default_factory=dict)  # parameter name -> default
+    choices: dict = field(default_factory=dict)  # parameter name -> allowed values (if closed)
+    summary: str = ""
+
+
+METHODS: dict[str, MapMethod] = {
+    "dino": MapMethod(
+        "dino", BACKBONE_DINO, {"heads": "mean"},
+        summary="DINO ViT-B/16 last-block CLS attention over the patches, mean over heads"),
+    "tokencut": MapMethod(
+        "tokencut", BACKBONE_DINO,
+        {"tau": 0.2, "eps": 1e-5, "map": "fg-eigvec"},
+        {"map": ("fg-eigvec", "eigvec", "mask")},
+        summary="TokenCut normalized cut on the last-block patch keys"),
+    "gradcam": MapMethod(
+        "gradcam", BACKBONE_RESNET,
+        {"layer": "layer4", "target": "top1", "method": "gradcam"},
+        {"layer": ("layer3", "layer4"), "target": ("top1", "label")},
+        summary="Grad-CAM of a ResNet-50 for its top-1 class (or the folder label)"),
+    "random": MapMethod(
+        "random", None, {"seed": 0},
+        summary="uniform noise per patch seeded by (seed, key): the ablation map"),
+}
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def parse_methods(spec: str | list[str]) -> list[str]:
+    """"dino,tokencut" or a list -> validated, de-duplicated names in the given order."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [name.strip() for name in names if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"unknown map method(s) {unknown or spec!r}; choose from "
+                         f"{', '.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def resolve_params(name: str, overrides: dict | None = None) -> dict:
+    """Defaults of ``name`` updated with ``overrides`` (None values ignored), validated."""
+    method = METHODS[name]
+    params = dict(method.params)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in params:
+            raise ValueError(f"{name} has no parameter {key!r} (has {', '.join(params)})")
+        params[key] = value
+    for key, allowed in method.choices.items():
+        if params[key] not in allowed:
+            raise ValueError(f"{name} {key} must be one of {allowed}, got {params[key]!r}")
+    if name == "dino" and params["heads"] not in ("mean", "max"):
+        try:
+            params["heads"] = int(params["heads"])
+        except (TypeError, ValueError):
+            raise ValueError(f"dino heads must be mean, max or a head index, "
+                             f"got {params['heads']!r}") from None
+    if name == "gradcam":
+        from attgmae.maps.gradcam import CAM_METHODS
+
+        if params["method"] not in CAM_METHODS:
+            raise ValueError(f"gradcam method must be one of {CAM_METHODS}, "
+                             f"got {params['method']!r}")
+    return params
+
+
+def backbones_needed(names: list[str]) -> list[str]:
+    """Backbones to load for these methods, each once."""
+    return list(dict.fromkeys(METHODS[n].backbone for n in names if METHODS[n].backbone))
+
+
+def load_backbone(backbone: str, weights=None, random_weights: bool = False):
+    """BACKBONE_* -> (model, identity) through attgmae.models.backbones."""
+    from attgmae.models import backbones
+
+    loader = {BACKBONE_DINO: backbones.load_dino_vit, BACKBONE_RESNET: backbones.load_resnet50}
+    return loader[backbone](weights=weights, random_weights=random_weights)
+
+
+def compute_maps(names: list[str], x, keys: list[str], models: dict, params: dict,
+                 labels=None, tokencut_runner=None, amp: bool | None = None) -> dict:
+    """One batch, several methods -> {name: float32 numpy [B, 14, 14] in [0, 1]}.
+
+    x: float [B, 3, 224, 224] (``preprocess.to_model_input``) on the models' device.
+    models: {BACKBONE_*: model}. params: {name: resolve_params(name, ...)}.
+    labels: int64 [B] class indices for gradcam target "label" (-1 where unknown -> top-1).
+    tokencut_runner: a ``TokenCutRunner`` for pooled eigensolves (else in-process).
+    Maps of methods that only need the GPU are returned synced; with a runner, the TokenCut
+    eigensolves run while the ResNet forward of this batch runs.
+    """
+    import torch
+
+    from attgmae.maps import dino, gradcam, random_map, tokencut
+
+    out, pending = {}, None
+    if "dino" in names or "tokencut" in names:
+        cls_attn, patch_keys = dino.dino_outputs(models[BACKBONE_DINO], x, amp=amp)
+        if "tokencut" in names:
+            p = params["tokencut"]
+            if tokencut_runner is not None:
+                pending = tokencut_runner.submit(patch_keys)
+            else:
+                out["tokencut"] = tokencut.tokencut_maps(patch_keys, p["tau"], p["eps"], p["map"])
+        if "dino" in names:
+            out["dino"] = dino.dino_maps(cls_attn, params["dino"]["heads"]).cpu().numpy()
+    if "gradcam" in names:
+        p = params["gradcam"]
+        target = None
+        if p["target"] == "label":
+            if labels is None:
+                raise ValueError("gradcam target 'label' needs the labels of the batch")
+            resnet = models[BACKBONE_RESNET]
+            with torch.no_grad():
+                top1 = resnet(x).argmax(dim=1) if (np.asarray(labels) < 0).any() else None
+            labels_t = torch.as_tensor(np.asarray(labels), device=x.device).long()
+            target = labels_t if top1 is None else torch.where(labels_t >= 0, labels_t, top1)
+        out["gradcam"] = gradcam.gradcam_maps(models[BACKBONE_RESNET], x, p["layer"], target,
+                                              p["method"], amp=amp).cpu().numpy()
+    if "random" in names:
+        out["random"] = random_map.random_maps(keys, params["random"]["seed"])
+    if pending is not None:
+        out["tokencut"] = pending.result()
+    return {name: np.asarray(out[name], dtype=np.float32) for name in names}

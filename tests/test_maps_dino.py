@@ -1,0 +1,195 @@
+"""DINO attention maps and the shared preprocessing, against the definitions computed by hand."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attgmae.maps import dino, preprocess
+from attgmae.models.backbones import RandomWeightsWarning, load_dino_vit
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The dev box is small and shared: one intra-op thread avoids oversubscription (~6x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+@pytest.fixture(scope="module")
+def vit():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        model, _ = load_dino_vit(random_weights=True)
+    # Random init gives near-uniform attention; sharpen the last block so the maps have contrast.
+    with torch.no_grad():
+        model.blocks[-1].attn.qkv.weight.mul_(4.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    out = []
+    for height, width in ((120, 160), (224, 224), (200, 90)):
+        image = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+        image[height // 4 : height // 2, width // 3 : 2 * width // 3] = (230, 40, 20)  # an "object"
+        out.append(image)
+    return out
+
+
+def _last_block_input(vit, x):
+    """Tokens entering the last block, from the model's own (fused) forward."""
+    captured = {}
+    hook = vit.blocks[-1].register_forward_hook(lambda m, inp, out: captured.update(t=inp[0]))
+    with torch.no_grad():
+        vit.forward_features(x)
+    hook.remove()
+    return captured["t"]
+
+
+@torch.no_grad()
+def _explicit_attention(vit, x):
+    """softmax(q k^T * d^-0.5) of the last block, fp64, computed from its qkv weights."""
+    block = vit.blocks[-1]
+    tokens = _last_block_input(vit, x).double()  # [B, 197, 768]
+    normed = torch.nn.functional.layer_norm(
+        tokens, (768,), block.norm1.weight.double(), block.norm1.bias.double(), block.norm1.eps)
+    qkv = normed @ block.attn.qkv.weight.double().T + block.attn.qkv.bias.double()
+    q, k, _ = qkv.reshape(len(x), 197, 3, 12, 64).permute(2, 0, 3, 1, 4)  # [B, 12, 197, 64]
+    attn = torch.softmax(q @ k.transpose(-2, -1) / 8.0, dim=-1)  # [B, 12, 197, 197]
+    return attn, qkv
+
+
+def _minmax(values):
+    values = values.reshape(len(values), -1)
+    low, high = values.min(1, keepdims=True), values.max(1, keepdims=True)
+    return ((values - low) / (high - low)).reshape(-1, 14, 14)
+
+
+@pytest.fixture(scope="module")
+def computed(vit, images):
+    """One fast forward and one explicit computation, shared by the tests below."""
+    x = preprocess.to_model_input(images)
+    cls_attn, patch_keys = dino.dino_outputs(vit, x)
+    attn, qkv = _explicit_attention(vit, x)
+    return x, cls_attn, patch_keys, attn, qkv
+
+
+def test_cls_attention_and_keys_equal_explicit_computation(computed):
+    _, cls_attn, patch_keys, attn, qkv = computed
+    assert cls_attn.shape == (3, 12, 196) and cls_attn.dtype == torch.float32
+    assert patch_keys.shape == (3, 196, 768) and patch_keys.dtype == torch.float32
+    np.testing.assert_allclose(cls_attn.numpy(), attn[:, :, 0, 1:].numpy(), atol=1e-6, rtol=1e-4)
+    # The softmax runs over all 197 tokens (CLS included), not over the 196 patches only.
+    np.testing.assert_allclose(cls_attn.sum(-1) + attn[:, :, 0, 0].float(), 1.0, atol=1e-5)
+    assert (attn[:, :, 0, 0] > 1e-3).any()
+    np.testing.assert_allclose(patch_keys.numpy(), qkv[:, 1:, 768:1536].numpy(), atol=2e-4)
+
+
+def test_patch_keys_equal_tokencut_qkv_hook(vit, images):
+    """TokenCut's features: hook on the last qkv, reshape(B,T,3,H,-1).permute, k, heads concat."""
+    x = preprocess.to_model_input(images[:2])
+    captured = {}
+    hook = vit.blocks[-1].attn.qkv.register_forward_hook(
+        lambda m, inp, out: captured.update(qkv=out))
+    with torch.no_grad():
+        vit.forward_features(x)
+    hook.remove()
+    qkv = captured["qkv"].reshape(2, 197, 3, 12, 64).permute(2, 0, 3, 1, 4)
+    keys = qkv[1].transpose(1, 2).reshape(2, 197, -1)[:, 1:, :]
+    _, patch_keys = dino.dino_outputs(vit, x)
+    np.testing.assert_allclose(patch_keys.numpy(), keys.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("heads", ["mean", "max", 0, 11, -1])
+def test_dino_maps_head_choices(computed, heads):
+    _, cls_attn, _, attn, _ = computed
+    maps = dino.dino_maps(cls_attn, heads).numpy()
+    patch_attn = attn[:, :, 0, 1:].numpy()  # [B, 12, 196]
+    if heads == "mean":
+        expected = patch_attn.mean(1)
+    elif heads == "max":
+        expected = patch_attn.max(1)
+    else:
+        expected = patch_attn[:, heads]
+    assert maps.shape == (3, 14, 14)
+    np.testing.assert_allclose(maps, _minmax(expected), atol=1e-4)
+    assert maps.reshape(3, -1).min(1).tolist() == [0, 0, 0]
+    assert maps.reshape(3, -1).max(1).tolist() == [1, 1, 1]
+
+
+def test_patch_order_is_row_major(vit):
+    """Patch (r, c) of the 14x14 grid is token 1 + 14 r + c: an object in the top-left image
+    corner must light up the top-left of the map, not a transposed corner."""
+    cls_attn = torch.zeros(1, 12, 196)
+    cls_attn[0, :, 14 * 2 + 5] = 1.0  # row 2, column 5
+    assert dino.dino_maps(cls_attn)[0, 2, 5] == 1.0
+
+
+def test_reference_path_equals_fast_path(vit, computed):
+    x, cls_attn = computed[0][:1], computed[1][:1]
+    fast = dino.dino_maps(cls_attn)
+    np.testing.assert_allclose(fast.numpy(), dino.dino_maps_reference(vit, x).numpy(), atol=1e-4)
+    assert all(block.attn.fused_attn == vit.blocks[0].attn.fused_attn for block in vit.blocks)
+
+
+def test_bf16_autocast_path_runs_and_agrees(vit, computed):
+    x = computed[0][:1]
+    maps_bf16 = dino.dino_maps(dino.dino_outputs(vit, x, amp=True)[0])
+    maps_fp32 = dino.dino_maps(computed[1][:1])
+    assert maps_bf16.dtype == torch.float32
+    corr = np.corrcoef(maps_bf16.numpy().ravel(), maps_fp32.numpy().ravel())[0, 1]
+    assert corr > 0.95
+
+
+def test_constant_attention_gives_zero_map():
+    maps = dino.dino_maps(torch.full((2, 12, 196), 0.25))
+    assert torch.equal(maps, torch.zeros(2, 14, 14))
+
+
+def test_bad_head_choice_raises():
+    with pytest.raises(ValueError, match="head"):
+        dino.dino_maps(torch.rand(1, 12, 196), "median")
+    with pytest.raises(ValueError, match="out of range"):
+        dino.dino_maps(torch.rand(1, 12, 196), 12)
+
+
+# ---- preprocessing (shared by every method) ----
+
+def test_to_model_input_resizes_whole_image_and_normalizes():
+    image = np.zeros((60, 200, 3), dtype=np.uint8)
+    image[:, :100] = (255, 0, 0)  # left half red, right half blue: no crop keeps the split
+    image[:, 100:] = (0, 0, 255)
+    x = preprocess.to_model_input([image])
+    assert x.shape == (1, 3, 224, 224) and x.dtype == torch.float32
+    mean = torch.tensor(preprocess.IMAGENET_MEAN).view(3, 1)
+    std = torch.tensor(preprocess.IMAGENET_STD).view(3, 1)
+    pixels = x[0] * std.view(3, 1, 1) + mean.view(3, 1, 1)  # back to [0, 1]
+    assert torch.allclose(pixels[:, :, :110], torch.tensor([1.0, 0, 0]).view(3, 1, 1), atol=1e-5)
+    assert torch.allclose(pixels[:, :, 114:], torch.tensor([0, 0, 1.0]).view(3, 1, 1), atol=1e-5)
+
+
+def test_resize_is_pil_bilinear():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (97, 301, 3), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(image).resize((224, 224), Image.BILINEAR))
+    np.testing.assert_array_equal(preprocess.resize_uint8(image), expected)
+    x = preprocess.to_model_input([image])
+    manual = (expected / 255.0 - np.array(preprocess.IMAGENET_MEAN)) / np.array(
+        preprocess.IMAGENET_STD)
+    np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), manual, atol=1e-5)
+
+
+def test_to_model_input_rejects_non_rgb():
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        preprocess.to_model_input([np.zeros((10, 10), np.uint8)])
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        preprocess.to_model_input([np.zeros((10, 10, 3), np.float32)])
