@@ -1,0 +1,267 @@
+"""Frozen-encoder features of an image folder split: batched extraction and an on-disk cache.
+
+A split is ``<data_root>/<split>/<class>/<image>`` (ImageFolder layout); labels are the class
+folders, with the class list taken from ``train`` so ``val`` uses the same indices. Features are
+extracted once on Resize(256, bicubic) + CenterCrop(224), bf16 autocast on CUDA (fp32 on CPU),
+and cached raw (not normalized: the linear probe's BatchNorm wants them raw; k-NN normalizes) in
+``features_dir`` under a name made of the checkpoint's sha256, the split, the pooling, the input
+size, the head count, the precision and a digest of the image list, so a changed checkpoint or
+image set never hits a stale file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from attgmae.data.images import ImageDecodeError, decode_rgb, folder_labels, list_images
+from attgmae.eval.encoder import features as encoder_features
+from attgmae.eval.transforms import eval_transform
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class ImageSplit:
+    """The images of one split: keys relative to ``root``, labels into ``class_names``."""
+
+    root: Path
+    keys: list[str]
+    labels: np.ndarray  # int64 [N]
+    class_names: list[str]
+
+
+def image_split(data_root, split: str, class_names: list[str] | None = None) -> ImageSplit:
+    """List ``data_root/split``; ``class_names`` (from train) fixes the label of each folder."""
+    root = Path(data_root) / split
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{root} not found: --data_path must hold train/ and val/ "
+            f"folders of class subfolders (ImageFolder layout)"
+        )
+    keys = list_images(root)
+    if not keys:
+        raise FileNotFoundError(f"no images under {root}")
+    names, labels = folder_labels(keys)
+    loose = [k for k, y in zip(keys, labels) if y < 0]
+    if loose:
+        raise ValueError(
+            f"{root}: {len(loose)} images are not inside a class folder, e.g. "
+            f"{loose[0]}; put each image in {root}/<class>/"
+        )
+    if class_names is not None:
+        index = {name: i for i, name in enumerate(class_names)}
+        unknown = sorted(set(names) - set(index))
+        if unknown:
+            raise ValueError(f"{root}: class folders not in train/: {unknown[:5]}")
+        labels = np.array([index[names[y]] for y in labels], dtype=np.int64)
+        names = list(class_names)
+    return ImageSplit(root, keys, labels, names)
+
+
+class LabelledImages(Dataset):
+    """(image tensor, label, index) for the ``indices`` of an ImageSplit."""
+
+    def __init__(self, split: ImageSplit, transform, indices=None):
+        self.split = split
+        self.transform = transform
+        self.indices = np.arange(len(split.keys)) if indices is None else np.asarray(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        row = int(self.indices[i])
+        path = self.split.root / self.split.keys[row]
+        try:
+            img = Image.fromarray(decode_rgb(path))
+        except ImageDecodeError as err:
+            # A one-argument error survives the trip out of a DataLoader worker intact.
+            raise ValueError(
+                f"cannot read image {path}: {err.reason}; remove or replace it and rerun"
+            ) from None
+        return self.transform(img), int(self.split.labels[row]), row
+
+
+def make_loader(
+    dataset, batch_size, num_workers, device, shuffle=False, drop_last=False, generator=None
+):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=False,
+        generator=generator,
+    )
+
+
+def resolve_precision(device, precision: str = "auto") -> str:
+    """auto -> bf16 on CUDA, fp32 elsewhere; bf16 and fp32 as given."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def autocast_for(device, precision: str = "auto"):
+    """The autocast context of ``resolve_precision(device, precision)``."""
+    device = torch.device(device)
+    if resolve_precision(device, precision) == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def extract_features(model, loader, device, pool="cls", precision="auto", progress=None):
+    """Features of every image the loader yields -> (float32 [N, D] on CPU, labels [N], img/s).
+
+    Rows are placed by the dataset row index each batch carries, so the order is the split's.
+    """
+    device = torch.device(device)
+    dataset = loader.dataset
+    num_rows = len(dataset.split.keys)
+    feats = labels = None
+    filled = torch.zeros(num_rows, dtype=torch.bool)
+    start, seen = time.perf_counter(), 0
+    for imgs, targets, rows in loader:
+        imgs = imgs.to(device, non_blocking=True)
+        with autocast_for(device, precision):
+            out = encoder_features(model, imgs, pool)  # [B, D]
+        out = out.float().cpu()
+        if feats is None:
+            feats = torch.zeros(num_rows, out.shape[1], dtype=torch.float32)
+            labels = torch.full((num_rows,), -1, dtype=torch.int64)
+        feats[rows] = out
+        labels[rows] = targets
+        filled[rows] = True
+        seen += imgs.shape[0]
+        if progress is not None:
+            progress(seen)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    img_per_s = seen / max(time.perf_counter() - start, 1e-9)
+    rows = torch.as_tensor(dataset.indices, dtype=torch.long)
+    if feats is None or not bool(filled[rows].all()):
+        raise RuntimeError("feature extraction did not cover every image")
+    return feats[rows], labels[rows], img_per_s
+
+
+def l2_normalize(feats: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length ([N, D] -> [N, D]), so dot products are cosine similarities."""
+    return F.normalize(feats, dim=1, p=2)
+
+
+def cache_file(
+    features_dir,
+    checkpoint_sha256: str,
+    split: ImageSplit,
+    split_name: str,
+    pool: str,
+    input_size: int,
+    variant: str = "",
+) -> Path:
+    """``variant`` names what else changes the features (heads, precision)."""
+    digest = hashlib.sha256("\n".join(split.keys).encode()).hexdigest()[:12]
+    name = (
+        f"{checkpoint_sha256[:16]}_{split_name}_{pool}_{input_size}px_"
+        f"{variant + '_' if variant else ''}{digest}.pt"
+    )
+    return Path(features_dir) / name
+
+
+def save_cache(path: Path, payload: dict) -> None:
+    """Atomic write: a reader never sees a half-written cache file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_cache(path: Path, split: ImageSplit, checkpoint_sha256: str):
+    """Cached (features, labels) if ``path`` holds exactly this split's images, else None."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+        return None  # unreadable (e.g. an interrupted copy): recompute and overwrite
+    if (
+        payload.get("version") != CACHE_VERSION
+        or payload.get("keys") != split.keys
+        or payload.get("checkpoint_sha256") != checkpoint_sha256
+    ):
+        return None
+    return payload["features"], payload["labels"]
+
+
+def split_features(
+    model,
+    split: ImageSplit,
+    split_name: str,
+    *,
+    checkpoint_sha256: str,
+    device,
+    pool="cls",
+    batch_size=64,
+    num_workers=0,
+    input_size=224,
+    precision="auto",
+    features_dir=None,
+    log=print,
+):
+    """Features of a whole split, from the cache when present -> (feats [N, D], labels [N])."""
+    path = None
+    if features_dir is not None:
+        # The head count (not visible in the weights) and the precision change the features.
+        heads = getattr(model.blocks[0].attn, "num_heads", "x")
+        variant = f"h{heads}_{resolve_precision(device, precision)}"
+        path = cache_file(
+            features_dir, checkpoint_sha256, split, split_name, pool, input_size, variant
+        )
+        cached = load_cache(path, split, checkpoint_sha256)
+        if cached is not None:
+            log(f"{split_name}: {len(split.keys)} cached features from {path}")
+            return cached
+    dataset = LabelledImages(split, eval_transform(input_size, round(input_size * 256 / 224)))
+    loader = make_loader(dataset, batch_size, num_workers, device)
+    feats, labels, img_per_s = extract_features(model, loader, device, pool, precision)
+    log(
+        f"{split_name}: {len(split.keys)} images -> features {tuple(feats.shape)} "
+        f"at {img_per_s:.1f} img/s"
+    )
+    if path is not None:
+        save_cache(
+            path,
+            {
+                "version": CACHE_VERSION,
+                "features": feats,
+                "labels": labels,
+                "keys": split.keys,
+                "class_names": split.class_names,
+                "checkpoint_sha256": checkpoint_sha256,
+                "split": split_name,
+                "pool": pool,
+                "input_size": input_size,
+            },
+        )
+        log(f"{split_name}: features cached in {path}")
+    return feats, labels

@@ -1,0 +1,137 @@
+"""Evaluation benchmark (not a test): the k-NN step and frozen-encoder feature extraction.
+
+k-NN: our chunked search (one neighbour search for every k, scatter-add votes) against a plain
+reference written the obvious way (one search per k, a one-hot [B*k, C] vote matrix, as DINO's
+``eval_knn.py`` does), on random L2-normalized features; both must agree, the ratio is printed.
+Feature extraction: img/s of the encoder forward (CLS feature) on synthetic 224 px batches, fp32
+and (on CUDA) bf16 autocast.
+
+    python benchmarks/eval.py                          # small, CPU
+    python benchmarks/eval.py --device cuda --full     # ImageNet-1k sizes: 1.28M x 1024 vs 50k,
+                                                       # ViT-L/16 extraction (the issue's targets)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from attgmae.eval.encoder import EncoderSpec, build_encoder, features
+from attgmae.eval.features import autocast_for
+from attgmae.eval.knn import knn_classify_multi
+
+VIT = {  # name -> (embed_dim, depth, heads, patch)
+    "tiny": (192, 4, 3, 16),
+    "base": (768, 12, 12, 16),
+    "large": (1024, 24, 16, 16),
+}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def plain_knn(train_x, train_y, test_x, test_y, k, T, num_classes, chunk):
+    """The obvious way: one search per k, votes through a one-hot [B*k, C] matrix."""
+    hit1 = hit5 = 0
+    for start in range(0, test_x.shape[0], chunk):
+        x, y = test_x[start : start + chunk], test_y[start : start + chunk]
+        sims, idx = (x @ train_x.T).topk(k, dim=1)
+        onehot = torch.zeros(x.shape[0] * k, num_classes, device=x.device)
+        onehot.scatter_(1, train_y[idx].reshape(-1, 1), 1.0)
+        scores = (onehot.view(x.shape[0], k, num_classes) * (sims / T).exp()[..., None]).sum(1)
+        ranked = scores.argsort(dim=1, descending=True)[:, : min(5, k)]
+        hits = ranked == y[:, None]
+        hit1 += int(hits[:, 0].sum())
+        hit5 += int(hits.any(1).sum())
+    n = test_x.shape[0]
+    return 100.0 * hit1 / n, 100.0 * hit5 / n
+
+
+def bench_knn(device, num_train, num_test, dim, num_classes, ks, T=0.07, chunk_bytes=1 << 30):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    # Clustered features so the accuracies are not all at chance.
+    centers = torch.randn(num_classes, dim, generator=g)
+    train_y = torch.randint(0, num_classes, (num_train,), generator=g)
+    test_y = torch.randint(0, num_classes, (num_test,), generator=g)
+    train_x = centers[train_y] + 4.0 * torch.randn(num_train, dim, generator=g)
+    test_x = centers[test_y] + 4.0 * torch.randn(num_test, dim, generator=g)
+    train_x = torch.nn.functional.normalize(train_x, dim=1).to(device)
+    test_x = torch.nn.functional.normalize(test_x, dim=1).to(device)
+    train_y, test_y = train_y.to(device), test_y.to(device)
+
+    _sync(device)
+    t0 = time.perf_counter()
+    fast = knn_classify_multi(
+        train_x, train_y, test_x, test_y, ks, T, num_classes, max_chunk_bytes=chunk_bytes
+    )
+    _sync(device)
+    fast_s = time.perf_counter() - t0
+
+    rows = max(1, chunk_bytes // (num_train * 4))
+    t0 = time.perf_counter()
+    plain = {k: plain_knn(train_x, train_y, test_x, test_y, k, T, num_classes, rows) for k in ks}
+    _sync(device)
+    plain_s = time.perf_counter() - t0
+    worst = max(abs(fast[k][0] - plain[k][0]) for k in ks)
+    print(
+        f"k-NN {num_train} x {dim} train vs {num_test} test, {num_classes} classes, "
+        f"k={list(ks)} on {device}:"
+    )
+    print(
+        f"  chunked (one search, all k): {fast_s:.2f} s | plain (search per k, one-hot): "
+        f"{plain_s:.2f} s | ratio {plain_s / fast_s:.2f}x | max top-1 difference "
+        f"{worst:.3f} points (ties only)"
+    )
+    for k in ks:
+        print(f"  k={k}: top-1 {fast[k][0]:.2f} top-5 {fast[k][1]:.2f}")
+    return fast_s, plain_s
+
+
+@torch.no_grad()
+def bench_features(device, size, batch_size, steps, precision):
+    dim, depth, heads, patch = VIT[size]
+    spec = EncoderSpec(224, patch, dim, depth, heads, 4.0, True)
+    model = build_encoder(spec).to(device).eval()
+    imgs = torch.randn(batch_size, 3, 224, 224, device=device)
+    with autocast_for(device, precision):
+        features(model, imgs)  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            features(model, imgs)
+        _sync(device)
+    elapsed = time.perf_counter() - t0
+    img_per_s = steps * batch_size / elapsed
+    print(
+        f"features ViT-{size}/{patch} batch {batch_size} {precision} on {device}: "
+        f"{img_per_s:.1f} img/s (encoder forward only, synthetic input)"
+    )
+    return img_per_s
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--full", action="store_true", help="ImageNet-1k sizes (GPU)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.full:
+        bench_knn(device, 1_281_167, 50_000, 1024, 1000, (10, 20, 100, 200), chunk_bytes=8 << 30)
+        bench_features(device, "large", 256, 20, "bf16")
+    else:
+        bench_knn(device, 20_000, 2_000, 256, 100, (5, 10, 20, 100, 200), chunk_bytes=64 << 20)
+        bench_features(device, "tiny", 32, 3, "fp32")
+        if device.type == "cuda":
+            bench_features(device, "large", 256, 10, "bf16")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""k-NN evaluation of a frozen encoder: checkpoint -> features (cached) -> k-NN -> JSON / PNG.
+
+Writes to ``output_dir``: ``knn_<label>.json`` (checkpoint sha256, protocol, every number) and
+``knn_<label>.png`` (top-1 / top-5 against k).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from attgmae.eval.encoder import file_sha256, load_encoder
+from attgmae.eval.features import image_split, l2_normalize, split_features
+from attgmae.eval.knn import DEFAULT_CHUNK_BYTES, knn_classify_multi
+from attgmae.eval.report import plot_knn, write_json
+
+DEFAULT_NB_KNN = (5, 10, 20, 100, 200)
+
+
+@dataclass
+class KnnConfig:
+    checkpoint: str
+    data_path: str
+    output_dir: str = "output_eval"
+    label: str | None = None  # name in the outputs; default: the checkpoint's file stem
+    model: str | None = None  # architecture name when the checkpoint does not say
+    num_heads: int | None = None
+    nb_knn: list[int] = field(default_factory=lambda: list(DEFAULT_NB_KNN))
+    temperature: float = 0.07
+    pool: str = "cls"
+    device: str = "auto"
+    batch_size: int = 128
+    num_workers: int = 4
+    features_dir: str | None = None  # default: <output_dir>/features
+    precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    input_size: int = 224
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu")
+    return dev
+
+
+def software_versions() -> dict:
+    import timm
+
+    from attgmae import __version__ as attgmae_version
+
+    return {
+        "attgmae": attgmae_version,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_knn(cfg: KnnConfig, log=print) -> dict:
+    device = resolve_device(cfg.device)
+    out_dir = Path(cfg.output_dir)
+    features_dir = Path(cfg.features_dir) if cfg.features_dir else out_dir / "features"
+    label = cfg.label or Path(cfg.checkpoint).stem
+    started = time.perf_counter()
+
+    sha256 = file_sha256(cfg.checkpoint)
+    model, info = load_encoder(cfg.checkpoint, cfg.model, cfg.num_heads, cfg.input_size, sha256)
+    model.to(device)
+    log(f"encoder: {info.source_format} {info.spec} from {cfg.checkpoint} (sha256 {sha256[:12]})")
+
+    train = image_split(cfg.data_path, "train")
+    val = image_split(cfg.data_path, "val", train.class_names)
+    common = {
+        "checkpoint_sha256": sha256,
+        "device": device,
+        "pool": cfg.pool,
+        "batch_size": cfg.batch_size,
+        "num_workers": cfg.num_workers,
+        "input_size": cfg.input_size,
+        "precision": cfg.precision,
+        "features_dir": features_dir,
+        "log": log,
+    }
+    t0 = time.perf_counter()
+    train_feats, train_labels = split_features(model, train, "train", **common)
+    val_feats, val_labels = split_features(model, val, "val", **common)
+    features_s = time.perf_counter() - t0
+    del model
+
+    ks = sorted({int(k) for k in cfg.nb_knn})
+    usable = [k for k in ks if k <= len(train.keys)]
+    skipped = [k for k in ks if k > len(train.keys)]
+    if skipped:
+        log(f"skipping k={skipped}: more than the {len(train.keys)} training images")
+    if not usable:
+        raise ValueError(f"every k in --nb_knn {ks} exceeds the {len(train.keys)} training images")
+
+    t0 = time.perf_counter()
+    by_k = knn_classify_multi(
+        l2_normalize(train_feats).to(device),
+        train_labels.to(device),
+        l2_normalize(val_feats).to(device),
+        val_labels.to(device),
+        usable,
+        cfg.temperature,
+        num_classes=len(train.class_names),
+        max_chunk_bytes=cfg.chunk_bytes,
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    knn_s = time.perf_counter() - t0
+    for k in usable:
+        log(f"{label}: {k}-NN top-1 {by_k[k][0]:.2f}  top-5 {by_k[k][1]:.2f}")
+
+    result = {
+        "protocol": "knn",
+        "label": label,
+        "checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "checkpoint_sha256": sha256,
+        "encoder": info.to_dict(),
+        "data_path": str(Path(cfg.data_path).resolve()),
+        "num_train": len(train.keys),
+        "num_val": len(val.keys),
+        "num_classes": len(train.class_names),
+        "class_names": train.class_names,
+        "protocol_details": {
+            "features": f"{cfg.pool} token after the final norm, L2-normalized",
+            "transform": f"Resize({round(cfg.input_size * 256 / 224)}, bicubic) + "
+            f"CenterCrop({cfg.input_size}), ImageNet mean/std",
+            "vote": "sum over the k most cosine-similar training images of exp(sim / T)",
+            "temperature": cfg.temperature,
+            "ties": "neighbours by lower training index; classes by lower class index",
+            "top5": "target among the first min(5, k) ranked classes (as DINO)",
+            "precision": cfg.precision,
+        },
+        "results": [{"k": k, "top1": by_k[k][0], "top5": by_k[k][1]} for k in usable],
+        "skipped_k": skipped,
+        "timing_s": {"features": features_s, "knn": knn_s, "total": time.perf_counter() - started},
+        "device": str(device),
+        "config": asdict(cfg),
+        "software": software_versions(),
+    }
+    json_path = write_json(out_dir / f"knn_{label}.json", result)
+    png_path = plot_knn({label: by_k}, out_dir / f"knn_{label}.png", title=f"k-NN: {label}")
+    log(f"results: {json_path}  plot: {png_path}")
+    return result

@@ -1,0 +1,365 @@
+"""Linear probing (the MAE protocol) and few-shot probing over several seeds.
+
+One run writes to its output directory: ``log.txt`` (one JSON line per epoch, as MAE),
+``checkpoint-last.pth`` every epoch and ``checkpoint-<last epoch>.pth`` at the end (head,
+optimizer, epoch, config; written atomically), ``linprobe.json`` (every number) and
+``linprobe.png`` (validation top-1 per epoch). A run finds its ``checkpoint-last.pth`` and
+resumes (``auto_resume``) or resumes from ``resume``. Several seeds: one sub-directory
+``seed_<s>`` each, and ``fewshot_summary.json`` / ``fewshot.png`` with mean and std.
+
+Validation features never change (frozen encoder, deterministic center crop), so they are
+computed once per run (and cached in ``features_dir``) rather than every epoch; the head is
+evaluated on them after every epoch. ``cached_features`` trains on cached center-crop features
+of the training images too: much faster, but without augmentation (an approximation of the
+protocol, documented as such in the result).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from attgmae.pipelines.knn import resolve_device, software_versions
+from torch.utils.data import DataLoader
+
+from attgmae.eval.encoder import features as encoder_features
+from attgmae.eval.encoder import file_sha256, load_encoder
+from attgmae.eval.features import (
+    ImageSplit,
+    LabelledImages,
+    autocast_for,
+    image_split,
+    split_features,
+)
+from attgmae.eval.fewshot import fewshot_indices
+from attgmae.eval.lars import LARS
+from attgmae.eval.linprobe import LinearProbeHead, cosine_lr, epoch_batches, evaluate
+from attgmae.eval.linprobe import train_one_epoch as train_head_one_epoch
+from attgmae.eval.report import plot_probe, write_json
+from attgmae.eval.transforms import probe_train_transform
+
+
+@dataclass
+class LinprobeConfig:
+    checkpoint: str
+    data_path: str
+    output_dir: str = "output_linprobe"
+    model: str | None = None
+    num_heads: int | None = None
+    pool: str = "cls"
+    epochs: int = 90
+    warmup_epochs: int = 10
+    batch_size: int = 512  # micro-batch per step
+    eff_batch_size: int = 4096  # gradient accumulated up to this many samples per update
+    accum_iter: int | None = None  # default: eff_batch_size / batch_size
+    blr: float = 0.1
+    lr: float | None = None  # absolute lr; default blr * effective batch / 256
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    shots: int | None = None
+    percent: float | None = None
+    seed: int = 0
+    cached_features: bool = False
+    features_dir: str | None = None  # default: <output_dir>/features
+    device: str = "auto"
+    precision: str = "auto"
+    num_workers: int = 8
+    input_size: int = 224
+    resume: str | None = None
+    auto_resume: bool = True
+    log_every: int = 50
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _digest(indices: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
+
+
+def _tensorboard(log_dir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # TensorBoard is optional
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+class ImageFeatureBatches:
+    """Training micro-batches as features of augmented images through the frozen encoder."""
+
+    def __init__(self, encoder, dataset, device, cfg):
+        self.encoder, self.dataset, self.device, self.cfg = encoder, dataset, device, cfg
+
+    def epoch(self, batches):
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=[b.tolist() for b in batches],
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for imgs, targets, _ in loader:
+            with torch.no_grad(), autocast_for(self.device, self.cfg.precision):
+                feats = encoder_features(
+                    self.encoder, imgs.to(self.device, non_blocking=True), self.cfg.pool
+                )
+            yield feats.float(), targets
+
+
+class CachedFeatureBatches:
+    """Training micro-batches drawn from features computed once (no augmentation)."""
+
+    def __init__(self, feats, labels, device):
+        self.feats, self.labels = feats.to(device), labels.to(device)
+
+    def epoch(self, batches):
+        for batch in batches:
+            rows = torch.as_tensor(batch, device=self.feats.device)
+            yield self.feats[rows], self.labels[rows]
+
+
+def _find_resume(cfg: LinprobeConfig, out_dir: Path):
+    if cfg.resume:
+        return Path(cfg.resume)
+    last = out_dir / "checkpoint-last.pth"
+    return last if cfg.auto_resume and last.is_file() else None
+
+
+def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
+    if cfg.warmup_epochs > cfg.epochs:
+        raise ValueError(f"--warmup_epochs {cfg.warmup_epochs} exceeds --epochs {cfg.epochs}")
+    device = resolve_device(cfg.device)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    features_dir = Path(cfg.features_dir) if cfg.features_dir else out_dir / "features"
+    started = time.perf_counter()
+
+    sha256 = file_sha256(cfg.checkpoint)
+    encoder, info = load_encoder(cfg.checkpoint, cfg.model, cfg.num_heads, cfg.input_size, sha256)
+    encoder.to(device)
+    train = image_split(cfg.data_path, "train")
+    val = image_split(cfg.data_path, "val", train.class_names)
+    num_classes = len(train.class_names)
+
+    if cfg.shots is not None or cfg.percent is not None:
+        subset = fewshot_indices(train.labels, shots=cfg.shots, percent=cfg.percent, seed=cfg.seed)
+    else:
+        subset = np.arange(len(train.keys))
+    accum_iter = cfg.accum_iter or max(1, round(cfg.eff_batch_size / cfg.batch_size))
+    eff_batch = cfg.batch_size * accum_iter
+    lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
+    # drop_last as MAE when the set holds a whole effective batch; a few-shot subset smaller
+    # than that keeps every sample (one partial group per epoch, still at the full-batch lr).
+    drop_last = len(subset) // cfg.batch_size >= accum_iter
+    log(
+        f"train images: {len(subset)} of {len(train.keys)}, val: {len(val.keys)}, "
+        f"classes: {num_classes}; micro-batch {cfg.batch_size} x accum {accum_iter} = "
+        f"effective batch {eff_batch}; lr {lr:.4g} (blr {cfg.blr})"
+    )
+
+    common = {
+        "checkpoint_sha256": sha256,
+        "device": device,
+        "pool": cfg.pool,
+        "batch_size": cfg.batch_size,
+        "num_workers": cfg.num_workers,
+        "input_size": cfg.input_size,
+        "precision": cfg.precision,
+        "features_dir": features_dir,
+        "log": log,
+    }
+    val_feats, val_labels = split_features(encoder, val, "val", **common)
+    if cfg.cached_features:
+        # Only the subset's images: a 1% probe should not extract the other 99%.
+        used = ImageSplit(
+            train.root, [train.keys[i] for i in subset], train.labels[subset], train.class_names
+        )
+        train_feats, train_labels = split_features(encoder, used, "train", **common)
+        source = CachedFeatureBatches(train_feats, train_labels, device)
+        del encoder
+    else:
+        dataset = LabelledImages(train, probe_train_transform(cfg.input_size), subset)
+        source = ImageFeatureBatches(encoder, dataset, device, cfg)
+
+    # Seeded here, not earlier: whether features came from the cache (no loader drew from the
+    # global RNG) must not change the head's initial weights.
+    torch.manual_seed(cfg.seed)
+    head = LinearProbeHead(val_feats.shape[1], num_classes).to(device)
+    optimizer = LARS(head.parameters(), lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    n_parameters = sum(p.numel() for p in head.parameters())
+
+    history, start_epoch = [], 0
+    resume_path = _find_resume(cfg, out_dir)
+    if resume_path is not None:
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if state["checkpoint_sha256"] != sha256 or state["subset_sha256"] != _digest(subset):
+            raise ValueError(
+                f"{resume_path} belongs to another encoder or training subset; "
+                f"use another --output_dir or pass --no_auto_resume"
+            )
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        log(f"resumed from {resume_path} at epoch {start_epoch}")
+
+    writer = _tensorboard(out_dir / "tensorboard")
+    lr_at = partial(
+        cosine_lr, lr=lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, min_lr=cfg.min_lr
+    )
+    for epoch in range(start_epoch, cfg.epochs):
+        batches = epoch_batches(
+            len(subset), cfg.batch_size, seed=cfg.seed, epoch=epoch, drop_last=drop_last
+        )
+        train_stats = train_head_one_epoch(
+            head,
+            source.epoch(batches),
+            [len(b) for b in batches],
+            optimizer,
+            epoch=epoch,
+            accum_iter=accum_iter,
+            lr_at=lr_at,
+            device=device,
+            log_every=cfg.log_every,
+            log=log,
+        )
+        test_stats = evaluate(head, val_feats, val_labels, device)
+        stats = {
+            **{f"train_{k}": v for k, v in train_stats.items()},
+            **{f"test_{k}": v for k, v in test_stats.items()},
+            "epoch": epoch,
+            "n_parameters": n_parameters,
+        }
+        history.append(stats)
+        log(
+            f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val top-1 "
+            f"{test_stats['acc1']:.2f} top-5 {test_stats['acc5']:.2f}"
+        )
+        checkpoint = {
+            "head": head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "config": asdict(cfg),
+            "history": history,
+            "checkpoint_sha256": sha256,
+            "subset_sha256": _digest(subset),
+        }
+        _atomic_torch_save(checkpoint, out_dir / "checkpoint-last.pth")
+        if epoch == cfg.epochs - 1:
+            _atomic_torch_save(checkpoint, out_dir / f"checkpoint-{epoch}.pth")
+        with open(out_dir / "log.txt", "a", encoding="utf-8") as f:
+            f.write(json.dumps(stats) + "\n")
+        if writer is not None:
+            for key in ("test_acc1", "test_acc5", "test_loss", "train_loss", "train_lr"):
+                writer.add_scalar(key.replace("_", "/", 1), stats[key], epoch)
+            writer.flush()
+
+    if not history:
+        raise ValueError(f"nothing to do: --epochs {cfg.epochs}")
+    acc1 = [h["test_acc1"] for h in history]
+    result = {
+        "protocol": "linprobe",
+        "checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "checkpoint_sha256": sha256,
+        "encoder": info.to_dict(),
+        "data_path": str(Path(cfg.data_path).resolve()),
+        "num_train_used": len(subset),
+        "num_train": len(train.keys),
+        "num_val": len(val.keys),
+        "num_classes": num_classes,
+        "fewshot": {
+            "shots": cfg.shots,
+            "percent": cfg.percent,
+            "seed": cfg.seed,
+            "subset_sha256": _digest(subset),
+        },
+        "protocol_details": {
+            "head": "BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01)",
+            "optimizer": f"LARS momentum {cfg.momentum}, weight decay {cfg.weight_decay}",
+            "lr": lr,
+            "blr": cfg.blr,
+            "effective_batch": eff_batch,
+            "accum_iter": accum_iter,
+            "schedule": f"{cfg.warmup_epochs} warmup epochs, half-cycle cosine per iteration",
+            "epochs": cfg.epochs,
+            "train_features": (
+                "cached center-crop features, no augmentation (approximation)"
+                if cfg.cached_features
+                else "RandomResizedCrop(224, bicubic) + flip, every epoch"
+            ),
+            "features": f"{cfg.pool} token after the final norm",
+        },
+        "final": {"acc1": history[-1]["test_acc1"], "acc5": history[-1]["test_acc5"]},
+        "best_acc1": max(acc1),
+        "history": history,
+        "elapsed_s": time.perf_counter() - started,
+        "device": str(device),
+        "config": asdict(cfg),
+        "software": software_versions(),
+    }
+    write_json(out_dir / "linprobe.json", result)
+    plot_probe({f"seed {cfg.seed}": acc1}, out_dir / "linprobe.png")
+    log(
+        f"final val top-1 {result['final']['acc1']:.2f} (best {result['best_acc1']:.2f}); "
+        f"results: {out_dir / 'linprobe.json'}"
+    )
+    return result
+
+
+def run_seeds(cfg: LinprobeConfig, seeds, log=print) -> dict:
+    """One probe per seed (subset and training order), then mean and std of the final top-1."""
+    seeds = [int(s) for s in seeds]
+    out_dir = Path(cfg.output_dir)
+    features_dir = cfg.features_dir or str(out_dir / "features")  # shared by the seeds
+    runs = []
+    for seed in seeds:
+        log(f"--- seed {seed} ---")
+        runs.append(
+            run_linprobe(
+                dataclasses.replace(
+                    cfg,
+                    seed=seed,
+                    output_dir=str(out_dir / f"seed_{seed}"),
+                    features_dir=features_dir,
+                ),
+                log=log,
+            )
+        )
+    final1 = [r["final"]["acc1"] for r in runs]
+    final5 = [r["final"]["acc5"] for r in runs]
+
+    def spread(values):  # sample std (n - 1); 0 for a single seed
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    summary = {
+        "protocol": "linprobe-seeds",
+        "checkpoint_sha256": runs[0]["checkpoint_sha256"],
+        "fewshot": {"shots": cfg.shots, "percent": cfg.percent},
+        "seeds": seeds,
+        "final_acc1": final1,
+        "final_acc5": final5,
+        "acc1_mean": statistics.fmean(final1),
+        "acc1_std": spread(final1),
+        "acc5_mean": statistics.fmean(final5),
+        "acc5_std": spread(final5),
+        "runs": [str(out_dir / f"seed_{s}" / "linprobe.json") for s in seeds],
+    }
+    write_json(out_dir / "fewshot_summary.json", summary)
+    plot_probe(
+        {f"seed {s}": [h["test_acc1"] for h in r["history"]] for s, r in zip(seeds, runs)},
+        out_dir / "fewshot.png",
+    )
+    log(f"top-1 over seeds {seeds}: {summary['acc1_mean']:.2f} +- {summary['acc1_std']:.2f}")
+    return summary

@@ -1,0 +1,341 @@
+"""End-to-end `attg-eval knn` and `attg-eval linprobe` on the built-in example set."""
+
+import argparse
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from attgmae.cli.eval import main
+from attgmae.pipelines.linprobe import LinprobeConfig, run_linprobe
+from PIL import Image
+
+from attgmae.data.images import decode_rgb
+from attgmae.eval.encoder import features, load_encoder
+from attgmae.eval.features import l2_normalize
+from attgmae.eval.knn import knn_classifier
+from attgmae.eval.monitor import knn_top1
+from attgmae.eval.transforms import eval_transform
+from attgmae.models import mae_vit_tiny_patch16
+
+
+def _tiny_checkpoint(path, seed):
+    torch.manual_seed(seed)
+    model = mae_vit_tiny_patch16()
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": {},
+            "epoch": 0,
+            "scaler": {},
+            "args": argparse.Namespace(model="mae_vit_tiny_patch16"),
+        },
+        path,
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    guided, vanilla = root / "guided.pth", root / "vanilla.pth"
+    return {
+        "guided": (guided, _tiny_checkpoint(guided, 0)),
+        "vanilla": (vanilla, _tiny_checkpoint(vanilla, 1)),
+    }
+
+
+def test_knn_end_to_end_with_cache(tmp_path, example_root, checkpoints, capsys):
+    out = tmp_path / "knn"
+    argv = [
+        "knn",
+        "--checkpoint",
+        str(checkpoints["guided"][0]),
+        str(checkpoints["vanilla"][0]),
+        "--labels",
+        "guided",
+        "vanilla",
+        "--data_path",
+        str(example_root),
+        "--output_dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--batch-size",
+        "16",
+        "--nb_knn",
+        "3",
+        "5",
+        "100",
+        "--input_size",
+        "112",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "skipping k=[100]" in printed
+    for label in ("guided", "vanilla"):
+        res = json.loads((out / f"knn_{label}.json").read_text())
+        ckpt = checkpoints[label][0]
+        assert res["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+        assert [r["k"] for r in res["results"]] == [3, 5]
+        assert (res["num_train"], res["num_val"], res["num_classes"]) == (24, 12, 4)
+        assert (out / f"knn_{label}.png").stat().st_size > 0
+        assert f"{label:<24}    5" in printed
+    compare = json.loads((out / "knn_compare.json").read_text())
+    assert set(compare["compare"]) == {"guided", "vanilla"}
+
+    # The reported numbers follow from the cached features by the plain k-NN ...
+    res = json.loads((out / "knn_guided.json").read_text())
+    sha = res["checkpoint_sha256"]
+    (train_file,) = (out / "features").glob(f"{sha[:16]}_train_*.pt")
+    (val_file,) = (out / "features").glob(f"{sha[:16]}_val_*.pt")
+    train, val = torch.load(train_file), torch.load(val_file)
+    top1, top5 = knn_classifier(
+        l2_normalize(train["features"]),
+        train["labels"],
+        l2_normalize(val["features"]),
+        val["labels"],
+        5,
+        0.07,
+        4,
+    )
+    assert res["results"][1] == {"k": 5, "top1": top1, "top5": top5}
+    # ... and the cached features are the encoder's CLS on Resize + CenterCrop (256/224 scaled
+    # to the 112 px input used here to keep the test fast).
+    encoder, _ = load_encoder(checkpoints["guided"][0], img_size=112)
+    key = val["keys"][-1]
+    img = eval_transform(112, 128)(Image.fromarray(decode_rgb(example_root / "val" / key)))
+    with torch.no_grad():
+        direct = features(encoder, img[None])[0]
+    assert torch.allclose(val["features"][-1], direct, atol=1e-4)
+    assert val["labels"][-1].item() == res["class_names"].index(key.split("/")[0])
+
+    # A second run reuses the cache and reports the same numbers.
+    mtime = val_file.stat().st_mtime_ns
+    assert main(argv) == 0
+    assert "cached features" in capsys.readouterr().out
+    assert val_file.stat().st_mtime_ns == mtime
+    assert json.loads((out / "knn_guided.json").read_text())["results"] == res["results"]
+
+
+def test_eval_transform_is_the_protocol():
+    names = [type(t).__name__ for t in eval_transform().transforms]
+    assert names == ["Resize", "CenterCrop", "ToTensor", "Normalize"]
+    resize, crop = eval_transform().transforms[:2]
+    assert resize.size == 256 and resize.interpolation.value == "bicubic"
+    assert crop.size == (224, 224)
+
+
+def test_monitor_matches_the_command(tmp_path, example_root, checkpoints):
+    out = tmp_path / "knn"
+    ckpt, mae = checkpoints["vanilla"]
+    assert (
+        main(
+            [
+                "knn",
+                "--checkpoint",
+                str(ckpt),
+                "--data_path",
+                str(example_root),
+                "--output_dir",
+                str(out),
+                "--device",
+                "cpu",
+                "--num_workers",
+                "0",
+                "--nb_knn",
+                "5",
+            ]
+        )
+        == 0
+    )
+    want = json.loads((out / "knn_vanilla.json").read_text())["results"][0]["top1"]
+    mae.train()
+    assert knn_top1(mae, example_root, "cpu", k=5, batch_size=16) == pytest.approx(want)
+    assert mae.training  # mode restored
+
+
+def test_linprobe_images_log_checkpoint_resume(tmp_path, example_root, checkpoints, capsys):
+    out = tmp_path / "probe"
+    argv = [
+        "linprobe",
+        "--checkpoint",
+        str(checkpoints["guided"][0]),
+        "--data_path",
+        str(example_root),
+        "--output_dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--batch_size",
+        "8",
+        "--eff_batch_size",
+        "16",
+        "--input_size",
+        "64",
+        "--warmup_epochs",
+        "1",
+        "--log_every",
+        "0",
+    ]
+    assert main([*argv, "--epochs", "2"]) == 0
+    lines = (out / "log.txt").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+    assert (out / "checkpoint-1.pth").is_file() and (out / "linprobe.png").is_file()
+    res = json.loads((out / "linprobe.json").read_text())
+    assert res["protocol_details"]["effective_batch"] == 16
+    assert res["protocol_details"]["lr"] == pytest.approx(0.1 * 16 / 256)
+    assert res["num_train_used"] == 24 and len(res["history"]) == 2
+    capsys.readouterr()
+    # Asking for one more epoch resumes from checkpoint-last.pth.
+    assert main([*argv, "--epochs", "3"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    lines = (out / "log.txt").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+    res = json.loads((out / "linprobe.json").read_text())
+    assert res["final"]["acc1"] == res["history"][-1]["test_acc1"]
+
+
+def test_interrupted_probe_resumes_to_the_same_head(tmp_path, example_root, checkpoints):
+    common = dict(
+        checkpoint=str(checkpoints["guided"][0]),
+        data_path=str(example_root),
+        epochs=3,
+        warmup_epochs=1,
+        batch_size=6,
+        eff_batch_size=12,
+        cached_features=True,
+        device="cpu",
+        num_workers=0,
+        input_size=64,
+        features_dir=str(tmp_path / "features"),
+        log_every=0,
+    )
+    run_linprobe(
+        LinprobeConfig(output_dir=str(tmp_path / "straight"), **common), log=lambda msg: None
+    )
+
+    def crash_after_epoch_0(msg):
+        if msg.startswith("epoch 1:"):
+            raise KeyboardInterrupt  # killed before epoch 1 was saved
+
+    with pytest.raises(KeyboardInterrupt):
+        run_linprobe(
+            LinprobeConfig(output_dir=str(tmp_path / "killed"), **common), log=crash_after_epoch_0
+        )
+    run_linprobe(
+        LinprobeConfig(output_dir=str(tmp_path / "killed"), **common), log=lambda msg: None
+    )
+    a = torch.load(tmp_path / "straight" / "checkpoint-2.pth")["head"]
+    b = torch.load(tmp_path / "killed" / "checkpoint-2.pth")["head"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_fewshot_seeds_report_mean_and_std(tmp_path, example_root, checkpoints):
+    out = tmp_path / "fewshot"
+    assert (
+        main(
+            [
+                "linprobe",
+                "--checkpoint",
+                str(checkpoints["guided"][0]),
+                "--data_path",
+                str(example_root),
+                "--output_dir",
+                str(out),
+                "--device",
+                "cpu",
+                "--num_workers",
+                "0",
+                "--batch_size",
+                "8",
+                "--input_size",
+                "64",
+                "--epochs",
+                "2",
+                "--warmup_epochs",
+                "1",
+                "--shots",
+                "2",
+                "--seeds",
+                "0",
+                "1",
+                "--cached_features",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((out / "fewshot_summary.json").read_text())
+    runs = [json.loads((out / f"seed_{s}" / "linprobe.json").read_text()) for s in (0, 1)]
+    finals = [r["final"]["acc1"] for r in runs]
+    assert summary["acc1_mean"] == pytest.approx(np.mean(finals))
+    assert summary["acc1_std"] == pytest.approx(np.std(finals, ddof=1))
+    assert [r["num_train_used"] for r in runs] == [8, 8]
+    # Full-batch lr although 8 images are used (the paper's A.8).
+    assert runs[0]["protocol_details"]["lr"] == pytest.approx(0.1 * 4096 / 256)
+    assert runs[0]["fewshot"]["subset_sha256"] != runs[1]["fewshot"]["subset_sha256"]
+    assert (out / "fewshot.png").is_file()
+
+
+def test_bad_input_is_a_clear_error(tmp_path, example_root, checkpoints, capsys):
+    base = ["--data_path", str(example_root), "--output_dir", str(tmp_path), "--device", "cpu"]
+    assert main(["knn", "--checkpoint", str(tmp_path / "nope.pth"), *base]) == 2
+    assert "nope.pth not found" in capsys.readouterr().err
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00garbage")
+    assert main(["knn", "--checkpoint", str(junk), *base]) == 2
+    assert "junk.pth" in capsys.readouterr().err
+    (tmp_path / "noval" / "train" / "a").mkdir(parents=True)
+    assert (
+        main(
+            [
+                "knn",
+                "--checkpoint",
+                str(checkpoints["guided"][0]),
+                "--data_path",
+                str(tmp_path / "noval"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+    assert "val not found" in capsys.readouterr().err
+
+
+def test_a_corrupt_image_is_named(tmp_path, example_root, checkpoints, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(example_root / "val", root / "val")
+    shutil.copytree(example_root / "val", root / "train")
+    bad = root / "train" / "circle" / "aaa_truncated.JPEG"
+    bad.write_bytes((root / "train" / "circle").glob("*.JPEG").__next__().read_bytes()[:300])
+    assert (
+        main(
+            [
+                "knn",
+                "--checkpoint",
+                str(checkpoints["guided"][0]),
+                "--data_path",
+                str(root),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+                "--num_workers",
+                "1",
+                "--input_size",
+                "64",
+                "--nb_knn",
+                "3",
+            ]
+        )
+        == 2
+    )
+    assert "aaa_truncated.JPEG" in capsys.readouterr().err

@@ -1,0 +1,111 @@
+"""Linear-probe pieces: head, schedule, micro-batches, gradient accumulation, accuracy."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from attgmae.eval.lars import LARS
+from attgmae.eval.linprobe import (
+    LinearProbeHead,
+    cosine_lr,
+    epoch_batches,
+    evaluate,
+    topk_correct,
+    train_one_epoch,
+)
+
+
+def test_head_is_mae_head():
+    torch.manual_seed(0)
+    head = LinearProbeHead(512, 1000)
+    assert isinstance(head.norm, nn.BatchNorm1d) and not head.norm.affine
+    assert head.norm.eps == 1e-6
+    assert head.fc.weight.std().item() == pytest.approx(0.01, rel=0.02)
+    assert torch.count_nonzero(head.fc.bias) == 0
+
+
+def test_schedule_warmup_then_half_cosine():
+    lr, warm, total = 1.6, 10, 90
+    assert cosine_lr(0, lr, warm, total) == 0
+    assert cosine_lr(5, lr, warm, total) == pytest.approx(0.8)
+    assert cosine_lr(10, lr, warm, total) == pytest.approx(1.6)
+    assert cosine_lr(50, lr, warm, total) == pytest.approx(0.8)  # half-way down the cosine
+    assert cosine_lr(90, lr, warm, total, min_lr=0.1) == pytest.approx(0.1)
+    x = 37.25
+    want = 0.5 * lr * (1 + math.cos(math.pi * (x - warm) / (total - warm)))
+    assert cosine_lr(x, lr, warm, total) == pytest.approx(want)
+
+
+def test_epoch_batches_reproducible_and_never_single():
+    a = epoch_batches(21, 4, seed=3, epoch=2, drop_last=False)
+    b = epoch_batches(21, 4, seed=3, epoch=2, drop_last=False)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert [len(x) for x in a] == [4, 4, 4, 4, 5]  # the single tail sample joins the last batch
+    assert sorted(np.concatenate(a).tolist()) == list(range(21))
+    c = epoch_batches(21, 4, seed=3, epoch=3, drop_last=False)
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert [len(x) for x in epoch_batches(22, 4, seed=0, epoch=0, drop_last=True)] == [4] * 5
+    with pytest.raises(ValueError, match="at least 2"):
+        epoch_batches(1, 4, seed=0, epoch=0, drop_last=False)
+
+
+def _grad_step(sizes, accum_iter, feats, labels):
+    """Weights after one epoch of a plain linear head, micro-batches in order."""
+    torch.manual_seed(0)
+    head = nn.Linear(feats.shape[1], 3)
+    opt = LARS(head.parameters(), lr=0.5)
+    bounds = np.cumsum([0, *sizes])
+    batches = [(feats[s:e], labels[s:e]) for s, e in zip(bounds[:-1], bounds[1:])]
+    train_one_epoch(
+        head,
+        iter(batches),
+        sizes,
+        opt,
+        epoch=0,
+        accum_iter=accum_iter,
+        lr_at=lambda e: 0.5,
+        device="cpu",
+    )
+    return head.weight.detach().clone(), head.bias.detach().clone()
+
+
+def test_accumulated_micro_batches_equal_one_big_batch():
+    g = torch.Generator().manual_seed(1)
+    feats, labels = torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g)
+    big = _grad_step([8], 1, feats, labels)
+    acc = _grad_step([4, 4], 2, feats, labels)
+    acc_uneven = _grad_step([2, 3, 3], 3, feats, labels)
+    for want, got in ((big, acc), (big, acc_uneven)):
+        assert torch.allclose(want[0], got[0], atol=1e-6)
+        assert torch.allclose(want[1], got[1], atol=1e-6)
+    # Separate steps are different from accumulation (the test can tell them apart).
+    assert not torch.allclose(big[0], _grad_step([4, 4], 1, feats, labels)[0], atol=1e-6)
+
+
+def test_trailing_partial_group_steps_on_its_own_mean():
+    g = torch.Generator().manual_seed(2)
+    feats, labels = torch.randn(11, 5, generator=g), torch.randint(0, 3, (11,), generator=g)
+    # Groups: [4, 4] then [3] alone; equal to two explicit epochs-worth of steps.
+    got = _grad_step([4, 4, 3], 2, feats, labels)
+    torch.manual_seed(0)
+    head = nn.Linear(5, 3)
+    opt = LARS(head.parameters(), lr=0.5)
+    for rows in (slice(0, 8), slice(8, 11)):
+        opt.zero_grad()
+        nn.functional.cross_entropy(head(feats[rows]), labels[rows]).backward()
+        opt.step()
+    assert torch.allclose(head.weight.detach(), got[0], atol=1e-6)
+
+
+def test_topk_and_evaluate():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.3], [0.2, 0.3, 0.5]])
+    targets = torch.tensor([1, 2, 0])
+    assert topk_correct(logits, targets, ks=(1, 2, 5)) == [1, 2, 3]
+    head = nn.Identity()
+    stats = evaluate(head, logits, targets, "cpu", batch_size=2)
+    assert stats["acc1"] == pytest.approx(100 / 3) and stats["acc5"] == 100.0
+    want_loss = nn.functional.cross_entropy(logits, targets).item()
+    assert stats["loss"] == pytest.approx(want_loss)
