@@ -1,0 +1,63 @@
+"""Reconstruction panels: original | masked | reconstruction | loss weights, one row per image."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from attgmae.data.transforms import denormalize_images
+
+# A dark-to-bright ramp (black, purple, orange, yellow) for the weight panel.
+_RAMP = np.array(
+    [[0, 0, 0], [90, 20, 120], [230, 90, 40], [250, 230, 80]], dtype=np.float32
+)
+
+
+def _heat(values: np.ndarray) -> np.ndarray:
+    """values float [...] in [0, 1] -> uint8 [..., 3] along _RAMP."""
+    pos = np.clip(values, 0, 1) * (len(_RAMP) - 1)
+    low = np.floor(pos).astype(int).clip(0, len(_RAMP) - 2)
+    frac = (pos - low)[..., None]
+    return (_RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac).astype(np.uint8)
+
+
+@torch.no_grad()
+def reconstruction_panels(model, images, noise, mask_ratio, loss_weights=None) -> np.ndarray:
+    """uint8 [K*S, 4*S, 3]: for each image (ImageNet-normalized [K, 3, S, S]) the original,
+    the visible patches (masked ones grey), the reconstruction pasted into the visible
+    patches, and the loss weights (scaled to their maximum; black = lowest)."""
+    was_training = model.training
+    model.eval()
+    _, pred, mask = model(images, mask_ratio, noise=noise)  # pred [K, L, p*p*3], mask [K, L]
+    model.train(was_training)
+    pred = pred.float()
+    if model.norm_pix_loss:  # predictions are per-patch normalized: undo with the true stats
+        target = model.patchify(images.float())
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        pred = pred * (var + 1.0e-6) ** 0.5 + mean
+    recon = model.unpatchify(pred)  # [K, 3, S, S], normalized space
+    p = model.patch_size
+    mask_px = model.unpatchify(mask.float()[..., None].expand(-1, -1, p * p * 3))  # 1 = masked
+    original = denormalize_images(images)
+    masked = original * (1 - mask_px) + 0.5 * mask_px
+    pasted = original * (1 - mask_px) + denormalize_images(recon) * mask_px
+    k, _, size, _ = images.shape
+    grid = model.grid_size
+    if loss_weights is None:
+        weights = torch.zeros(k, grid * grid)
+    else:
+        weights = loss_weights.float().cpu()
+        low = weights.min(dim=1, keepdim=True).values
+        high = weights.max(dim=1, keepdim=True).values
+        weights = (weights - low) / (high - low).clamp_min(1e-12)
+    weight_px = weights.reshape(k, grid, 1, grid, 1).expand(-1, -1, p, -1, p)
+    weight_rgb = _heat(weight_px.reshape(k, size, size).numpy())  # [K, S, S, 3]
+
+    def to_uint8(x):  # [K, 3, S, S] float [0, 1] -> [K, S, S, 3]
+        return (x.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+    row = np.concatenate(
+        [to_uint8(original), to_uint8(masked), to_uint8(pasted), weight_rgb], axis=2
+    )  # [K, S, 4*S, 3]
+    return row.reshape(k * size, 4 * size, 3)

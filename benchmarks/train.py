@@ -1,0 +1,238 @@
+"""Stage 2 throughput (not a test): training steps and the data loader, as ratios in one run.
+
+1. step img/s on synthetic tensors: vanilla MAE vs guided (map crop + weights + weighted loss),
+   eager vs torch.compile (``--compile``; default on CUDA);
+2. the batched map crop (one grid_sample per batch) vs a per-image Python loop;
+3. loader img/s from JPEG files: ours (decode_rgb + joint RandomResizedCrop, uint8 out, maps)
+   vs the MAE recipe (torchvision ImageFolder + PIL RandomResizedCrop + ToTensor + Normalize);
+4. end to end (attg-train's loop from those JPEG files): vanilla vs guided.
+
+Small by default on CPU (tiny model, few steps); full on GPU:
+  python benchmarks/train.py                                  # CPU, tiny
+  python benchmarks/train.py --device cuda --model mae_vit_large_patch16 --batch_size 256 \
+      --steps 30 --loader_images 4096 --workers 16            # one H200 / H100
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from attgmae.pipelines.distributed import DistInfo
+from attgmae.pipelines.train import PretrainRun, TrainConfig
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from attgmae.data.pretrain_dataset import EpochSampler, MapJoin, PretrainDataset
+from attgmae.data.transforms import JointTransform, crop_resize_maps, normalize_images
+from attgmae.guidance import loss_weights
+from attgmae.models import create_mae
+from attgmae.optim import make_adamw
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_throughput(model_name, device, batch, steps, warmup, compiled, amp, rounds=4) -> dict:
+    """img/s of full training steps (forward, backward, AdamW) on synthetic inputs,
+    {'vanilla': .., 'guided': ..}: the two alternate ``rounds`` times on the same model, in
+    turns of order, and the best round of each is kept, so noise does not land on one side."""
+    torch.manual_seed(0)
+    model = create_mae(model_name, norm_pix_loss=True).to(device)
+    run_model = torch.compile(model) if compiled else model
+    opt = make_adamw(model, 1e-4, 0.05, fused=device.type == "cuda")
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, generator=gen)
+    images = images.to(device)
+    maps = torch.rand(batch, 14, 14, generator=gen).to(device)
+    boxes = torch.tensor([[0.1, 0.2, 0.8, 0.9]]).repeat(batch, 1)
+    flips = torch.rand(batch, generator=gen) < 0.5
+    noise = torch.rand(batch, model.patch_embed.num_patches, generator=gen).to(device)
+    dtype = torch.bfloat16 if amp == "bf16" else None
+
+    def one_step(guided):
+        imgs = normalize_images(images)
+        weights = None
+        if guided:
+            cropped = crop_resize_maps(maps, boxes, flips, model.grid_size)
+            weights = loss_weights(cropped, 0.75)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss, _, _ = run_model(imgs, 0.75, loss_weights=weights, noise=noise)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for guided in (False, True):  # compile both graphs, warm allocator and caches
+        for _ in range(warmup):
+            one_step(guided)
+    best = {"vanilla": 0.0, "guided": 0.0}
+    for r in range(rounds):
+        order = (("vanilla", False), ("guided", True))
+        for name, guided in order if r % 2 == 0 else order[::-1]:  # no side always goes first
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                one_step(guided)
+            sync(device)
+            best[name] = max(best[name], steps * batch / (time.perf_counter() - t0))
+    return best
+
+
+def map_crop_ratio(batch: int, device, repeats: int = 20) -> tuple[float, float]:
+    """(batched maps/s, per-image loop maps/s) for crop_resize_maps."""
+    maps = torch.rand(batch, 14, 14, device=device)
+    boxes = torch.rand(batch, 4) * 0.4
+    boxes[:, 2:] += 0.6
+    flips = torch.rand(batch) < 0.5
+    timings = []
+    for batched in (True, False):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            if batched:
+                crop_resize_maps(maps, boxes, flips, 14)
+            else:
+                for i in range(batch):
+                    crop_resize_maps(maps[i : i + 1], boxes[i : i + 1], flips[i : i + 1], 14)
+        sync(device)
+        timings.append(repeats * batch / (time.perf_counter() - t0))
+    return timings[0], timings[1]
+
+
+def write_jpegs(root: Path, count: int) -> list[str]:
+    """ImageNet-like JPEGs (500 x 375, smooth content) under root/train/c/."""
+    rng = np.random.default_rng(0)
+    folder = root / "train" / "c"
+    folder.mkdir(parents=True)
+    base = rng.random((47, 63, 3))
+    keys = []
+    for i in range(count):
+        small = np.roll(base, i, axis=1) * 255
+        img = Image.fromarray(small.astype(np.uint8)).resize((500, 375), Image.BICUBIC)
+        img.save(folder / f"{i:05d}.JPEG", quality=90)
+        keys.append(f"c/{i:05d}.JPEG")
+    return keys
+
+
+def loader_throughput(loader, limit_batches: int | None = None) -> float:
+    it = iter(loader)
+    next(it)  # workers started, first batch out: exclude start-up
+    t0 = time.perf_counter()
+    images = 0
+    for n, batch in enumerate(it):
+        first = batch["image"] if isinstance(batch, dict) else batch[0]
+        images += first.shape[0]
+        if limit_batches and n + 1 >= limit_batches:
+            break
+    return images / (time.perf_counter() - t0)
+
+
+def loaders(root: Path, keys, batch: int, workers: int):
+    import torchvision.datasets as datasets
+    import torchvision.transforms as T
+
+    join = MapJoin(rows=np.arange(len(keys)), maps=np.random.rand(len(keys), 14, 14)
+                   .astype(np.float16), missing=np.array([], dtype=str), extra=0)
+    ours = PretrainDataset(root / "train", keys, JointTransform(224, "rrc"), 196, "store", join)
+    ours_loader = DataLoader(ours, batch_size=batch, sampler=EpochSampler(len(ours)),
+                             num_workers=workers, drop_last=True)
+    recipe = T.Compose([T.RandomResizedCrop(224, scale=(0.2, 1.0), interpolation=3),
+                        T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    mae = datasets.ImageFolder(str(root / "train"), transform=recipe)
+    mae_loader = DataLoader(mae, batch_size=batch, shuffle=True, num_workers=workers,
+                            drop_last=True)
+    return ours_loader, mae_loader
+
+
+def end_to_end(data_path: Path, model: str, batch: int, workers: int, device, compiled: bool,
+               guidance: str) -> float:
+    """img/s of attg-train's own loop (JPEG files -> loader -> step), second of two epochs
+    (compiled and workers warm); 'random' guidance runs exactly the guided path of 'store'."""
+    cfg = TrainConfig(data_path=str(data_path), output_dir="", model=model, batch_size=batch,
+                      accum_iter=1, epochs=2, warmup_epochs=1, guidance=guidance,
+                      device=str(device), num_workers=workers, compile=compiled,
+                      print_freq=10**9, ckpt_every_min=0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = PretrainRun(cfg, DistInfo(), device).fit()
+    return result["log"][-1]["train_img_per_s"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model", default=None, help="default: tiny on CPU, large on CUDA")
+    p.add_argument("--batch_size", type=int, default=None, help="default: 16 CPU, 256 CUDA")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--compile", action="store_true", default=None)
+    p.add_argument("--no_compile", action="store_false", dest="compile")
+    p.add_argument("--loader_images", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    model = args.model or ("mae_vit_large_patch16" if gpu else "mae_vit_tiny_patch16")
+    batch = args.batch_size or (256 if gpu else 16)
+    steps = args.steps or (30 if gpu else 8)
+    warmup = args.warmup or (5 if gpu else 2)
+    do_compile = gpu if args.compile is None else args.compile
+    amp = "bf16" if gpu else "none"
+    n_images = args.loader_images or (4096 if gpu else 256)
+    workers = args.workers if args.workers is not None else (16 if gpu else 2)
+
+    threads = torch.get_num_threads()
+    where = torch.cuda.get_device_name(device) if gpu else f"CPU ({threads} threads)"
+    print(f"device {where}; model {model}; batch {batch}; amp {amp}; steps {steps}")
+    rows = {}
+    for compiled in ([False, True] if do_compile else [False]):
+        mode = "compiled" if compiled else "eager"
+        for name, img_per_s in step_throughput(
+            model, device, batch, steps, warmup, compiled, amp
+        ).items():
+            rows[f"{name} {mode}"] = img_per_s
+            print(f"  step {name} {mode:9s} {img_per_s:10.1f} img/s")
+    for mode in ("eager", "compiled"):
+        if f"vanilla {mode}" in rows:
+            cost = rows[f"vanilla {mode}"] / rows[f"guided {mode}"] - 1
+            print(f"  guided loss cost ({mode}): {100 * cost:+.1f}% step time over vanilla")
+    if do_compile:
+        print(f"  compile speed-up (guided): "
+              f"{rows['guided compiled'] / rows['guided eager']:.2f}x")
+
+    fast, slow = map_crop_ratio(batch, device)
+    print(f"  map crop: batched {fast:,.0f} maps/s vs per-image loop {slow:,.0f} maps/s "
+          f"({fast / slow:.1f}x)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        keys = write_jpegs(root, n_images)
+        ours_loader, mae_loader = loaders(root, keys, min(batch, 64), workers)
+        ours = mae = 0.0
+        for _ in range(2):  # alternate, keep the best of each
+            ours = max(ours, loader_throughput(ours_loader))
+            mae = max(mae, loader_throughput(mae_loader))
+        per_worker = ours / max(workers, 1)
+        print(f"  loader ({workers} workers, 500x375 JPEG -> 224): ours {ours:.1f} img/s, "
+              f"MAE recipe {mae:.1f} img/s ({ours / mae:.2f}x); ours per worker {per_worker:.1f}")
+        e2e = {"none": 0.0, "random": 0.0}
+        orders = (("none", "random"), ("random", "none"))[: 1 if gpu else 2]  # GPU: steady
+        for order in orders:  # alternate, keep the best of each
+            for g in order:
+                e2e[g] = max(e2e[g], end_to_end(root, model, batch, workers, device, do_compile, g))
+        print(f"  end to end from JPEG ({'compiled' if do_compile else 'eager'}, {workers} "
+              f"workers): vanilla {e2e['none']:.1f} img/s, guided {e2e['random']:.1f} img/s "
+              f"({100 * (e2e['none'] / e2e['random'] - 1):+.1f}% time)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""`attg-train`: attention-guided MAE pretraining (official main_pretrain.py flags, paper defaults).
+
+Examples:
+  attg-train --data_path IMAGENET --maps maps.zarr --output_dir out      # guided, paper recipe
+  attg-train --data_path IMAGENET --guidance none --output_dir out_mae   # vanilla MAE baseline
+  torchrun --nproc_per_node 8 -m attgmae.cli.train --data_path IMAGENET --maps maps.zarr ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from attgmae.cli._args import make_parser, run_main
+from attgmae.pipelines.train import AMP_MODES, TrainConfig, TrainError, run_pretrain
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, examples kept as written."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig(data_path="")
+    p = make_parser("attg-train", __doc__)
+    p.formatter_class = _HelpFormatter
+
+    # data
+    p.add_argument("--data_path", required=True, help="folder holding train/<class>/<image>")
+    p.add_argument("--input_size", type=int, default=d.input_size, help="image size")
+    p.add_argument("--aug", choices=("rrc", "resize"), default=d.aug,
+                   help="rrc: RandomResizedCrop(scale 0.2-1, bicubic) + flip (MAE); "
+                        "resize: resize to input_size + flip (paper A.2)")
+    p.add_argument("--num_workers", type=int, default=d.num_workers)
+    p.add_argument("--pin_mem", action="store_true", default=d.pin_mem,
+                   help="pin CPU memory in the DataLoader (CUDA)")
+    p.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
+    p.add_argument("--skip_bad_images", action="store_true",
+                   help="skip (and count in bad_images.txt) images that cannot be decoded")
+
+    # guidance
+    p.add_argument("--guidance", choices=("store", "random", "none"), default=d.guidance,
+                   help="store: maps from --maps; random: random maps (control); none: vanilla MAE")
+    p.add_argument("--maps", help="map store (*.zarr or *.h5) keyed by paths under data_path/train")
+    p.add_argument("--tau", type=float, default=d.tau, help="temperature: weight exp(M_norm/tau)")
+    p.add_argument("--tau_end", type=float, default=None,
+                   help="if set, tau follows a half-cycle cosine from --tau to this over training")
+    p.add_argument("--gamma", type=float, default=d.gamma, help="weight scale")
+    p.add_argument("--missing_maps", choices=("error", "uniform"), default=d.missing_maps,
+                   help="images without a map: stop before training, or train with uniform weights")
+
+    # model and loss
+    p.add_argument("--model", default=d.model,
+                   help="mae_vit_tiny_patch16, mae_vit_base_patch16, mae_vit_large_patch16, "
+                        "mae_vit_huge_patch14")
+    p.add_argument("--mask_ratio", type=float, default=d.mask_ratio,
+                   help="fraction of patches removed")
+    p.add_argument("--norm_pix_loss", action="store_true", default=d.norm_pix_loss,
+                   help="per-patch normalized pixel targets (on by default, the MAE recipe)")
+    p.add_argument("--no_norm_pix_loss", action="store_false", dest="norm_pix_loss")
+
+    # optimization
+    p.add_argument("--batch_size", type=int, default=d.batch_size,
+                   help="per process; effective batch = batch_size * accum_iter * processes")
+    p.add_argument("--accum_iter", type=int, default=None,
+                   help="gradient accumulation steps (default: enough for an effective batch of "
+                        "512, the paper's)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--warmup_epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--blr", type=float, default=d.blr,
+                   help="base lr: lr = blr * effective batch / 256")
+    p.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
+    p.add_argument("--min_lr", type=float, default=d.min_lr, help="cosine floor")
+    p.add_argument("--weight_decay", type=float, default=d.weight_decay)
+
+    # run
+    p.add_argument("--output_dir", default=d.output_dir, help="checkpoints, log.txt, vis/")
+    p.add_argument("--log_dir", default=None, help="TensorBoard folder (default output_dir)")
+    p.add_argument("--device", default=d.device, help="cuda or cpu")
+    p.add_argument("--amp", choices=AMP_MODES, default=d.amp,
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU; fp16 uses a grad scaler")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--resume", default="", help="checkpoint to resume from")
+    p.add_argument("--auto_resume", action="store_true",
+                   help="resume from the newest checkpoint in output_dir if there is one")
+    p.add_argument("--start_epoch", type=int, default=d.start_epoch)
+    p.add_argument("--save_every", type=int, default=d.save_every,
+                   help="keep checkpoint-{epoch}.pth every this many epochs (and the last)")
+    p.add_argument("--ckpt_every_min", type=float, default=d.ckpt_every_min,
+                   help="also refresh checkpoint-last.pth during an epoch this often (0: never)")
+    p.add_argument("--ckpt_every_steps", type=int, default=0,
+                   help="refresh checkpoint-last.pth every this many iterations (0: never)")
+    p.add_argument("--stop_after_iters", type=int, default=0,
+                   help="leave after this many iterations without saving, as a killed run "
+                        "(for tests of resumption)")
+    p.add_argument("--print_freq", type=int, default=d.print_freq)
+    p.add_argument("--vis_every", type=int, default=0,
+                   help="every this many epochs write vis/recon-epochNNNN.png")
+    p.add_argument("--vis_count", type=int, default=d.vis_count, help="images in that PNG")
+    p.add_argument("--knn_every", type=int, default=0,
+                   help="every this many epochs log k-NN top-1 on --knn_data (train vs val)")
+    p.add_argument("--knn_data", default=None, help="folder with train/ and val/ for --knn_every")
+
+    # distributed (torchrun / SLURM set the ranks)
+    p.add_argument("--dist_url", default=d.dist_url, help="process-group init method")
+    p.add_argument("--world_size", type=int, default=1, help="(read from the environment)")
+    p.add_argument("--local_rank", type=int, default=-1, help="(read from the environment)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def _main(argv) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run_pretrain(config_from_args(args))
+    except TrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
