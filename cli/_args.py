@@ -10,20 +10,36 @@ from __future__ import annotations
 import argparse
 
 
+def _with_both_spellings(names, kwargs):
+    """Add the other spelling (_ <-> -) of every long option; dest from the first name."""
+    spelled = list(names)
+    for name in names:
+        if name.startswith("--"):
+            body = name[2:]
+            for alt in (body.replace("_", "-"), body.replace("-", "_")):
+                if "--" + alt not in spelled:
+                    spelled.append("--" + alt)
+    if spelled and spelled[0].startswith("--") and "dest" not in kwargs:
+        kwargs["dest"] = spelled[0][2:].replace("-", "_")
+    return spelled, kwargs
+
+
+class _BothSpellingsGroup(argparse._ArgumentGroup):
+    def add_argument(self, *names, **kwargs):
+        return super().add_argument(*_with_both_spellings(names, kwargs)[0], **kwargs)
+
+
 class BothSpellingsParser(argparse.ArgumentParser):
-    """ArgumentParser whose long options also answer to the other spelling (_ <-> -)."""
+    """ArgumentParser whose long options (also in argument groups) answer to both spellings."""
 
     def add_argument(self, *names, **kwargs):
-        spelled = list(names)
-        for name in names:
-            if name.startswith("--"):
-                body = name[2:]
-                for alt in (body.replace("_", "-"), body.replace("-", "_")):
-                    if "--" + alt not in spelled:
-                        spelled.append("--" + alt)
-        if spelled and spelled[0].startswith("--") and "dest" not in kwargs:
-            kwargs["dest"] = spelled[0][2:].replace("-", "_")
+        spelled, kwargs = _with_both_spellings(names, kwargs)
         return super().add_argument(*spelled, **kwargs)
+
+    def add_argument_group(self, *args, **kwargs):
+        group = _BothSpellingsGroup(self, *args, **kwargs)
+        self._action_groups.append(group)
+        return group
 
 
 def make_parser(prog: str, description: str) -> BothSpellingsParser:

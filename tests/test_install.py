@@ -70,5 +70,34 @@ def test_flags_accept_snake_and_kebab_spellings():
     parser = make_parser("x", "test")
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--warmup-epochs", type=int, default=1)
+    parser.add_argument_group("optim").add_argument("--min_lr", type=float, default=0.0)
     assert parser.parse_args(["--batch-size", "4", "--warmup_epochs", "2"]).batch_size == 4
     assert parser.parse_args(["--batch_size", "5", "--warmup-epochs", "3"]).warmup_epochs == 3
+    assert parser.parse_args(["--min-lr", "0.5"]).min_lr == 0.5
+
+
+def test_every_command_accepts_both_spellings_of_every_flag():
+    import argparse
+
+    from attgmae.cli import eval as eval_cli
+    from attgmae.cli import maps as maps_cli
+    from attgmae.cli import train as train_cli
+
+    parsers = []
+    for module in (maps_cli, train_cli, eval_cli):
+        parsers.append(module.build_parser())
+    checked = 0
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            long_names = [o for o in action.option_strings if o.startswith("--")]
+            for name in long_names:
+                if "_" in name or "-" in name[2:]:
+                    other = "--" + (
+                        name[2:].replace("_", "-") if "_" in name else name[2:].replace("-", "_")
+                    )
+                    assert other in action.option_strings, (parser.prog, name)
+                    checked += 1
+    assert checked > 50

@@ -44,7 +44,7 @@ def decode_rgb(path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)
             if img.mode == "I;16" or img.mode == "I":
                 # 16-bit grayscale: scale to 8 bit before RGB conversion (PIL would clip).
                 arr = np.asarray(img, dtype=np.float32)
@@ -54,7 +54,7 @@ def decode_rgb(path) -> np.ndarray:
                 if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                     img = img.convert("RGBA")
                 img = img.convert("RGB")
-            return np.asarray(img, dtype=np.uint8).copy()
+            return np.array(img, dtype=np.uint8)
     except Image.DecompressionBombError as err:
         raise ImageDecodeError(path, f"image too large ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:

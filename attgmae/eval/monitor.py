@@ -22,7 +22,10 @@ def knn_top1(model, data_root, device, k=20, T=0.07, batch_size=64, num_workers=
     try:
         train = image_split(data_root, "train")
         val = image_split(data_root, "val", train.class_names)
+        # The model's own input size (pretraining may run at --input_size other than 224).
+        img_size = model.patch_embed.img_size
         common = {
+            "input_size": int(img_size[0] if isinstance(img_size, (tuple, list)) else img_size),
             "checkpoint_sha256": "",
             "device": device,
             "batch_size": batch_size,

@@ -1,0 +1,114 @@
+"""Process-group set-up for scale-out runs (torchrun or SLURM), and the few collectives we use.
+
+A run is distributed when torchrun's ``WORLD_SIZE`` (or SLURM's ``SLURM_NTASKS`` under ``srun``)
+is above 1. gloo on CPU, nccl on CUDA. One process (world size 1) never touches
+``torch.distributed``, so a plain run needs no rendezvous.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # None when not distributed
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM node list: 'gpu[03-05,07],cpu1' -> 'gpu03'."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if match is None:
+        return nodelist
+    prefix, ranges = match.group(1), match.group(2)
+    if ranges is None:
+        return prefix
+    first = ranges.split(",", 1)[0].split("-", 1)[0]
+    return prefix + first
+
+
+def env_dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's env vars, else SLURM's, else (0, 1, 0).
+
+    Under SLURM this also fills MASTER_ADDR / MASTER_PORT when missing, so that
+    ``srun python -m attgmae.cli.maps generate ...`` needs no wrapper script.
+    """
+    env = os.environ
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local_rank = int(env.get("SLURM_LOCALID", 0))
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "127.0.0.1")
+        env.setdefault("MASTER_ADDR", _first_slurm_host(nodelist))
+        # Derive the port from the job id so two jobs on one node do not collide.
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        env.setdefault("RANK", str(rank))
+        env.setdefault("WORLD_SIZE", str(world))
+        env.setdefault("LOCAL_RANK", str(local_rank))
+        return rank, world, local_rank
+    return 0, 1, 0
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Join the process group when launched with several ranks; returns this rank's DistInfo.
+
+    ``device`` is 'cpu' or 'cuda'; with CUDA each rank takes GPU ``local_rank``.
+    """
+    rank, world_size, local_rank = env_dist_info()
+    if world_size <= 1:
+        return DistInfo()
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def sum_across_ranks(values: list[float], info: DistInfo) -> list[float]:
+    """Element-wise sum of a short list of numbers over all ranks (identity on one process)."""
+    if not info.distributed:
+        return list(values)
+    device = f"cuda:{info.local_rank}" if info.backend == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.cpu().tolist()
+
+
+def max_across_ranks(value: int, info: DistInfo) -> int:
+    """Largest value over all ranks (used to agree on an exit code)."""
+    if not info.distributed:
+        return int(value)
+    device = f"cuda:{info.local_rank}" if info.backend == "nccl" else "cpu"
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()

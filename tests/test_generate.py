@@ -1,0 +1,241 @@
+"""`attg-maps generate`: the stores hold each method's definition, computed the slow way, per key.
+
+One small run (8 example images, random weights, chunks of 4 rows, batches of 3 so batches and
+chunks do not line up, TokenCut in a 2-process pool) is shared by the module; the other tests are
+cheap variations.
+
+Random-weight DINO keys are all alike (cosine similarity mostly > 0.5), so at tau = 0.2 TokenCut's
+graph is complete and its Fiedler vector is not unique (eigenvalue 1 with multiplicity 195): any
+solver may return any vector. tau = 0.9 keeps ~25% of the edges and a well-separated eigenvalue,
+where the stored maps must equal scipy's generalized solve.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from attgmae.cli.maps import main
+from attgmae.pipelines.generate import plan_batches
+
+from attgmae.data.images import decode_rgb, folder_labels, list_images
+from attgmae.store import open_store
+
+ALL = ("dino", "tokencut", "gradcam", "random")
+TAU = 0.9  # see the module docstring
+
+
+def write_file_list(path, keys):
+    path.write_text("".join(f"{k}\n" for k in keys))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_set(example_root, tmp_path_factory):
+    """(images root, file list, keys): 2 training images per class."""
+    root = example_root / "train"
+    keys = [k for k in list_images(root) if k.rsplit("_", 1)[1].startswith(("0000", "0001"))]
+    assert len(keys) == 8
+    return root, write_file_list(tmp_path_factory.mktemp("lists") / "small.txt", keys), keys
+
+
+@pytest.fixture(scope="module")
+def generated(small_set, tmp_path_factory):
+    root, file_list, keys = small_set
+    out = tmp_path_factory.mktemp("gen") / "maps"
+    code = main([
+        "generate", str(root), "--out", str(out), "--file_list", str(file_list),
+        "--methods", ",".join(ALL), "--random_weights", "--device", "cpu", "--batch_size", "3",
+        "--num_workers", "1", "--chunk_rows", "4", "--shard_rows", "4", "--no_progress",
+        "--tokencut_tau", str(TAU), "--tokencut_workers", "2",
+    ])
+    assert code == 0
+    return out
+
+
+def test_plan_batches_cut_inside_chunks():
+    plan = plan_batches([(0, 0, 4), (2, 8, 11)], batch_size=3)
+    assert [(c, r.tolist()) for c, r in plan] == [
+        (0, [0, 1, 2]), (0, [3]), (2, [8, 9, 10]),
+    ]
+
+
+def test_stores_match_the_definitions_computed_the_slow_way(generated, small_set):
+    from attgmae.maps.dino import dino_maps_reference, dino_outputs
+    from attgmae.maps.gradcam import gradcam_maps_reference
+    from attgmae.maps.preprocess import to_model_input
+    from attgmae.maps.random_map import random_maps
+    from attgmae.maps.tokencut import tokencut_maps_reference
+    from attgmae.models.backbones import load_dino_vit, load_resnet50
+
+    root, _, all_keys = small_set
+    keys = [all_keys[i] for i in (0, 3, 4, 7)]  # both ends of both chunks (the slow way is slow)
+    x = to_model_input([decode_rgb(root / k) for k in keys])  # [4, 3, 224, 224]
+    with pytest.warns(UserWarning):
+        vit, _ = load_dino_vit(random_weights=True)
+        resnet, _ = load_resnet50(random_weights=True)
+    with torch.no_grad():
+        _, patch_keys = dino_outputs(vit, x)
+    expected = {
+        # explicit fp32 softmax(q k^T / sqrt(d)) per image, CLS row, mean over heads
+        "dino": dino_maps_reference(vit, x).numpy(),
+        # scipy.linalg.eigh(D - A, D, subset_by_index=[1, 2]) per image
+        "tokencut": tokencut_maps_reference(patch_keys, tau=TAU),
+        # pytorch-grad-cam's GradCAM on layer4[-1], top-1 target, INTER_AREA to 14x14
+        "gradcam": gradcam_maps_reference(resnet, x),
+        "random": random_maps(keys, 0),
+    }
+    # float16 storage: half a unit in the last place is < 5e-4 on [0, 1]
+    tolerance = {"dino": 1e-3, "tokencut": 1e-3, "gradcam": 1e-2, "random": 1e-3}
+    for method in ALL:
+        store = open_store(generated / f"{method}.zarr")
+        assert list(store.keys) == all_keys
+        got = store.get_batch(keys)
+        assert got.shape == (4, 14, 14)
+        assert got.min() >= 0 and got.max() <= 1
+        np.testing.assert_allclose(got, expected[method], atol=tolerance[method], err_msg=method)
+        # min-max normalized per image: every non-constant map reaches 0 and 1
+        flat = got.reshape(4, -1)
+        assert np.allclose(flat.max(1), 1.0) and np.allclose(flat.min(1), 0.0)
+
+
+def test_store_attrs_record_provenance(generated, small_set):
+    _, _, keys = small_set
+    _, labels = folder_labels(keys)
+    for method in ALL:
+        store = open_store(generated / f"{method}.zarr")
+        attrs = store.attrs
+        assert attrs["method"] == method and attrs["complete"] is True
+        assert attrs["software"]["attgmae"] and attrs["software"]["torch"]
+        assert "224x224" in attrs["preprocessing"] and "without cropping" in attrs["preprocessing"]
+        np.testing.assert_array_equal(store.labels, labels)
+        assert attrs["class_names"] == ["circle", "cross", "square", "triangle"]
+        if method == "random":
+            assert attrs["params"] == {"seed": 0} and attrs["model"] is None
+        else:
+            assert attrs["random_weights"] is True and attrs["params"]["random_weights"] is True
+            assert attrs["model"]["source"].startswith("random")
+    assert open_store(generated / "tokencut.zarr").attrs["params"] == {
+        "tau": TAU, "eps": 1e-5, "map": "fg-eigvec", "random_weights": True,
+    }
+    assert open_store(generated / "gradcam.zarr").attrs["model"]["architecture"] == "resnet50"
+    record = json.loads((generated / "generate_run.json").read_text())
+    assert record["result"]["num_computed"] == 8 and record["result"]["exit_code"] == 0
+
+
+def test_rerun_skips_complete_stores_and_refuses_other_params(generated, small_set, capsys):
+    root, file_list, _ = small_set
+    before = open_store(generated / "dino.zarr").read_all()
+    args = ["generate", str(root), "--out", str(generated), "--file_list", str(file_list),
+            "--random_weights", "--device", "cpu", "--no_progress", "--tokencut_tau", str(TAU)]
+    assert main(args + ["--methods", ",".join(ALL)]) == 0
+    err = capsys.readouterr().err
+    assert "already complete" in err and "computed this run: 0" in err
+    np.testing.assert_array_equal(open_store(generated / "dino.zarr").read_all(), before)
+    assert main(args + ["--methods", "tokencut", "--tokencut_tau", "0.3"]) == 2  # last one wins
+    err = capsys.readouterr().err
+    assert "other parameters" in err and "--overwrite" in err
+
+
+def test_h5_format_file_list_and_overwrite(small_set, tmp_path, capsys):
+    root, _, keys = small_set
+    file_list = write_file_list(tmp_path / "three.txt", [keys[5], keys[0], keys[2]])
+    args = ["generate", str(root), "--out", str(tmp_path / "m"), "--file_list", str(file_list),
+            "--methods", "random", "--format", "h5", "--device", "cpu", "--no_progress"]
+    assert main(args) == 0
+    first = open_store(tmp_path / "m" / "random.h5")
+    assert list(first.keys) == sorted([keys[5], keys[0], keys[2]])
+    first_maps = first.read_all()  # the store reads its file on demand
+    assert main(args + ["--seed", "1"]) == 2  # other parameters in the way
+    assert "other parameters" in capsys.readouterr().err
+    assert main(args + ["--seed", "1", "--overwrite"]) == 0
+    second = open_store(tmp_path / "m" / "random.h5")
+    assert second.attrs["params"] == {"seed": 1}
+    assert not np.array_equal(first_maps, second.read_all())
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "dino,sailency"], "sailency"),
+        (["--methods", "random", "--format", "npz"], "invalid choice"),
+        (["--methods", "dino", "--dino_weights", "MISSING.pth"], "MISSING.pth"),
+        (["--methods", "gradcam", "--cam_target", "label", "--random_weights"], "wnid"),
+        (["--methods", "dino", "--dino_heads", "first"], "heads"),
+        (["--methods", "tokencut", "--tokencut_eps", "0"], "eps"),
+        (["--methods", "random", "--device", "tpu"], "--device"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_clear_message(small_set, tmp_path, capsys, extra, message):
+    root, file_list, _ = small_set
+    argv = ["generate", str(root), "--out", str(tmp_path / "m"), "--file_list", str(file_list),
+            "--no_progress", *extra]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own refusal (choices)
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").glob("*.zarr"))
+
+
+def test_bad_paths_and_weights_exit_2(tmp_path, small_set, capsys):
+    root, file_list, _ = small_set
+    (tmp_path / "empty").mkdir()
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all")
+    cases = [
+        ([str(tmp_path / "nowhere")], "nowhere"),
+        ([str(tmp_path / "empty")], "no images"),
+        ([str(root), "--methods", "dino", "--dino_weights", str(garbage)], "garbage.pth"),
+        ([str(root), "--file_list", str(tmp_path / "list.txt")], "list.txt"),
+    ]
+    (tmp_path / "list.txt").write_text("circle/not_there.JPEG\n")
+    for argv, message in cases:
+        code = main(["generate", *argv, "--out", str(tmp_path / "m"), "--device", "cpu",
+                     "--num_workers", "0", "--no_progress"])
+        err = capsys.readouterr().err
+        assert code == 2, argv
+        assert "error:" in err and message in err, err
+
+
+def test_imagenet_targets_need_the_1000_wnid_folders():
+    from attgmae.pipelines.generate import GenerateInputError, imagenet_targets
+
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    labels = np.array([0, 999, 5], dtype=np.int64)
+    np.testing.assert_array_equal(imagenet_targets(wnids, labels), labels)
+    with pytest.raises(GenerateInputError, match="1000 class folders"):
+        imagenet_targets(wnids[:999], labels)
+    with pytest.raises(GenerateInputError, match="wnid"):
+        imagenet_targets([*wnids[:999], "cat"], labels)
+    with pytest.raises(GenerateInputError, match="not inside a class folder"):
+        imagenet_targets(wnids, np.array([0, -1], dtype=np.int64))
+
+
+def test_weights_file_sha256_recorded_and_used(generated, small_set, tmp_path):
+    import hashlib
+
+    from attgmae.models.backbones import load_resnet50
+
+    root, _, keys = small_set
+    with pytest.warns(UserWarning):
+        resnet, _ = load_resnet50(random_weights=True)
+    weights = tmp_path / "resnet50-test.pth"
+    torch.save(resnet.state_dict(), weights)  # torchvision layout state dict
+    file_list = write_file_list(tmp_path / "two.txt", keys[:2])
+    out = tmp_path / "m"
+    assert main(["generate", str(root), "--out", str(out), "--file_list", str(file_list),
+                 "--methods", "gradcam", "--resnet_weights", str(weights), "--device", "cpu",
+                 "--num_workers", "0", "--no_progress"]) == 0
+    store = open_store(out / "gradcam.zarr")
+    assert store.attrs["model"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert store.attrs["model"]["weights_file"].endswith("resnet50-test.pth")
+    assert store.attrs["random_weights"] is False
+    # the same network as the random-weights run: the same maps
+    np.testing.assert_allclose(
+        store.get_batch(keys[:2]), open_store(generated / "gradcam.zarr").get_batch(keys[:2]),
+        atol=1e-3,
+    )
