@@ -20,15 +20,6 @@ from attgmae.models.backbones import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The dev box is small and shared: one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny_vit():
     # Same parameter names as ViT-B/16, 20x fewer weights: keeps the format tests fast.
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)

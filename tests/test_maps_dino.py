@@ -13,16 +13,6 @@ from attgmae.maps import dino, preprocess
 from attgmae.models.backbones import RandomWeightsWarning, load_dino_vit
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The dev box is small and shared: one intra-op thread avoids oversubscription (~6x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 @pytest.fixture(scope="module")
 def vit():
     with warnings.catch_warnings():

@@ -16,16 +16,6 @@ from attgmae.maps import gradcam, preprocess
 from attgmae.models.backbones import RandomWeightsWarning, load_resnet50
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The dev box is small and shared: one intra-op thread avoids oversubscription (~6x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 @pytest.fixture(scope="module")
 def resnet():
     with warnings.catch_warnings():

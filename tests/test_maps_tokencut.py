@@ -11,16 +11,6 @@ from scipy import ndimage
 from attgmae.maps import ncut, tokencut
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The dev box is small and shared: one intra-op thread avoids oversubscription (~6x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def _object_keys(seed: int, batch: int = 3) -> torch.Tensor:
     """Patch keys [B, 196, 64]: a rectangle of 'object' patches sharing a direction, background
     patches sharing another, plus noise (like DINO keys on a photo)."""

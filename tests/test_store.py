@@ -164,8 +164,14 @@ def test_crash_and_resume_keeps_written_rows(tmp_path, suffix):
 
 def test_resume_refuses_a_partial_store_of_other_keys(tmp_path):
     MapStoreWriter(tmp_path / "s.zarr", make_keys(50), method="m", **SMALL)
-    with pytest.raises(StoreError, match="other keys or parameters"):
+    with pytest.raises(StoreError, match="other keys or parameters.*--overwrite"):
         MapStoreWriter(tmp_path / "s.zarr", make_keys(51), method="m", **SMALL)
+    # --overwrite discards it; the same run with --overwrite still resumes
+    writer = MapStoreWriter(tmp_path / "s.zarr", make_keys(51), method="m", overwrite=True, **SMALL)
+    assert not writer.resumed
+    writer.write_chunk(0, make_maps(16), np.ones(16, bool))
+    again = MapStoreWriter(tmp_path / "s.zarr", make_keys(51), method="m", overwrite=True, **SMALL)
+    assert again.resumed and [c for c, _, _ in again.pending_chunks()] == [1, 2, 3]
 
 
 def test_two_processes_write_disjoint_whole_shards(tmp_path):

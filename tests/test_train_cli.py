@@ -24,15 +24,6 @@ FAST = ["--model", "mae_vit_tiny_patch16", "--input_size", "64", "--device", "cp
         "--num_workers", "0", "--print_freq", "100", "--accum_iter", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU box more threads only spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     base = tmp_path_factory.mktemp("train_cli")

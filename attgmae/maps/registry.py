@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 BACKBONE_DINO = "dino_vit"
 BACKBONE_RESNET = "resnet50"
 
@@ -99,49 +97,3 @@ def load_backbone(backbone: str, weights=None, random_weights: bool = False):
 
     loader = {BACKBONE_DINO: backbones.load_dino_vit, BACKBONE_RESNET: backbones.load_resnet50}
     return loader[backbone](weights=weights, random_weights=random_weights)
-
-
-def compute_maps(names: list[str], x, keys: list[str], models: dict, params: dict,
-                 labels=None, tokencut_runner=None, amp: bool | None = None) -> dict:
-    """One batch, several methods -> {name: float32 numpy [B, 14, 14] in [0, 1]}.
-
-    x: float [B, 3, 224, 224] (``preprocess.to_model_input``) on the models' device.
-    models: {BACKBONE_*: model}. params: {name: resolve_params(name, ...)}.
-    labels: int64 [B] class indices for gradcam target "label" (-1 where unknown -> top-1).
-    tokencut_runner: a ``TokenCutRunner`` for pooled eigensolves (else in-process).
-    Maps of methods that only need the GPU are returned synced; with a runner, the TokenCut
-    eigensolves run while the ResNet forward of this batch runs.
-    """
-    import torch
-
-    from attgmae.maps import dino, gradcam, random_map, tokencut
-
-    out, pending = {}, None
-    if "dino" in names or "tokencut" in names:
-        cls_attn, patch_keys = dino.dino_outputs(models[BACKBONE_DINO], x, amp=amp)
-        if "tokencut" in names:
-            p = params["tokencut"]
-            if tokencut_runner is not None:
-                pending = tokencut_runner.submit(patch_keys)
-            else:
-                out["tokencut"] = tokencut.tokencut_maps(patch_keys, p["tau"], p["eps"], p["map"])
-        if "dino" in names:
-            out["dino"] = dino.dino_maps(cls_attn, params["dino"]["heads"]).cpu().numpy()
-    if "gradcam" in names:
-        p = params["gradcam"]
-        target = None
-        if p["target"] == "label":
-            if labels is None:
-                raise ValueError("gradcam target 'label' needs the labels of the batch")
-            resnet = models[BACKBONE_RESNET]
-            with torch.no_grad():
-                top1 = resnet(x).argmax(dim=1) if (np.asarray(labels) < 0).any() else None
-            labels_t = torch.as_tensor(np.asarray(labels), device=x.device).long()
-            target = labels_t if top1 is None else torch.where(labels_t >= 0, labels_t, top1)
-        out["gradcam"] = gradcam.gradcam_maps(models[BACKBONE_RESNET], x, p["layer"], target,
-                                              p["method"], amp=amp).cpu().numpy()
-    if "random" in names:
-        out["random"] = random_map.random_maps(keys, params["random"]["seed"])
-    if pending is not None:
-        out["tokencut"] = pending.result()
-    return {name: np.asarray(out[name], dtype=np.float32) for name in names}

@@ -129,17 +129,18 @@ class MapStoreWriter:
             raise StoreError(f"{self.path} already exists; pass --overwrite to replace it")
         meta_path = self.partial / "meta.json"
         if self.partial.exists():
-            if meta_path.exists():
-                meta = json.loads(meta_path.read_text())
-                if meta == self.identity:
-                    self.resumed = True
-                    return
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+            if meta == self.identity:
+                self.resumed = True
+                return
+            if meta is not None and not self.overwrite:
                 raise StoreError(
                     f"{self.partial} holds an interrupted run with other keys or parameters "
-                    f"(method {meta.get('method')!r}, {meta.get('num_rows')} rows); remove it "
-                    "to start afresh"
+                    f"(method {meta.get('method')!r}, {meta.get('num_rows')} rows); pass "
+                    "--overwrite to discard it"
                 )
-            shutil.rmtree(self.partial)  # creation itself was interrupted: nothing to keep
+            # creation itself was interrupted, or --overwrite: nothing to keep
+            shutil.rmtree(self.partial)
         self.resumed = False
         self.staging.mkdir(parents=True)
         if self.fmt == "zarr":
