@@ -118,6 +118,13 @@ def _add_generate(subparsers) -> None:
         default=None,
         help="store rows per shard (unit of work per rank); default: the store's",
     )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "bf16", "fp32"),
+        help="forward precision: auto = bf16 autocast on CUDA (fast), fp32 on CPU; fp32 on CUDA "
+        "(TF32 off) reproduces the original fp32 code most closely",
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
@@ -174,6 +181,7 @@ def _generate_config(args):
         chunk_rows=args.chunk_rows,
         shard_rows=args.shard_rows,
         progress=not args.no_progress,
+        precision=args.precision,
     )
 
 

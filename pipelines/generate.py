@@ -73,6 +73,12 @@ class GenerateConfig:
     chunk_rows: int | None = None  # store layout; None = the store's defaults
     shard_rows: int | None = None
     progress: bool = True
+    precision: str = "auto"  # 'auto' (bf16 on CUDA, fp32 on CPU) | 'bf16' | 'fp32'
+
+
+def use_bf16(cfg: GenerateConfig, device: str) -> bool:
+    """bf16 autocast for the forwards: the GPU default (speed); fp32 reproduces the originals."""
+    return device.startswith("cuda") if cfg.precision == "auto" else cfg.precision == "bf16"
 
 
 @dataclass
@@ -294,7 +300,7 @@ def store_attrs(
         "std": list(preprocess.IMAGENET_STD),
         "compute": {
             "device_type": device.split(":")[0],
-            "bf16_autocast": device.startswith("cuda"),
+            "bf16_autocast": use_bf16(cfg, device),
         },
         "software": _software_versions(),
         "class_names": list(class_names),
@@ -313,6 +319,7 @@ class MapComputer:
 
     def __init__(self, cfg: GenerateConfig, models: dict, device: str, cam_targets=None):
         self.cfg, self.models, self.device = cfg, models, device
+        self.amp = use_bf16(cfg, device)
         self.params = {m: method_params(cfg, m) for m in cfg.methods}
         self.cam_targets = cam_targets  # int64 [N] or None (top-1)
         self.tokencut_pool = None
@@ -354,7 +361,7 @@ class MapComputer:
         results = {}
         if any(m in methods for m in DINO_METHODS):
             # cls_attn [B, heads, 196], patch_keys [B, 196, 768]
-            cls_attn, patch_keys = dino_outputs(self.models["dino"], x)
+            cls_attn, patch_keys = dino_outputs(self.models["dino"], x, amp=self.amp)
             if "tokencut" in methods:
                 results["tokencut"] = self._tokencut(patch_keys)
             if "dino" in methods:
@@ -365,7 +372,9 @@ class MapComputer:
             if self.cam_targets is not None:
                 target = torch.as_tensor(self.cam_targets[rows], device=x.device)
             p = self.params["gradcam"]
-            cam = gradcam_maps(self.models["resnet"], x, p["layer"], target, p["method"])
+            cam = gradcam_maps(
+                self.models["resnet"], x, p["layer"], target, p["method"], amp=self.amp
+            )
             results["gradcam"] = torch.as_tensor(cam).float().cpu().numpy()
         if "random" in methods:
             results["random"] = np.asarray(
@@ -564,6 +573,9 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         device = f"cuda:{info.local_rank}"
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed 224x224 batches: pick the fastest kernels
+        if not use_bf16(cfg, device):  # fp32 means fp32: no TF32 convolutions or matmuls
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
     try:
         return _run(
             cfg,
