@@ -162,6 +162,13 @@ def test_export_then_import_gives_identical_store(tmp_path, export_name):
     assert list(original.keys) == list(back.keys)
     np.testing.assert_array_equal(original.read_all(), back.read_all())
     assert original.attrs == back.attrs
+    # the export itself is a readable store (a .zarr.zip is read in place)
+    published = open_store(tmp_path / export_name)
+    np.testing.assert_array_equal(
+        published.get_batch(["c/3.JPEG", "c/0.JPEG"]), original.get_batch(["c/3.JPEG", "c/0.JPEG"])
+    )
+    assert run("verify", tmp_path / export_name) == 0
+    assert run("import", tmp_path / "m.npz", tmp_path / "new.zarr.zip") == 2
 
 
 def test_bad_imports_are_named_and_leave_nothing(tmp_path, capsys):

@@ -18,6 +18,17 @@ def _jsonable(attrs: dict) -> dict:
     return json.loads(json.dumps(attrs))
 
 
+def _open_zarr_readonly(path):
+    """A zarr group for reading: a folder, or a published ``.zarr.zip`` read in place."""
+    import zarr
+
+    if str(path).lower().endswith(".zip"):
+        from zarr.storage import ZipStore
+
+        return zarr.open_group(store=ZipStore(str(path), mode="r"), mode="r")
+    return zarr.open_group(str(path), mode="r")
+
+
 class ZarrBackend:
     name = "zarr"
 
@@ -84,9 +95,7 @@ class ZarrBackend:
     @staticmethod
     def read_meta(path) -> dict:
         """attrs, keys (list of str), labels (int64 or None), status (uint8), num_rows."""
-        import zarr
-
-        group = zarr.open_group(str(path), mode="r")
+        group = _open_zarr_readonly(path)
         names = set(group.array_keys())
         missing = {MAPS, KEYS, STATUS} - names
         if missing:
@@ -105,9 +114,7 @@ class ZarrBackend:
     @staticmethod
     def read_maps(path, rows=None) -> np.ndarray:
         """float16 maps; all rows, or the sorted int array ``rows``."""
-        import zarr
-
-        maps = zarr.open_group(str(path), mode="r")[MAPS]
+        maps = _open_zarr_readonly(path)[MAPS]
         if rows is None:
             return np.asarray(maps[:])
         return np.asarray(maps.get_orthogonal_selection((rows, slice(None), slice(None))))

@@ -8,7 +8,6 @@ See docs/store-format.md.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 
@@ -30,7 +29,7 @@ STATUS_FAILED = 2
 CHUNK_ROWS = 1024
 SHARD_ROWS = 32768
 
-ZARR_SUFFIXES = (".zarr",)
+ZARR_SUFFIXES = (".zarr", ".zarr.zip")  # .zarr.zip: a published export, read in place
 H5_SUFFIXES = (".h5", ".hdf5")
 
 
@@ -106,9 +105,3 @@ def sha256_file(path, block=1 << 20) -> str:
         for chunk in iter(lambda: f.read(block), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def is_store_path(path) -> bool:
-    return (
-        str(path).rstrip("/").lower().endswith(ZARR_SUFFIXES + H5_SUFFIXES) and Path(path).exists()
-    )

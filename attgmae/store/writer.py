@@ -88,6 +88,11 @@ class MapStoreWriter:
     ):
         self.path = Path(str(path).rstrip("/"))
         self.fmt = store_format(self.path, fmt)
+        if self.path.name.lower().endswith(".zip"):
+            raise StoreError(
+                f"{self.path}: stores are written as .zarr or .h5; a .zarr.zip is "
+                "made from a finished store with `attg-maps export`"
+            )
         self.partial = Path(str(self.path) + ".partial")
         self.staging = self.partial / "staging"
         self.inner = self.partial / ("store.zarr" if self.fmt == "zarr" else "store.h5")
