@@ -152,20 +152,25 @@ def _strip_map_extension(rel: str) -> str:
 
 
 def _read_tree(root: Path) -> RawMaps:
+    from tqdm import tqdm
+
     raw = RawMaps(keys=[], maps=[], kind="folder of map files", origins=[])
+    paths = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        for name in sorted(filenames):
-            if not name.lower().endswith(MAP_FILE_EXTENSIONS) or name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            try:
-                raw.maps.append(_read_map_file(path))
-                raw.keys.append(_strip_map_extension(rel))
-                raw.origins.append(str(path))
-            except Exception as err:  # any reader error is reported by file name
-                raw.problems.append(f"{path}: unreadable ({err})")
+        paths += [
+            Path(dirpath) / name
+            for name in sorted(filenames)
+            if name.lower().endswith(MAP_FILE_EXTENSIONS) and not name.startswith(".")
+        ]
+    # A published ImageNet archive is ~1.28M small files: show progress (on a terminal only).
+    for path in tqdm(paths, desc="reading maps", unit="map", disable=None, mininterval=1.0):
+        try:
+            raw.maps.append(_read_map_file(path))
+            raw.keys.append(_strip_map_extension(path.relative_to(root).as_posix()))
+            raw.origins.append(str(path))
+        except Exception as err:  # any reader error is reported by file name
+            raw.problems.append(f"{path}: unreadable ({err})")
     if not raw.keys and not raw.problems:
         raise StoreError(f"{root}: no map files (.npy, .pt, .png) found")
     return raw
