@@ -2,7 +2,7 @@
 # Everything GPU-specific in one short run, for a session that is lent a GPU machine.
 # Run from the repository root on that machine (Python there lacks zarr, grad-cam and ttach:
 # carry them as wheels in .whl/, see docs/benchmarks.md), e.g. through the device tool:
-#   bash benchmarks/gpu_check.sh            # CUDA, full settings, ~10 minutes
+#   bash benchmarks/gpu_check.sh            # CUDA, full settings, at most 520 s of steps (fits one 600 s call)
 #   DEVICE=cpu SMALL=1 bash benchmarks/gpu_check.sh   # the same steps, tiny, to test the script
 # Results go to $OUT (or ./gpu_out): one log per step; the exit code is the number of failed steps.
 set -u
@@ -45,12 +45,12 @@ if [ "$SMALL" = 1 ]; then
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
   cat "$OUT/gpu.txt"
-  step maps_methods 150 python3 benchmarks/maps_methods.py --device cuda --images 4096 \
+  step maps_methods 110 python3 benchmarks/maps_methods.py --device cuda --images 4096 \
     --batch_size 256 --reference_images 128 --workers 12
-  step train 200 python3 benchmarks/train.py --device cuda --model mae_vit_large_patch16 \
+  step train 170 python3 benchmarks/train.py --device cuda --model mae_vit_large_patch16 \
     --batch_size 256 --steps 30 --loader_images 4096 --workers 16
-  step eval 120 python3 benchmarks/eval.py --device cuda --full
-  step generate 150 python3 benchmarks/generate.py --device cuda --images 8192 --batch_size 256 \
+  step eval 100 python3 benchmarks/eval.py --device cuda --full
+  step generate 140 python3 benchmarks/generate.py --device cuda --images 8192 --batch_size 256 \
     --num_workers 12 --reference_images 256
 fi
 echo "failed steps: $failed"
