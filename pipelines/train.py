@@ -135,8 +135,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--amp must be one of {AMP_MODES}")
     if cfg.tau <= 0 or (cfg.tau_end is not None and cfg.tau_end <= 0):
         problems.append("--tau and --tau_end must be > 0")
-    if not 0.0 <= cfg.mask_ratio < 1.0:
-        problems.append("--mask_ratio must be in [0, 1)")
+    if not 0.0 < cfg.mask_ratio < 1.0:  # 0 masks nothing: the loss would be 0 / 0
+        problems.append("--mask_ratio must be in (0, 1)")
     if cfg.batch_size < 1 or (cfg.accum_iter is not None and cfg.accum_iter < 1):
         problems.append("--batch_size and --accum_iter must be >= 1")
     if cfg.epochs < 1 or cfg.warmup_epochs < 0:
@@ -145,6 +145,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("--dist_url: only env:// (torchrun or SLURM set the rendezvous)")
     if cfg.knn_every and not cfg.knn_data:
         problems.append("--knn_every needs --knn_data ROOT (with train/ and val/)")
+    if cfg.save_every < 1 or cfg.print_freq < 1 or cfg.vis_count < 1:
+        problems.append("--save_every, --print_freq and --vis_count must be >= 1")
     if problems:
         raise TrainError("; ".join(problems), exit_code=2)
 
@@ -196,6 +198,13 @@ class PretrainRun:
         self.model_without_ddp = create_mae(
             cfg.model, norm_pix_loss=cfg.norm_pix_loss, img_size=cfg.input_size
         )
+        patch = self.model_without_ddp.patch_size
+        if cfg.input_size < patch or cfg.input_size % patch:
+            raise TrainError(
+                f"--input_size {cfg.input_size} is not a multiple of {cfg.model}'s patch size "
+                f"{patch}: use e.g. {max(round(cfg.input_size / patch), 1) * patch}",
+                exit_code=2,
+            )
         self._build_data()
         self._build_model()
         self._resume()
@@ -294,7 +303,8 @@ class PretrainRun:
         saved_model = getattr(args, "model", None) if args is not None else None
         if isinstance(args, dict):
             saved_model = args.get("model")
-        if saved_model is not None and saved_model != cfg.model:
+        same_model = MODEL_FACTORIES.get(saved_model) is MODEL_FACTORIES.get(cfg.model)
+        if saved_model is not None and not same_model:  # (aliases like *_dec512d8b are equal)
             raise TrainError(f"{path} holds a {saved_model}, not --model {cfg.model}", 2)
         try:
             self.model_without_ddp.load_state_dict(ckpt["model"])
@@ -316,6 +326,8 @@ class PretrainRun:
                 self.start_epoch, self.start_step = self.start_epoch + 1, 0
             if "torch_rng" in state:
                 torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.last_good_checkpoint = Path(path)
         where = f"epoch {self.start_epoch}" + (
             f", iteration {self.start_step}" if self.start_step else ""
@@ -360,10 +372,18 @@ class PretrainRun:
             "model": self.model_without_ddp.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": epoch - 1,  # last completed epoch, as official MAE counts
-            "scaler": self.scaler.state_dict(),
+            "scaler": self._scaler_state(),
             "args": self.resolved_args(),
             "resume": resume,
         }
+
+    def _scaler_state(self) -> dict:
+        """The grad scaler's state; without one (bf16, fp32) a fresh fp16 scaler's, because
+        official MAE's ``load_model`` loads ``checkpoint['scaler']`` into its always-enabled
+        scaler, which refuses the empty state of a disabled one."""
+        if self.scaler.is_enabled():
+            return self.scaler.state_dict()
+        return torch.amp.GradScaler("cpu").state_dict()
 
     def save(self, ckpt: dict, numbered_epoch: int | None) -> None:
         """Write checkpoint-last.pth (and checkpoint-{epoch}.pth, hard-linked, when asked)."""
@@ -408,9 +428,13 @@ class PretrainRun:
         epoch_t0 = window_t0 = time.perf_counter()
         window_iters = 0
         last_save = time.monotonic()
+        lr_sum, tau_sum = 0.0, 0.0
         for it, batch in enumerate(self.loader, start=start_step):
-            if it % self.accum_iter == 0:
-                epoch_float = epoch + it / self.iters_per_epoch
+            if it % self.accum_iter == 0 or it == start_step:
+                # The schedule point of this accumulation group's first iteration: a run resumed
+                # with another world size or batch size may start inside a group.
+                group_start = it - it % self.accum_iter
+                epoch_float = epoch + group_start / self.iters_per_epoch
                 lr = lr_at(epoch_float, self.base_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
                 set_lr(self.optimizer, lr)
                 tau = tau_at(epoch_float, cfg.epochs, cfg.tau, cfg.tau_end)
@@ -441,6 +465,8 @@ class PretrainRun:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
             loss_sum += loss_value
+            lr_sum += lr
+            tau_sum += tau
             loss_count += 1
             window_iters += 1
             self.iters_run += 1
@@ -465,10 +491,13 @@ class PretrainRun:
         seconds = time.perf_counter() - epoch_t0
         done = self.iters_per_epoch - start_step
         bad_keys = self._gather_bad(bad_keys)
-        return {
-            "loss": loss_sum / max(loss_count, 1),
-            "lr": lr,
-            "tau": tau,
+        count = max(loss_count, 1)
+        return {  # loss and lr averaged over the epoch's iterations, as official MAE logs them
+            "loss": loss_sum / count,
+            "lr": lr_sum / count,
+            "tau": tau_sum / count,
+            "last_lr": lr,
+            "last_tau": tau,
             "img_per_s": done * cfg.batch_size * self.info.world_size / max(seconds, 1e-9),
             "bad_images": len(bad_keys),
         }
@@ -554,7 +583,8 @@ class PretrainRun:
                 stats = self.train_one_epoch(epoch)
                 keep = epoch % cfg.save_every == 0 or epoch + 1 == cfg.epochs
                 numbered = epoch if keep else None
-                self.save(self.checkpoint(epoch + 1, 0, stats["lr"], stats["tau"]), numbered)
+                last_lr, last_tau = stats.pop("last_lr"), stats.pop("last_tau")
+                self.save(self.checkpoint(epoch + 1, 0, last_lr, last_tau), numbered)
                 log_stats = {f"train_{k}": v for k, v in stats.items()}
                 log_stats["epoch"] = epoch
                 if self.info.is_main and self.out_dir is not None:
@@ -606,11 +636,14 @@ def run_pretrain(cfg: TrainConfig) -> dict:
     except BadImageError as err:
         raise TrainError(_worker_message(err), exit_code=2) from None
     except torch.OutOfMemoryError:
-        accum = cfg.accum_iter or 1
+        half = max(cfg.batch_size // 2, 1)
+        if cfg.accum_iter is None:  # the automatic --accum_iter grows to keep the batch of 512
+            fix = f"--batch_size {half} (--accum_iter then doubles by itself)"
+        else:
+            fix = f"--batch_size {half} --accum_iter {cfg.accum_iter * 2}"
         raise TrainError(
             f"out of memory with --batch_size {cfg.batch_size} on {device}: keep the effective "
-            f"batch and use less memory, e.g. --batch_size {max(cfg.batch_size // 2, 1)} "
-            f"--accum_iter {accum * 2}"
+            f"batch and use less memory, e.g. {fix}"
         ) from None
     finally:
         cleanup(info)

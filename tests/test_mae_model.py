@@ -179,6 +179,26 @@ def test_loss_equals_official_formulation_with_same_noise(small_model, norm_pix)
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_unweighted_loss_is_bit_identical_to_official_forward_loss(small_model, norm_pix):
+    # official forward_loss, step by step: einsum patchify, unbiased var + 1e-6, masked mean
+    model = small_model
+    model.norm_pix_loss = norm_pix
+    gen = torch.Generator().manual_seed(3)
+    imgs = torch.randn(2, 3, 64, 64, generator=gen)
+    pred = torch.randn(2, 16, 16 * 16 * 3, generator=gen)
+    mask = (torch.rand(2, 16, generator=gen) > 0.5).float()
+    target = torch.einsum("nchpwq->nhwpqc", imgs.reshape(2, 3, 4, 16, 4, 16)).reshape(2, 16, -1)
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1.0e-6) ** 0.5
+    per_patch = ((pred - target) ** 2).mean(dim=-1)
+    official = (per_patch * mask).sum() / mask.sum()
+    assert torch.equal(model.forward_loss(imgs, pred, mask), official)
+    assert torch.equal(model.forward_loss(imgs, pred, mask, torch.ones(2, 16)), official)
+
+
 def test_weighted_loss_formula(small_model):
     model = small_model
     model.norm_pix_loss = True

@@ -58,6 +58,8 @@ def test_guided_run_writes_official_checkpoints_log_and_png(data, tmp_path):
     assert ckpt["epoch"] == 1 and isinstance(ckpt["args"], argparse.Namespace)
     assert ckpt["args"].model == "mae_vit_tiny_patch16" and ckpt["args"].norm_pix_loss is True
     assert ckpt["args"].maps_method == "imported"  # provenance of the guidance
+    # official load_model resumes into an enabled fp16 scaler: the (fp32) run's state must fit
+    torch.amp.GradScaler("cpu").load_state_dict(ckpt["scaler"])
     model = create_mae(ckpt["args"].model, img_size=64)
     model.load_state_dict(ckpt["model"], strict=True)  # official keys, loads as is
     first = torch.load(out / "checkpoint-0.pth", weights_only=False)["model"]
@@ -67,10 +69,11 @@ def test_guided_run_writes_official_checkpoints_log_and_png(data, tmp_path):
     log = read_log(out)
     assert [e["epoch"] for e in log] == [0, 1]
     assert all(np.isfinite(e["train_loss"]) for e in log)
-    # 2 iterations per epoch; the lr logged is the last one set: iteration 1 of each epoch
+    # 2 iterations per epoch; as official MAE, the lr logged is the epoch's mean over iterations
     lr = 1e-3 * 8 / 256
     for e in log:
-        assert e["train_lr"] == pytest.approx(lr_at(e["epoch"] + 0.5, lr, 0.0, 1, 2))
+        per_iter = [lr_at(e["epoch"] + i / 2, lr, 0.0, 1, 2) for i in (0, 1)]
+        assert e["train_lr"] == pytest.approx(np.mean(per_iter))
     png = Image.open(log[-1]["vis"])
     assert png.size == (4 * 64, 2 * 64)  # original | masked | reconstruction | weights
     assert json.loads((out / "config.json").read_text())["guidance"] == "store"
@@ -148,6 +151,25 @@ def test_killed_mid_epoch_resumes_on_the_same_schedules(data, tmp_path, capsys):
     assert read_log(straight)[1]["train_loss"] != read_log(straight)[0]["train_loss"]
 
 
+def test_resume_inside_an_accumulation_group_keeps_the_schedules(data, tmp_path, capsys):
+    # Saved after 8 samples (batch 4, accumulation 2); resumed with batch 8 the run starts at
+    # iteration 1, inside an accumulation group: lr and tau must still be set (not NaN).
+    root, maps = data
+    out = tmp_path / "out"
+    base = ["--data_path", root, "--maps", maps, "--output_dir", out, "--epochs", 2,
+            "--warmup_epochs", 1, "--blr", 1e-3, "--tau", 0.9, "--tau_end", 0.5, *FAST,
+            "--accum_iter", 2]
+    code, _ = run([*base, "--batch_size", 4, "--ckpt_every_steps", 2, "--stop_after_iters", 3])
+    assert code == 0
+    assert load_checkpoint(out / "checkpoint-last.pth")["resume"]["samples_seen"] == 8
+    code, err = run([*base, "--batch_size", 8, "--auto_resume"], capsys)
+    assert code == 0, err
+    log = read_log(out)
+    assert [e["epoch"] for e in log] == [0, 1] and all(np.isfinite(e["train_loss"]) for e in log)
+    # epoch 0 ran only its iteration 1, whose group started at iteration 0: tau at epoch 0
+    assert log[0]["train_tau"] == pytest.approx(0.9)
+
+
 @pytest.mark.parametrize("guidance", ["none", "random"])
 def test_vanilla_and_random_guidance_run(data, tmp_path, guidance):
     root, _ = data
@@ -164,6 +186,13 @@ def test_bad_flags_are_clear_errors(data, tmp_path, capsys):
     root, _ = data
     code, err = run(["--data_path", root, "--output_dir", tmp_path, *FAST], capsys)
     assert code == 2 and "--maps" in err
+    code, err = run(["--data_path", root, "--guidance", "none", "--mask_ratio", 0, *FAST],
+                    capsys)
+    assert code == 2 and "--mask_ratio" in err  # nothing masked: the loss would be 0 / 0
+    code, err = run(["--data_path", root, "--guidance", "none", *FAST, "--input_size", 72], capsys)
+    assert code == 2 and "--input_size 72 is not a multiple" in err and "e.g. 64" in err
+    code, err = run(["--data_path", root, "--guidance", "none", "--save_every", 0, *FAST], capsys)
+    assert code == 2 and "--save_every" in err
     code, err = run(["--data-path", tmp_path / "nowhere", "--guidance", "none",  # kebab too
                      "--output-dir", tmp_path, *FAST], capsys)
     assert code == 2 and "train/" in err

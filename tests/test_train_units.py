@@ -52,6 +52,9 @@ def test_out_of_memory_suggests_accumulation(monkeypatch, tmp_path):
                       accum_iter=2)
     with pytest.raises(TrainError, match="--batch_size 32 --accum_iter 4"):
         run_pretrain(cfg)
+    cfg.accum_iter = None  # automatic: halving the batch doubles it (the effective batch stays)
+    with pytest.raises(TrainError, match=r"--batch_size 32 \(--accum_iter then doubles"):
+        run_pretrain(cfg)
 
 
 def test_reconstruction_panel_pastes_visible_patches():
