@@ -15,7 +15,7 @@ import torch
 
 from attgmae.eval.encoder import file_sha256, load_encoder
 from attgmae.eval.features import image_split, l2_normalize, split_features
-from attgmae.eval.knn import DEFAULT_CHUNK_BYTES, knn_classify_multi
+from attgmae.eval.knn import DEFAULT_CHUNK_BYTES, knn_classify_multi, vote_columns
 from attgmae.eval.report import plot_knn, write_json
 
 DEFAULT_NB_KNN = (5, 10, 20, 100, 200)
@@ -110,7 +110,7 @@ def run_knn(cfg: KnnConfig, log=print) -> dict:
         val_labels.to(device),
         usable,
         cfg.temperature,
-        num_classes=len(train.class_names),
+        num_classes=vote_columns(len(train.class_names)),  # 1000 columns, as DINO's script
         max_chunk_bytes=cfg.chunk_bytes,
     )
     if device.type == "cuda":
@@ -136,8 +136,10 @@ def run_knn(cfg: KnnConfig, log=print) -> dict:
             f"CenterCrop({cfg.input_size}), ImageNet mean/std",
             "vote": "sum over the k most cosine-similar training images of exp(sim / T)",
             "temperature": cfg.temperature,
-            "ties": "neighbours by lower training index; classes by lower class index",
+            "ties": "as DINO: neighbours by torch.topk per k, classes by torch.sort "
+            "(descending) of the float32 vote totals",
             "top5": "target among the first min(5, k) ranked classes (as DINO)",
+            "vote_columns": vote_columns(len(train.class_names)),
             "precision": cfg.precision,
         },
         "results": [{"k": k, "top1": by_k[k][0], "top5": by_k[k][1]} for k in usable],

@@ -161,8 +161,9 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     accum_iter = cfg.accum_iter or max(1, round(cfg.eff_batch_size / cfg.batch_size))
     eff_batch = cfg.batch_size * accum_iter
     lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
-    # drop_last as MAE when the set holds a whole effective batch; a few-shot subset smaller
-    # than that keeps every sample (one partial group per epoch, still at the full-batch lr).
+    # drop_last as MAE when the set holds a whole effective batch (only whole effective batches
+    # per epoch); a few-shot subset smaller than that keeps every sample (one partial group per
+    # epoch, still at the full-batch lr).
     drop_last = len(subset) // cfg.batch_size >= accum_iter
     log(
         f"train images: {len(subset)} of {len(train.keys)}, val: {len(val.keys)}, "
@@ -221,7 +222,12 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     )
     for epoch in range(start_epoch, cfg.epochs):
         batches = epoch_batches(
-            len(subset), cfg.batch_size, seed=cfg.seed, epoch=epoch, drop_last=drop_last
+            len(subset),
+            cfg.batch_size,
+            seed=cfg.seed,
+            epoch=epoch,
+            drop_last=drop_last,
+            accum_iter=accum_iter,
         )
         train_stats = train_head_one_epoch(
             head,

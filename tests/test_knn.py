@@ -6,23 +6,29 @@ import numpy as np
 import pytest
 import torch
 
-from attgmae.eval.knn import knn_classifier, knn_classify_multi, top_neighbors
+from attgmae.eval.knn import knn_classifier, knn_classify_multi
+
+
+def dino_rank(totals):
+    """Classes ranked as DINO ranks them: its float32 vote totals through torch.sort(descending),
+    which decides the order of equal totals (e.g. the zero-vote classes)."""
+    return torch.sort(torch.tensor(totals, dtype=torch.float32), descending=True).indices.tolist()
 
 
 def plain_knn(train_x, train_y, test_x, test_y, k, T, num_classes):
-    """One test image at a time: sort neighbours by (similarity desc, index asc), vote, rank
-    classes by (total desc, class asc); top-5 looks at the first min(5, k) classes."""
+    """One test image at a time: the k most similar training images (torch.topk, which picks
+    among equally similar ones as in DINO), float32 votes added up per class, classes ranked as
+    DINO; top-5 looks at the first min(5, k) classes."""
     train_x = np.asarray(train_x, dtype=np.float32)
     test_x = np.asarray(test_x, dtype=np.float32)
     hit1 = hit5 = 0
     for x, y in zip(test_x, test_y):
-        sims = [float(np.float32(np.dot(x, t))) for t in train_x]
-        order = sorted(range(len(sims)), key=lambda j: (-sims[j], j))[:k]
-        votes = {c: [] for c in range(num_classes)}
-        for j in order:
-            votes[int(train_y[j])].append(math.exp(sims[j] / T))
-        totals = {c: math.fsum(w) for c, w in votes.items()}
-        ranked = sorted(range(num_classes), key=lambda c: (-totals[c], c))
+        sims = torch.tensor([np.float32(np.dot(x, t)) for t in train_x])
+        top_sims, order = sims.topk(k)
+        totals = [np.float32(0.0)] * num_classes
+        for sim, j in zip(top_sims.tolist(), order.tolist()):
+            totals[int(train_y[j])] += np.float32(math.exp(sim / T))
+        ranked = dino_rank(totals)
         hit1 += ranked[0] == y
         hit5 += y in ranked[: min(5, k, num_classes)]
     n = len(test_y)
@@ -82,19 +88,24 @@ def test_ties_on_a_grid_and_k_larger_than_a_class():
         assert got == pytest.approx(plain_knn(train_x, train_y, test_x, test_y, k, 0.07, 3)), k
 
 
-def test_tied_neighbours_go_to_lower_training_index():
-    train = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    labels = torch.tensor([2, 1, 0, 3])
-    _, idx = top_neighbors(torch.tensor([[1.0, 0.0]]) @ train.T, 2)
-    assert idx.tolist() == [[0, 1]]
-    # k=1: the tied neighbour with the lowest index (label 2) decides.
-    top1, _ = knn_classifier(
-        train, labels, torch.tensor([[1.0, 0.0]]), torch.tensor([2]), 1, 0.07, 4
-    )
-    assert top1 == 100.0
+def test_tied_neighbours_are_picked_by_topk_for_each_k():
+    # 100 equally similar training images of 100 classes: which ones are the k nearest is
+    # torch.topk's choice, made afresh for each k as DINO calls it (not the first k of one
+    # search for the largest k).
+    train = torch.ones(100, 2) / math.sqrt(2)
+    labels = torch.arange(100)
+    test = torch.ones(1, 2) / math.sqrt(2)
+    for k in (1, 2, 3):
+        for target in range(100):
+            want = plain_knn(train, labels, test, torch.tensor([target]), k, 0.07, 100)
+            got = knn_classifier(train, labels, test, torch.tensor([target]), k, 0.07, 100)
+            assert got == want, (k, target)
+    multi = knn_classify_multi(train, labels, test, torch.tensor([0]), [1, 3], 0.07, 100)
+    assert multi[1] == knn_classifier(train, labels, test, torch.tensor([0]), 1, 0.07, 100)
 
 
 def test_tied_classes_go_to_lower_class_index_and_zero_votes_count_for_top5():
+    # At most 32 classes on the CPU, torch.sort (DINO's ranking) keeps equal totals in class order.
     # Two neighbours with identical similarity and different classes: a 1-1 vote tie.
     train = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
     labels = torch.tensor([4, 1, 0])
@@ -144,3 +155,26 @@ def test_zero_vote_classes_fill_top5_in_class_order():
     # Ranking: 4, 5 (votes), then the zero-vote classes 0, 1, 2, 3 in class order.
     _, top5 = knn_classifier(train, labels, test, torch.tensor([2, 3]), 5, 0.07, 6)
     assert top5 == 50.0
+
+
+def test_zero_vote_classes_are_ordered_as_dino_with_many_classes():
+    # 100 classes, but the neighbours of each test image come from 1-2 classes: the top 5 is
+    # filled with zero-vote classes in the order torch.sort gives equal totals (on the CPU not
+    # class order above 32 classes), so top-5 at k <= 5 depends on that order being DINO's.
+    rng = np.random.default_rng(4)
+    num_classes = 100
+    centers = normalized(rng, 3, 16)
+    train_x = centers[np.arange(60) % 3] + 0.05 * rng.standard_normal((60, 16)).astype(np.float32)
+    train_x /= np.linalg.norm(train_x, axis=1, keepdims=True)
+    train_y = np.where(np.arange(60) % 3 == 0, 40, 70 + np.arange(60) % 3)
+    test_x = centers[np.arange(300) % 3] + 0.05 * rng.standard_normal((300, 16)).astype(np.float32)
+    test_x /= np.linalg.norm(test_x, axis=1, keepdims=True)
+    zero_vote = [c for c in range(num_classes) if c not in (40, 71, 72)]
+    test_y = np.array([zero_vote[i % len(zero_vote)] for i in range(300)])  # never voted for
+    args = [torch.from_numpy(a) for a in (train_x, train_y, test_x, test_y)]
+    for k in (1, 3, 5):
+        got = knn_classifier(*args, k, 0.07, num_classes)
+        want = plain_knn(train_x, train_y, test_x, test_y, k, 0.07, num_classes)
+        assert got == pytest.approx(want), k
+    # The case is not vacuous: some zero-vote targets are in DINO's top 5 at k = 5.
+    assert knn_classifier(*args, 5, 0.07, num_classes)[1] > 0

@@ -50,6 +50,19 @@ def test_epoch_batches_reproducible_and_never_single():
     assert [len(x) for x in epoch_batches(22, 4, seed=0, epoch=0, drop_last=True)] == [4] * 5
     with pytest.raises(ValueError, match="at least 2"):
         epoch_batches(1, 4, seed=0, epoch=0, drop_last=False)
+    with pytest.raises(ValueError, match="--batch_size 1"):
+        epoch_batches(100, 1, seed=0, epoch=0, drop_last=True)
+
+
+def test_drop_last_keeps_whole_effective_batches_as_mae():
+    # MAE makes floor(N / effective batch) steps per epoch, each on a full effective batch
+    # (ImageNet at 512 x 8: 312 steps, the 6 micro-batches of a 313th group are not used).
+    batches = epoch_batches(47, 4, seed=0, epoch=0, drop_last=True, accum_iter=3)
+    assert [len(b) for b in batches] == [4] * 9  # 11 full micro-batches -> 3 whole groups
+    assert len(set(np.concatenate(batches).tolist())) == 36
+    # Fewer full micro-batches than a group: the full ones are kept (one partial step).
+    few = epoch_batches(9, 4, seed=0, epoch=0, drop_last=True, accum_iter=3)
+    assert [len(b) for b in few] == [4, 4]
 
 
 def _grad_step(sizes, accum_iter, feats, labels):

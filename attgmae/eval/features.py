@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from attgmae.data.images import ImageDecodeError, decode_rgb, folder_labels, list_images
+from attgmae.data.images import folder_labels, list_images
 from attgmae.eval.encoder import features as encoder_features
 from attgmae.eval.transforms import eval_transform
 
@@ -70,6 +70,32 @@ def image_split(data_root, split: str, class_names: list[str] | None = None) -> 
     return ImageSplit(root, keys, labels, names)
 
 
+def load_rgb(path) -> Image.Image:
+    """An evaluation image as torchvision's ImageFolder reads it (DINO's eval_knn.py and MAE's
+    main_linprobe.py use its default loader): PIL open + ``convert("RGB")``.
+
+    Unlike ``decode_rgb`` (stage 1 and pretraining, where maps follow the displayed orientation)
+    no EXIF rotation is applied, and other modes (16-bit, palette) get PIL's own conversion: a
+    phone photo tagged "rotate 90" is fed to the encoder as stored, as the original protocols do.
+    Raises ValueError naming the file when it cannot be decoded.
+    """
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except Exception as err:  # noqa: BLE001 - any decoder error means an unreadable image
+        if not os.path.isfile(path):
+            reason = "file not found"
+        elif "cannot identify image file" in str(err):
+            reason = "not an image (unrecognized format, or empty)"
+        else:
+            reason = f"{type(err).__name__}: {err}"
+        # A one-argument error survives the trip out of a DataLoader worker intact.
+        raise ValueError(
+            f"cannot read image {path}: {reason}; remove or replace it and rerun"
+        ) from None
+
+
 class LabelledImages(Dataset):
     """(image tensor, label, index) for the ``indices`` of an ImageSplit."""
 
@@ -83,14 +109,7 @@ class LabelledImages(Dataset):
 
     def __getitem__(self, i):
         row = int(self.indices[i])
-        path = self.split.root / self.split.keys[row]
-        try:
-            img = Image.fromarray(decode_rgb(path))
-        except ImageDecodeError as err:
-            # A one-argument error survives the trip out of a DataLoader worker intact.
-            raise ValueError(
-                f"cannot read image {path}: {err.reason}; remove or replace it and rerun"
-            ) from None
+        img = load_rgb(self.split.root / self.split.keys[row])
         return self.transform(img), int(self.split.labels[row]), row
 
 

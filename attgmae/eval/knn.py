@@ -3,17 +3,23 @@
 For each test image the ``k`` training images with the highest cosine similarity vote for their
 class with weight ``exp(similarity / T)``; the prediction is the class with the highest total.
 ``knn_classifier`` has the signature and results of the function of that name in DINO's
-``eval_knn.py``; ``knn_classify_multi`` evaluates several ``k`` from one neighbour search.
+``eval_knn.py``; ``knn_classify_multi`` evaluates several ``k`` on one similarity matrix per
+chunk of test images.
 
 Features are expected L2-normalized (then a dot product is the cosine similarity); the functions
 themselves only take dot products, as DINO's does.
 
-Ties, made deterministic (DINO leaves them to ``torch.topk`` / ``torch.sort``):
-- neighbours with equal similarity are ranked by training index, lower first, also at the k-th
-  place (the rare rows with a tie across that boundary are re-ranked exactly);
-- classes with equal vote totals are ranked by class index, lower first. This also orders the
-  classes that got no vote at all, which matters for top-5 when fewer than 5 classes got votes
-  (a zero-vote class can then be "in the top 5", as in DINO).
+Ties are left to torch exactly where DINO leaves them, so that on the same device the results
+are DINO's, ties included:
+- the neighbours are ``torch.topk(k, sorted=True)`` of the similarities, one call per k (not
+  the first k of one search for the largest k: which of several equally similar images topk
+  keeps at the k-th place is its own choice, and differs between k);
+- classes are ranked by ``torch.sort(descending=True)`` (not stable) of the float32 vote totals
+  [B, C]. That order decides which of the classes with equal totals come first, above all the
+  classes that got no vote at all, which fill the top 5 whenever fewer than 5 classes got votes
+  (a zero-vote class can then be "in the top 5"). torch puts equal totals in class order (lower
+  first) on CUDA with more than 32 classes and on the CPU with at most 32; elsewhere its order
+  is its own (deterministic for a given torch version and device), and DINO's with it.
 Top-5 counts only the first ``min(5, k)`` predictions, as DINO does ("top5 does not make sense
 if k < 5").
 """
@@ -23,8 +29,19 @@ from __future__ import annotations
 import torch
 
 # Similarity chunk budget: rows of test images per chunk are chosen so the [rows, N_train]
-# similarity matrix (plus a same-shape boolean mask) stays under this many bytes.
+# similarity matrix (plus topk's working space) stays under this many bytes.
 DEFAULT_CHUNK_BYTES = 1 << 30
+# DINO's eval_knn.py never passes num_classes: its vote matrix has the function's default 1000
+# columns whatever the dataset.
+DINO_NUM_CLASSES = 1000
+
+
+def vote_columns(num_classes: int) -> int:
+    """Columns of the vote matrix as DINO's evaluation script has them: 1000 (its default) for
+    any dataset of at most 1000 classes. The classes that do not exist never get a vote, but they
+    are among the zero-vote classes whose order (torch.sort's) fills the top 5 when fewer than 5
+    classes got votes: with 5 real classes, top-5 at k = 5 is not always 100% in DINO."""
+    return max(DINO_NUM_CLASSES, int(num_classes))
 
 
 def _check_inputs(train_features, train_labels, test_features, test_labels, ks, T, num_classes):
@@ -64,34 +81,8 @@ def _check_inputs(train_features, train_labels, test_features, test_labels, ks, 
             )
 
 
-def _rank_by_value_then_index(values, indices):
-    """Reorder each row of (values, indices) by value descending, then index ascending."""
-    by_index = torch.argsort(indices, dim=1, stable=True)
-    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
-    by_value = torch.argsort(values, dim=1, descending=True, stable=True)
-    return values.gather(1, by_value), indices.gather(1, by_value)
-
-
-def top_neighbors(similarity, k):
-    """The ``k`` most similar columns of each row, ties broken by lower column index.
-
-    similarity: [B, N]. Returns (sims [B, k], indices [B, k] int64), sorted best first.
-    """
-    sims, idx = similarity.topk(k, dim=1, largest=True, sorted=True)  # [B, k]
-    # A row is ambiguous when more columns reach the k-th value than there are places: topk may
-    # then have picked any of the tied columns. Those (rare) rows get an exact stable sort.
-    kth = sims[:, -1:]  # [B, 1]
-    ambiguous = (similarity >= kth).sum(dim=1) > k  # [B]
-    if bool(ambiguous.any()):
-        rows = ambiguous.nonzero().squeeze(1)
-        order = torch.argsort(similarity[rows], dim=1, descending=True, stable=True)[:, :k]
-        idx[rows] = order
-        sims[rows] = similarity[rows].gather(1, order)
-    return _rank_by_value_then_index(sims, idx)
-
-
 def _chunk_rows(num_train, element_size, max_chunk_bytes):
-    per_row = num_train * (element_size + 1)  # similarity row + boolean tie mask row
+    per_row = num_train * (element_size + 1)  # similarity row + topk's working space
     return max(1, int(max_chunk_bytes // max(per_row, 1)))
 
 
@@ -106,7 +97,7 @@ def knn_classify_multi(
     num_classes=1000,
     max_chunk_bytes=DEFAULT_CHUNK_BYTES,
 ):
-    """Weighted k-NN top-1 / top-5 (percent) for every k in ``ks`` from one neighbour search.
+    """Weighted k-NN top-1 / top-5 (percent) for every k in ``ks``, each as DINO's function.
 
     train_features [N, D], train_labels [N] int, test_features [M, D], test_labels [M] int, all
     on the device the search runs on (the train features' device). Test images are processed in
@@ -117,7 +108,6 @@ def knn_classify_multi(
     _check_inputs(train_features, train_labels, test_features, test_labels, ks, T, num_classes)
     device = train_features.device
     train_labels = train_labels.to(device=device, dtype=torch.int64)
-    k_max = max(ks)
     num_test = test_features.shape[0]
     rows = _chunk_rows(train_features.shape[0], train_features.element_size(), max_chunk_bytes)
     correct1 = dict.fromkeys(ks, 0)
@@ -126,16 +116,15 @@ def knn_classify_multi(
         feats = test_features[start : start + rows].to(device)  # [B, D]
         targets = test_labels[start : start + rows].to(device=device, dtype=torch.int64)  # [B]
         similarity = feats @ train_features.T  # [B, N]
-        sims, idx = top_neighbors(similarity, k_max)  # [B, k_max], best first
-        del similarity
-        neighbor_labels = train_labels[idx]  # [B, k_max]
-        weights = (sims.float() / T).exp()  # [B, k_max], float32 as DINO
         for k in ks:
-            # Totals in float64: equal vote sets summed in another order still tie (small k).
-            scores = torch.zeros(feats.shape[0], num_classes, dtype=torch.float64, device=device)
-            scores.scatter_add_(1, neighbor_labels[:, :k], weights[:, :k].double())  # [B, C]
+            sims, idx = similarity.topk(k, dim=1, largest=True, sorted=True)  # [B, k]
+            weights = (sims.float() / T).exp()  # [B, k], float32 as DINO
+            scores = torch.zeros(feats.shape[0], num_classes, dtype=torch.float32, device=device)
+            scores.scatter_add_(1, train_labels[idx], weights)  # [B, C] vote totals
             n_top = min(5, k, num_classes)
-            ranked = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :n_top]
+            # DINO's sort (float32, descending, not stable): its order of equal totals, e.g.
+            # the zero-vote classes that fill the top 5, is what DINO reports (module doc).
+            ranked = scores.sort(dim=1, descending=True).indices[:, :n_top]
             hits = ranked == targets[:, None]  # [B, n_top]
             correct1[k] += int(hits[:, 0].sum())
             correct5[k] += int(hits.any(dim=1).sum())

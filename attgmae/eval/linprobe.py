@@ -7,10 +7,14 @@ fractional epoch (as MAE's lr_sched). Gradients are accumulated over ``accum_ite
 micro-batches so the effective batch (4096 by default) need not fit the device at once.
 
 Batches are drawn from a permutation seeded with (seed, epoch), so a resumed run sees the same
-batches. When the last micro-batch of an epoch would hold a single sample it joins the previous
-one (BatchNorm cannot train on one sample). A trailing group with fewer than ``accum_iter``
-micro-batches still makes an optimizer step, averaged over the samples it holds (MAE drops its
-gradient); with full ImageNet and drop_last this never happens.
+batches. With ``drop_last`` (a training set of at least one effective batch) an epoch keeps only
+whole effective batches, as MAE: there every optimizer step sees exactly ``eff_batch`` samples
+(with accumulation MAE discards the gradient of a trailing incomplete group; on 8 GPUs each
+rank drops its last incomplete batch), e.g. 312 steps of 4096 per ImageNet epoch, not 312 plus
+one of 3072. Without it (a few-shot subset smaller than one effective batch) every sample is
+used: a trailing group with fewer than ``accum_iter`` micro-batches still makes an optimizer
+step, averaged over the samples it holds, and when the last micro-batch would hold a single
+sample it joins the previous one (BatchNorm cannot train on one sample).
 """
 
 from __future__ import annotations
@@ -49,13 +53,27 @@ def cosine_lr(
 
 
 def epoch_batches(
-    num_samples: int, batch_size: int, *, seed: int, epoch: int, drop_last: bool
+    num_samples: int,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    drop_last: bool,
+    accum_iter: int = 1,
 ) -> list[np.ndarray]:
-    """Shuffled micro-batches of sample positions for one epoch (reproducible per epoch)."""
+    """Shuffled micro-batches of sample positions for one epoch (reproducible per epoch).
+
+    ``drop_last``: keep only whole groups of ``accum_iter`` full micro-batches (whole effective
+    batches, as MAE) when there is at least one, else only the full micro-batches.
+    """
+    if batch_size < 2:
+        raise ValueError(f"--batch_size {batch_size}: the head's BatchNorm needs at least 2")
     order = np.random.default_rng([seed, epoch]).permutation(num_samples)
     batches = [order[i : i + batch_size] for i in range(0, num_samples, batch_size)]
-    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
-        batches.pop()
+    full = num_samples // batch_size  # micro-batches of exactly batch_size
+    if drop_last and full >= 1:
+        keep = full // accum_iter * accum_iter
+        batches = batches[: keep if keep else full]
     elif len(batches) > 1 and len(batches[-1]) == 1:
         tail = batches.pop()
         batches[-1] = np.concatenate([batches[-1], tail])

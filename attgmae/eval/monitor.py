@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from attgmae.eval.features import image_split, l2_normalize, split_features
-from attgmae.eval.knn import knn_classifier
+from attgmae.eval.knn import knn_classifier, vote_columns
 
 
 def knn_top1(model, data_root, device, k=20, T=0.07, batch_size=64, num_workers=0) -> float:
@@ -44,6 +44,6 @@ def knn_top1(model, data_root, device, k=20, T=0.07, batch_size=64, num_workers=
         val_labels.to(search_device),
         min(k, len(train_labels)),
         T,
-        num_classes=len(train.class_names),
+        num_classes=vote_columns(len(train.class_names)),
     )
     return top1

@@ -42,8 +42,9 @@ class SingleDrawRandomResizedCrop(transforms.RandomResizedCrop):
     def get_params(img, scale, ratio):
         width, height = F.get_image_size(img)
         area_frac = torch.empty(1).uniform_(scale[0], scale[1]).item()
-        log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-        aspect = math.exp(torch.empty(1).uniform_(log_lo, log_hi).item())
+        # Log and exp in float32 tensors, as MAE's crop: the same draws give the same box.
+        log_lo, log_hi = torch.log(torch.tensor(ratio, dtype=torch.float32)).tolist()
+        aspect = torch.exp(torch.empty(1).uniform_(log_lo, log_hi)).item()
         target_area = width * height * area_frac
         crop_w = min(round(math.sqrt(target_area * aspect)), width)
         crop_h = min(round(math.sqrt(target_area / aspect)), height)
