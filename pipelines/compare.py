@@ -42,13 +42,17 @@ def _column_title(store) -> str:
 def _store_maps(store, keys: list[str]) -> tuple[np.ndarray, list[str | None]]:
     """float32 [B, 14, 14] (zeros where absent) and a note per key (None when shown)."""
     row_of = {k: i for i, k in enumerate(store.keys)}
-    present = [k for k in keys if k in row_of and store.status[row_of[k]] == STATUS_OK]
+    shown = [i for i, k in enumerate(keys) if k in row_of and store.status[row_of[k]] == STATUS_OK]
     maps = np.zeros((len(keys), 14, 14), dtype=np.float32)
-    if present:
-        fetched = store.get_batch(present)  # [P, 14, 14]
-        for key, grid_map in zip(present, fetched):
-            maps[keys.index(key)] = grid_map
-    notes = [None if k in present else ("failed" if k in row_of else "not in store") for k in keys]
+    if shown:
+        unique = list(dict.fromkeys(keys[i] for i in shown))  # a key may be asked for twice
+        fetched = dict(zip(unique, store.get_batch(unique)))  # key -> [14, 14]
+        for i in shown:
+            maps[i] = fetched[keys[i]]
+    notes = [
+        None if i in shown else ("failed" if k in row_of else "not in store")
+        for i, k in enumerate(keys)
+    ]
     return maps, notes
 
 

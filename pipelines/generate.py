@@ -17,6 +17,7 @@ zeros with status 'failed' and their keys and reasons are in the store attribute
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -121,14 +122,14 @@ def check_config(cfg: GenerateConfig) -> None:
         raise GenerateInputError("--batch_size must be >= 1 and --num_workers >= 0")
     if not cfg.tokencut_eps > 0 or not -1.0 <= cfg.tokencut_tau < 1.0:
         raise GenerateInputError("--tokencut_eps must be > 0 and --tokencut_tau in [-1, 1)")
-    for method in cfg.methods:
-        method_params(cfg, method)  # the registry validates the values
     for flag, path in (
         ("--dino_weights", cfg.dino_weights),
         ("--resnet_weights", cfg.resnet_weights),
     ):
         if path is not None and not Path(path).is_file():
             raise GenerateInputError(f"{flag} {path}: no such file")
+    for method in cfg.methods:
+        method_params(cfg, method)  # the registry validates the values
     if cfg.file_list is not None and not Path(cfg.file_list).is_file():
         raise GenerateInputError(f"--file_list {cfg.file_list}: no such file")
     if not Path(cfg.images_root).is_dir():
@@ -238,7 +239,34 @@ def method_params(cfg: GenerateConfig, method: str) -> dict:
         raise GenerateInputError(str(err)) from None
     if BACKBONE_OF[method] is not None:
         params["random_weights"] = bool(cfg.random_weights)
+        params["weights"] = weights_identity(cfg, BACKBONE_OF[method])
     return params
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_sha256(path: str, size: int, mtime_ns: int) -> str:
+    from attgmae.models.backbones import file_sha256
+
+    return file_sha256(path)  # once per file version, however often the params are asked for
+
+
+def weights_identity(cfg: GenerateConfig, backbone: str) -> str:
+    """The network's weights as part of what defines the maps, known before any loading:
+    'random(seed=0)', 'timm:<pretrained tag>' or 'sha256:<hex>' of the given file. A partial or
+    complete store made with other weights is then 'other parameters', never silently resumed."""
+    from attgmae.models import backbones
+
+    if cfg.random_weights:
+        return f"random(seed={backbones.RANDOM_SEED})"
+    path = cfg.dino_weights if backbone == "dino" else cfg.resnet_weights
+    if path is None:
+        return f"timm:{backbones.DINO_TAG if backbone == 'dino' else backbones.RESNET_TAG}"
+    try:
+        stat = Path(path).stat()
+        digest = _weights_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    except OSError as err:
+        raise GenerateInputError(f"{path}: cannot read the weights file ({err.strerror})") from None
+    return f"sha256:{digest}"
 
 
 def load_models(cfg: GenerateConfig, methods, device: str) -> tuple[dict, dict]:
@@ -354,6 +382,19 @@ class MapComputer:
 
     def compute(self, methods, x: torch.Tensor, rows: np.ndarray, keys: list[str]) -> dict:
         """x float32 [B, 3, 224, 224] on the device; rows int64 [B] into ``keys``."""
+        if self.device != "cpu" or self.amp:
+            return self._compute(methods, x, rows, keys)
+        # fp32 on the CPU: oneDNN's convolutions round differently with the number of threads
+        # (a one-process run vs torchrun's one thread per rank, another machine); PyTorch's
+        # native kernels give the same bits for any thread count (ResNet-50 ~15% slower).
+        mkldnn_before = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            return self._compute(methods, x, rows, keys)
+        finally:
+            torch.backends.mkldnn.enabled = mkldnn_before
+
+    def _compute(self, methods, x: torch.Tensor, rows: np.ndarray, keys: list[str]) -> dict:
         from attgmae.maps.dino import dino_maps, dino_outputs
         from attgmae.maps.gradcam import gradcam_maps
         from attgmae.maps.random_map import random_maps
@@ -559,6 +600,18 @@ def open_writers(cfg, keys, labels, attrs_by_method, info) -> dict:
     return writers
 
 
+def configure_cuda_backends(fp32: bool) -> None:
+    """Same convolution algorithms in every process: cuDNN's autotuner (``benchmark``) picks them
+    by timing, so a resumed run or another torchrun rank could pick others and round differently;
+    the stores must be identical to an uninterrupted one-process run's. fp32 means fp32: no TF32
+    convolutions or matmuls."""
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    if fp32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def run_generate(cfg: GenerateConfig) -> GenerateResult:
     """Generate (or resume) every requested store. Raises GenerateInputError on bad input."""
     check_config(cfg)
@@ -572,10 +625,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     if device.startswith("cuda") and info.distributed:
         device = f"cuda:{info.local_rank}"
     if device.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True  # fixed 224x224 batches: pick the fastest kernels
-        if not use_bf16(cfg, device):  # fp32 means fp32: no TF32 convolutions or matmuls
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
+        configure_cuda_backends(fp32=not use_bf16(cfg, device))
     try:
         return _run(
             cfg,

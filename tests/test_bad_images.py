@@ -14,7 +14,7 @@ import torch
 from attgmae.cli.maps import main
 from PIL import Image
 
-from attgmae.data.images import decode_rgb
+from attgmae.data.images import ImageDecodeError, decode_rgb
 from attgmae.store import STATUS_FAILED, STATUS_OK, open_store
 
 EXPECTED_FAILURES = {
@@ -143,3 +143,40 @@ def test_summary_and_verify_show_the_failed_keys(bad_root, tmp_path, capsys):
     assert "4 images failed" in report
     for key in EXPECTED_FAILURES:
         assert key in report
+
+
+def test_decode_rgb_modes_as_pil_convert_and_16_bit_scaled(tmp_path):
+    """Palette (with transparency), grey+alpha and bilevel images give PIL's convert('RGB')
+    pixels; 16-bit greyscale is scaled to 8 bit (PIL's convert would clip it to white)."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    rgb.convert("P").save(tmp_path / "palette.png", transparency=3)
+    rgb.convert("LA").save(tmp_path / "grey_alpha.png")
+    rgb.convert("1").save(tmp_path / "bilevel.bmp")
+    for name in ("palette.png", "grey_alpha.png", "bilevel.bmp"):
+        with Image.open(tmp_path / name) as img:
+            expected = np.asarray(img.convert("RGB"))
+        got = decode_rgb(tmp_path / name)
+        assert got.dtype == np.uint8 and got.shape == (30, 40, 3), name
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+    grey16 = rng.integers(0, 65536, (30, 40)).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    got = decode_rgb(tmp_path / "grey16.png")
+    assert got.shape == (30, 40, 3)
+    np.testing.assert_array_equal(got[..., 0], got[..., 2])
+    assert np.abs(got[..., 0].astype(int) - grey16 / 257.0).max() <= 1
+
+
+def test_decode_rgb_turns_any_decoder_error_into_a_named_failure(tmp_path, monkeypatch):
+    from PIL import ImageOps
+
+    path = tmp_path / "odd_exif.jpg"
+    path.write_bytes(_jpeg_bytes(Image.new("RGB", (8, 8))))
+
+    def broken_exif(*args, **kwargs):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken_exif)
+    with pytest.raises(ImageDecodeError, match="odd_exif.jpg.*error.*unpack") as caught:
+        decode_rgb(path)
+    assert caught.value.path == str(path)

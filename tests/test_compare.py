@@ -96,3 +96,15 @@ def test_bad_input_exit_2(stores, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "error:" in err and message in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_store_maps_row_by_row_with_a_key_twice(stores):
+    """A key asked for twice gets its map in both rows (not zeros in the second)."""
+    from attgmae.pipelines.compare import _store_maps
+
+    _, keys, left, right = stores
+    asked = [keys[0], keys[1], keys[0]]
+    maps, notes = _store_maps(open_store(right), asked)
+    assert notes == [None, "failed", None]
+    np.testing.assert_array_equal(maps[2], maps[0])
+    assert maps[0].max() == 1.0 and not maps[1].any()

@@ -119,6 +119,7 @@ def test_store_attrs_record_provenance(generated, small_set):
             assert attrs["model"]["source"].startswith("random")
     assert open_store(generated / "tokencut.zarr").attrs["params"] == {
         "tau": TAU, "eps": 1e-5, "map": "fg-eigvec", "random_weights": True,
+        "weights": "random(seed=0)",
     }
     assert open_store(generated / "gradcam.zarr").attrs["model"]["architecture"] == "resnet50"
     record = json.loads((generated / "generate_run.json").read_text())
@@ -164,6 +165,7 @@ def test_h5_format_file_list_and_overwrite(small_set, tmp_path, capsys):
         (["--methods", "dino", "--dino_weights", "MISSING.pth"], "MISSING.pth"),
         (["--methods", "gradcam", "--cam_target", "label", "--random_weights"], "wnid"),
         (["--methods", "dino", "--dino_heads", "first"], "heads"),
+        (["--methods", "dino", "--dino_heads", "12", "--random_weights"], "out of range"),
         (["--methods", "tokencut", "--tokencut_eps", "0"], "eps"),
         (["--methods", "random", "--device", "tpu"], "--device"),
     ],
@@ -215,7 +217,7 @@ def test_imagenet_targets_need_the_1000_wnid_folders():
         imagenet_targets(wnids, np.array([0, -1], dtype=np.int64))
 
 
-def test_weights_file_sha256_recorded_and_used(generated, small_set, tmp_path):
+def test_weights_file_sha256_recorded_and_used(generated, small_set, tmp_path, capsys):
     import hashlib
 
     from attgmae.models.backbones import load_resnet50
@@ -231,7 +233,9 @@ def test_weights_file_sha256_recorded_and_used(generated, small_set, tmp_path):
                  "--methods", "gradcam", "--resnet_weights", str(weights), "--device", "cpu",
                  "--num_workers", "0", "--no_progress"]) == 0
     store = open_store(out / "gradcam.zarr")
-    assert store.attrs["model"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert store.attrs["model"]["sha256"] == digest
+    assert store.attrs["params"]["weights"] == f"sha256:{digest}"
     assert store.attrs["model"]["weights_file"].endswith("resnet50-test.pth")
     assert store.attrs["random_weights"] is False
     # the same network as the random-weights run: the same maps
@@ -239,6 +243,16 @@ def test_weights_file_sha256_recorded_and_used(generated, small_set, tmp_path):
         store.get_batch(keys[:2]), open_store(generated / "gradcam.zarr").get_batch(keys[:2]),
         atol=1e-3,
     )
+    # Other weights are other maps: the complete store is neither kept as done nor resumed.
+    resnet.fc.bias.data.add_(1.0)
+    other = tmp_path / "resnet50-other.pth"
+    torch.save(resnet.state_dict(), other)
+    rerun = ["generate", str(root), "--out", str(out), "--file_list", str(file_list),
+             "--methods", "gradcam", "--device", "cpu", "--num_workers", "0", "--no_progress"]
+    assert main([*rerun, "--resnet_weights", str(other)]) == 2
+    assert "other parameters" in capsys.readouterr().err
+    assert main([*rerun, "--resnet_weights", str(weights)]) == 0
+    assert "already complete" in capsys.readouterr().err
 
 
 def test_precision_flag_selects_bf16_and_is_recorded(generated, small_set, tmp_path):
@@ -256,3 +270,34 @@ def test_precision_flag_selects_bf16_and_is_recorded(generated, small_set, tmp_p
     maps_bf16, maps_fp32 = bf16.read_all().astype(np.float32), fp32.read_all().astype(np.float32)
     assert not np.array_equal(maps_bf16, maps_fp32)  # the flag reached the forward
     assert np.corrcoef(maps_bf16.ravel(), maps_fp32.ravel())[0, 1] > 0.9
+
+
+def test_cuda_backends_pick_the_same_algorithms_in_every_process():
+    """cuDNN's autotuner may choose other kernels in a resumed run or another rank; off."""
+    from attgmae.pipelines.generate import configure_cuda_backends
+
+    flags = ("benchmark", "deterministic", "allow_tf32")
+    before = {name: getattr(torch.backends.cudnn, name) for name in flags}
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.benchmark = True
+        configure_cuda_backends(fp32=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        for name, value in before.items():
+            setattr(torch.backends.cudnn, name, value)
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+
+
+def test_file_list_lines_become_keys_relative_to_the_root(small_set, tmp_path):
+    """'find .' style (./class/x) and absolute lines give the same keys as a listing, so the
+    first folder stays the label; a line outside the root is an error naming it."""
+    root, _, keys = small_set
+    lines = [f"./{keys[0]}", str((root / keys[1]).resolve()), keys[2], ""]
+    listed = list_images(root, write_file_list(tmp_path / "mixed.txt", lines))
+    assert listed == sorted(keys[:3])
+    assert folder_labels(listed)[0] == sorted({k.split("/")[0] for k in keys[:3]})
+    outside = write_file_list(tmp_path / "outside.txt", [f"../{root.name}/{keys[0]}"])
+    with pytest.raises(ValueError, match=r"outside.txt.*not inside the image root"):
+        list_images(root, outside)

@@ -183,3 +183,93 @@ def test_to_model_input_rejects_non_rgb():
         preprocess.to_model_input([np.zeros((10, 10), np.uint8)])
     with pytest.raises(ValueError, match="uint8 RGB"):
         preprocess.to_model_input([np.zeros((10, 10, 3), np.float32)])
+
+
+# ---- timm's vit_base_patch16_224 computes DINO's own ViT-B/16 (vision_transformer.py) ----
+
+DINO_DEPTH, DINO_DIM, DINO_HEADS, DINO_MLP = 12, 768, 12, 3072
+
+
+def _dino_named_state(seed: int) -> dict:
+    """Random weights under the parameter names of DINO's ``vit_base`` (cls_token, pos_embed,
+    patch_embed.proj, blocks.i.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}, norm; no
+    head), written from DINO's architecture, not taken from timm. The patch embedding is small so
+    the first LayerNorm sees a variance near its eps (1e-6 vs torch's default 1e-5 shows)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, std=0.02, mean=0.0):
+        return mean + std * torch.randn(*shape, generator=generator)
+
+    d = DINO_DIM
+    state = {"cls_token": rand(1, 1, d, std=0.002), "pos_embed": rand(1, 197, d, std=0.002),
+             "patch_embed.proj.weight": rand(d, 3, 16, 16, std=2e-4),
+             "patch_embed.proj.bias": rand(d, std=2e-4)}
+    for i in range(DINO_DEPTH):
+        shapes = {"norm1": (d,), "attn.qkv": (3 * d, d), "attn.proj": (d, d), "norm2": (d,),
+                  "mlp.fc1": (DINO_MLP, d), "mlp.fc2": (d, DINO_MLP)}
+        for name, shape in shapes.items():
+            norm = name.startswith("norm")
+            state[f"blocks.{i}.{name}.weight"] = rand(*shape, std=0.1 if norm else 0.04,
+                                                      mean=1.0 if norm else 0.0)
+            state[f"blocks.{i}.{name}.bias"] = rand(shape[0])
+    state["norm.weight"], state["norm.bias"] = rand(d, std=0.1, mean=1.0), rand(d)
+    return state
+
+
+@torch.no_grad()
+def _dino_last_selfattention(state: dict, x: torch.Tensor, eps: float = 1e-6):
+    """DINO's prepare_tokens + blocks + get_last_selfattention, fp64, from the state dict alone.
+    -> (attention [B, H, 197, 197] of the last block, its qkv output [B, 197, 3 D])."""
+    s = {name: value.double() for name, value in state.items()}
+    batch, d, heads = len(x), DINO_DIM, DINO_HEADS
+
+    def layer_norm(tokens, name):
+        return torch.nn.functional.layer_norm(tokens, (d,), s[f"{name}.weight"],
+                                              s[f"{name}.bias"], eps=eps)
+
+    def linear(tokens, name):
+        return tokens @ s[f"{name}.weight"].T + s[f"{name}.bias"]
+
+    patches = torch.nn.functional.conv2d(x.double(), s["patch_embed.proj.weight"],
+                                         s["patch_embed.proj.bias"], stride=16)  # [B, D, 14, 14]
+    tokens = torch.cat([s["cls_token"].expand(batch, 1, d), patches.flatten(2).transpose(1, 2)],
+                       dim=1) + s["pos_embed"]  # [B, 197, D]: 224 px needs no interpolation
+    for i in range(DINO_DEPTH):
+        qkv = linear(layer_norm(tokens, f"blocks.{i}.norm1"), f"blocks.{i}.attn.qkv")
+        q, k, v = qkv.reshape(batch, 197, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(q @ k.transpose(-2, -1) * (d // heads) ** -0.5, dim=-1)
+        if i == DINO_DEPTH - 1:
+            return attn, qkv
+        tokens = tokens + linear((attn @ v).transpose(1, 2).reshape(batch, 197, d),
+                                 f"blocks.{i}.attn.proj")
+        hidden = torch.nn.functional.gelu(linear(layer_norm(tokens, f"blocks.{i}.norm2"),
+                                                 f"blocks.{i}.mlp.fc1"))
+        tokens = tokens + linear(hidden, f"blocks.{i}.mlp.fc2")
+
+
+def test_official_dino_file_gives_dinos_own_attention_and_keys(images, tmp_path):
+    """A file laid out like dino_vitbase16_pretrain.pth loads strictly (every tensor used, none
+    missing) and the loaded timm model's CLS attention and keys equal DINO's ViT computed from
+    the file alone: same tokens (CLS first, position embedding added), LayerNorm eps 1e-6, qkv
+    bias, no pre-norm, scale d^-0.5."""
+    state = _dino_named_state(seed=5)
+    path = tmp_path / "dino_vitbase16_pretrain.pth"
+    torch.save(state, path)
+    vit, _ = load_dino_vit(path)
+    loaded = vit.state_dict()
+    assert set(loaded) == set(state)
+    assert all(torch.equal(loaded[name], value) for name, value in state.items())
+
+    x = preprocess.to_model_input(images[:2])
+    cls_attn, patch_keys = dino.dino_outputs(vit, x)
+    attn, qkv = _dino_last_selfattention(state, x)
+    expected = attn[:, :, 0, 1:]  # CLS query, patch columns: [B, 12, 196]
+    assert expected.std() > 1e-4  # a non-uniform attention, so the comparison means something
+    np.testing.assert_allclose(cls_attn.numpy(), expected.numpy(), atol=1e-6, rtol=1e-4)
+    np.testing.assert_allclose(patch_keys.numpy(), qkv[:, 1:, DINO_DIM : 2 * DINO_DIM].numpy(),
+                               atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(dino.dino_maps(cls_attn).numpy(),
+                               _minmax(expected.mean(1).numpy()), atol=1e-4)
+    # The check can fail: torch's default LayerNorm eps (1e-5) gives another attention.
+    other_eps = _dino_last_selfattention(state, x, eps=1e-5)[0][:, :, 0, 1:]
+    assert np.abs(other_eps.numpy() - expected.numpy()).max() > 1e-4

@@ -27,3 +27,6 @@ def test_registry_rejects_bad_names_and_values():
         registry.resolve_params("random", {"tau": 1})
     with pytest.raises(ValueError, match="gradcam method"):
         registry.resolve_params("gradcam", {"method": "magiccam"})
+    assert registry.resolve_params("dino", {"heads": "-12"}) == {"heads": -12}
+    with pytest.raises(ValueError, match="out of range.*12 heads"):
+        registry.resolve_params("dino", {"heads": "12"})

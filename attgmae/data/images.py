@@ -64,13 +64,29 @@ def decode_rgb(path) -> np.ndarray:
         elif "cannot identify image file" in reason:
             reason = "not an image (unrecognized format)"
         raise ImageDecodeError(path, reason) from None
+    except Exception as err:  # noqa: BLE001 - a malformed file may trip any decoder error type
+        raise ImageDecodeError(path, f"cannot decode ({type(err).__name__}: {err})") from None
+
+
+def _key_under_root(listed: str, root: Path, file_list) -> str:
+    """A --file_list line -> the key: '/'-separated, relative to ``root``, normalized, so that
+    './n01440764/a.JPEG' and '/data/train/n01440764/a.JPEG' both become 'n01440764/a.JPEG' (the
+    first folder is the label)."""
+    if os.path.isabs(listed):
+        relative = os.path.relpath(os.path.abspath(listed), os.path.abspath(root))
+    else:
+        relative = os.path.normpath(listed)
+    if relative == os.curdir or relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        raise ValueError(f"{file_list}: listed image {listed} is not inside the image root {root}")
+    return relative.replace(os.sep, "/")
 
 
 def list_images(root, file_list=None) -> list[str]:
     """Sorted keys (paths relative to ``root``, '/'-separated) of every image under ``root``.
 
-    With ``file_list`` (a text file, one relative path per line) only those are taken; a listed
-    file that does not exist is an error naming it.
+    With ``file_list`` (a text file, one path per line: relative to ``root`` as ``find .``
+    writes them, or absolute under ``root``) only those are taken; a listed file that does not
+    exist, or lies outside ``root``, is an error naming it.
     """
     root = Path(root)
     if not root.is_dir():
@@ -78,9 +94,9 @@ def list_images(root, file_list=None) -> list[str]:
     if file_list is not None:
         keys = []
         for line in Path(file_list).read_text().splitlines():
-            key = line.strip().replace(os.sep, "/")
-            if not key or key.startswith("#"):
+            if not line.strip() or line.strip().startswith("#"):
                 continue
+            key = _key_under_root(line.strip(), root, file_list)
             if not (root / key).is_file():
                 raise FileNotFoundError(f"{file_list}: listed image {key} not found under {root}")
             keys.append(key)

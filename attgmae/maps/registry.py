@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 BACKBONE_DINO = "dino_vit"
 BACKBONE_RESNET = "resnet50"
+DINO_NUM_HEADS = 12  # ViT-B/16's attention heads (the --dino_heads index range)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ def resolve_params(name: str, overrides: dict | None = None) -> dict:
         except (TypeError, ValueError):
             raise ValueError(f"dino heads must be mean, max or a head index, "
                              f"got {params['heads']!r}") from None
+        # Checked here, not first in the middle of a run after the model is loaded.
+        if not -DINO_NUM_HEADS <= params["heads"] < DINO_NUM_HEADS:
+            raise ValueError(f"dino heads index {params['heads']} out of range: ViT-B/16 has "
+                             f"{DINO_NUM_HEADS} heads (0..{DINO_NUM_HEADS - 1})")
     if name == "gradcam":
         from attgmae.maps.gradcam import CAM_METHODS
 
