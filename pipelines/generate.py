@@ -320,8 +320,8 @@ def store_attrs(
         "model": identities.get(backbone) if backbone else None,
         "random_weights": bool(cfg.random_weights and backbone is not None),
         "preprocessing": (
-            "decode_rgb (EXIF-rotated, 8-bit RGB) -> whole image resized to 224x224 without "
-            "cropping (PIL bilinear, antialiased) -> /255 -> ImageNet mean/std"
+            "decode_rgb (PIL convert('RGB'), no EXIF rotation) -> whole image resized to "
+            "224x224 without cropping (PIL bilinear, antialiased) -> /255 -> ImageNet mean/std"
         ),
         "input_size": [preprocess.INPUT_SIZE, preprocess.INPUT_SIZE],
         "mean": list(preprocess.IMAGENET_MEAN),

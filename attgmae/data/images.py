@@ -1,7 +1,11 @@
 """The one image decoder, and image listing.
 
-Every stage reads pixels through ``decode_rgb`` so stage 1 and stage 2 see the same image:
-EXIF orientation applied, any mode (CMYK, grayscale, palette, 16-bit) converted to 8-bit RGB.
+Every stage reads pixels through ``decode_rgb``, so stage 1, stage 2 and evaluation see the same
+image, and the same image as the original DINO, TokenCut and MAE code, which all read through
+torchvision's ImageFolder loader, ``PIL.Image.open(path).convert("RGB")``. In particular the EXIF
+orientation tag is NOT applied (a photo tagged "rotate 90" is used as stored, as the originals
+do); CMYK, grayscale and palette images get PIL's RGB conversion. One deliberate difference:
+16-bit grayscale is scaled to 8 bit, where PIL's conversion would clip it to white.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -21,16 +25,20 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 class ImageDecodeError(Exception):
-    """An image that cannot be decoded; ``reason`` says why in a few words."""
+    """An image that cannot be decoded; ``reason`` says why in a few words.
 
-    def __init__(self, path, reason: str):
-        super().__init__(f"{path}: {reason}")
+    ``ImageDecodeError(message)`` with one argument also works: a DataLoader worker re-raises
+    an exception in the main process by calling its type with the formatted message.
+    """
+
+    def __init__(self, path, reason: str | None = None):
+        super().__init__(str(path) if reason is None else f"{path}: {reason}")
         self.path = str(path)
-        self.reason = reason
+        self.reason = reason or ""
 
 
 def decode_rgb(path) -> np.ndarray:
-    """Decode ``path`` to uint8 RGB ``[H, W, 3]`` with EXIF rotation applied.
+    """Decode ``path`` to uint8 RGB ``[H, W, 3]`` as ``Image.open(path).convert("RGB")`` would.
 
     Raises ImageDecodeError (never another exception) for unreadable files.
     """
@@ -44,17 +52,12 @@ def decode_rgb(path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            ImageOps.exif_transpose(img, in_place=True)
             if img.mode == "I;16" or img.mode == "I":
                 # 16-bit grayscale: scale to 8 bit before RGB conversion (PIL would clip).
                 arr = np.asarray(img, dtype=np.float32)
                 arr = np.clip(arr / 257.0, 0, 255).astype(np.uint8)
                 return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
-            if img.mode != "RGB":
-                if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                    img = img.convert("RGBA")
-                img = img.convert("RGB")
-            return np.array(img, dtype=np.uint8)
+            return np.array(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
     except Image.DecompressionBombError as err:
         raise ImageDecodeError(path, f"image too large ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from attgmae.data.images import folder_labels, list_images
+from attgmae.data.images import ImageDecodeError, decode_rgb, folder_labels, list_images
 from attgmae.eval.encoder import features as encoder_features
 from attgmae.eval.transforms import eval_transform
 
@@ -71,29 +71,15 @@ def image_split(data_root, split: str, class_names: list[str] | None = None) -> 
 
 
 def load_rgb(path) -> Image.Image:
-    """An evaluation image as torchvision's ImageFolder reads it (DINO's eval_knn.py and MAE's
-    main_linprobe.py use its default loader): PIL open + ``convert("RGB")``.
-
-    Unlike ``decode_rgb`` (stage 1 and pretraining, where maps follow the displayed orientation)
-    no EXIF rotation is applied, and other modes (16-bit, palette) get PIL's own conversion: a
-    phone photo tagged "rotate 90" is fed to the encoder as stored, as the original protocols do.
-    Raises ValueError naming the file when it cannot be decoded.
+    """An evaluation image for the torchvision transforms, read by the project's one decoder
+    (``decode_rgb``: as torchvision's ImageFolder loader reads it, which DINO's eval_knn.py and
+    MAE's main_linprobe.py use; no EXIF rotation). Raises ValueError naming the file when it
+    cannot be decoded (a one-argument error survives the trip out of a DataLoader worker).
     """
     try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")
-    except Exception as err:  # noqa: BLE001 - any decoder error means an unreadable image
-        if not os.path.isfile(path):
-            reason = "file not found"
-        elif "cannot identify image file" in str(err):
-            reason = "not an image (unrecognized format, or empty)"
-        else:
-            reason = f"{type(err).__name__}: {err}"
-        # A one-argument error survives the trip out of a DataLoader worker intact.
-        raise ValueError(
-            f"cannot read image {path}: {reason}; remove or replace it and rerun"
-        ) from None
+        return Image.fromarray(decode_rgb(path))
+    except ImageDecodeError as err:
+        raise ValueError(f"cannot read image {err}; remove or replace it and rerun") from None
 
 
 class LabelledImages(Dataset):

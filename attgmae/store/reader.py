@@ -15,7 +15,6 @@ import numpy as np
 from .backends import backend_for
 from .layout import (
     FORMAT_NAME,
-    GRID,
     STATUS_FAILED,
     STATUS_OK,
     StoreError,
@@ -163,11 +162,10 @@ class MapStore:
         if (rows < 0).any():
             missing = [keys[i] for i in np.flatnonzero(rows < 0)[:5]]
             raise KeyError(f"{self.path}: no map for {missing}")
-        order = np.argsort(rows)
-        maps = self._backend.read_maps(self.path, rows[order])
-        out = np.empty((len(keys), GRID, GRID), dtype=np.float32)
-        out[order] = maps
-        return out
+        # HDF5 reads want sorted, unique rows: read those once, then place them (a key may repeat).
+        unique_rows, position = np.unique(rows, return_inverse=True)
+        maps = self._backend.read_maps(self.path, unique_rows)  # [U, 14, 14]
+        return maps[position].astype(np.float32)
 
     def _table_index(self) -> MapTable:
         if self._index is None:
