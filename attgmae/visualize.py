@@ -61,3 +61,18 @@ def reconstruction_panels(model, images, noise, mask_ratio, loss_weights=None) -
         [to_uint8(original), to_uint8(masked), to_uint8(pasted), weight_rgb], axis=2
     )  # [K, S, 4*S, 3]
     return row.reshape(k * size, 4 * size, 3)
+
+
+PANEL_TITLES = ("original", "masked", "reconstruction", "loss weights")
+
+
+def with_titles(panel: np.ndarray, titles=PANEL_TITLES, height: int = 18) -> np.ndarray:
+    """uint8 [H, W, 3] -> [height + H, W, 3]: a white strip naming each equal-width column."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (panel.shape[1], height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    column = panel.shape[1] // len(titles)
+    for i, title in enumerate(titles):
+        draw.text((i * column + 4, 3), title, fill=(0, 0, 0))
+    return np.concatenate([np.asarray(strip), panel], axis=0)

@@ -533,7 +533,7 @@ class PretrainRun:
         """PNG of original | masked | reconstruction | loss weights for fixed images."""
         from PIL import Image
 
-        from attgmae.visualize import reconstruction_panels
+        from attgmae.visualize import reconstruction_panels, with_titles
 
         count = min(self.cfg.vis_count, len(self.dataset))
         picks = np.linspace(0, len(self.dataset) - 1, count).round().astype(int)
@@ -551,7 +551,7 @@ class PretrainRun:
         path = self.out_dir / "vis" / f"recon-epoch{epoch:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.png")
-        Image.fromarray(panel).save(tmp)
+        Image.fromarray(with_titles(panel)).save(tmp)
         os.replace(tmp, path)
         return path
 

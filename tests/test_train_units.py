@@ -17,7 +17,7 @@ from attgmae.checkpoint import (
 )
 from attgmae.data.transforms import denormalize_images, normalize_images
 from attgmae.models import MaskedAutoencoderViT
-from attgmae.visualize import reconstruction_panels
+from attgmae.visualize import reconstruction_panels, with_titles
 
 
 def test_accumulation_reaches_the_papers_effective_batch():
@@ -67,6 +67,10 @@ def test_reconstruction_panel_pastes_visible_patches():
     weights = torch.rand(2, 16) + 1
     panel = reconstruction_panels(model, images, noise, 0.75, weights)
     assert panel.shape == (2 * 32, 4 * 32, 3) and panel.dtype == np.uint8
+    titled = with_titles(panel)
+    assert titled.shape == (18 + 2 * 32, 4 * 32, 3)
+    np.testing.assert_array_equal(titled[18:], panel)
+    assert (titled[:18] < 128).any() and (titled[:18] == 255).mean() > 0.5  # dark text on white
     _, _, mask = model(images, 0.75, noise=noise)
     original = (denormalize_images(images).permute(0, 2, 3, 1).numpy() * 255).round()
     p0 = panel[:32]
