@@ -14,7 +14,12 @@ from pathlib import Path
 import torch
 
 from attgmae.eval.encoder import file_sha256, load_encoder
-from attgmae.eval.features import image_split, l2_normalize, split_features
+from attgmae.eval.features import (
+    extraction_options,
+    image_split,
+    l2_normalize,
+    split_features,
+)
 from attgmae.eval.knn import DEFAULT_CHUNK_BYTES, knn_classify_multi, vote_columns
 from attgmae.eval.report import plot_knn, write_json
 
@@ -77,17 +82,7 @@ def run_knn(cfg: KnnConfig, log=print) -> dict:
 
     train = image_split(cfg.data_path, "train")
     val = image_split(cfg.data_path, "val", train.class_names)
-    common = {
-        "checkpoint_sha256": sha256,
-        "device": device,
-        "pool": cfg.pool,
-        "batch_size": cfg.batch_size,
-        "num_workers": cfg.num_workers,
-        "input_size": cfg.input_size,
-        "precision": cfg.precision,
-        "features_dir": features_dir,
-        "log": log,
-    }
+    common = extraction_options(cfg, sha256, device, features_dir, log)
     t0 = time.perf_counter()
     train_feats, train_labels = split_features(model, train, "train", **common)
     val_feats, val_labels = split_features(model, val, "val", **common)

@@ -37,6 +37,7 @@ from attgmae.eval.features import (
     ImageSplit,
     LabelledImages,
     autocast_for,
+    extraction_options,
     image_split,
     split_features,
 )
@@ -171,17 +172,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         f"effective batch {eff_batch}; lr {lr:.4g} (blr {cfg.blr})"
     )
 
-    common = {
-        "checkpoint_sha256": sha256,
-        "device": device,
-        "pool": cfg.pool,
-        "batch_size": cfg.batch_size,
-        "num_workers": cfg.num_workers,
-        "input_size": cfg.input_size,
-        "precision": cfg.precision,
-        "features_dir": features_dir,
-        "log": log,
-    }
+    common = extraction_options(cfg, sha256, device, features_dir, log)
     val_feats, val_labels = split_features(encoder, val, "val", **common)
     if cfg.cached_features:
         # Only the subset's images: a 1% probe should not extract the other 99%.

@@ -218,6 +218,22 @@ def load_cache(path: Path, split: ImageSplit, checkpoint_sha256: str):
     return payload["features"], payload["labels"]
 
 
+def extraction_options(cfg, checkpoint_sha256: str, device, features_dir, log) -> dict:
+    """The keyword arguments of ``split_features`` that an evaluation config fixes (its fields
+    pool, batch_size, num_workers, input_size and precision), the same for every split."""
+    return {
+        "checkpoint_sha256": checkpoint_sha256,
+        "device": device,
+        "pool": cfg.pool,
+        "batch_size": cfg.batch_size,
+        "num_workers": cfg.num_workers,
+        "input_size": cfg.input_size,
+        "precision": cfg.precision,
+        "features_dir": features_dir,
+        "log": log,
+    }
+
+
 def split_features(
     model,
     split: ImageSplit,
