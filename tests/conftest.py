@@ -16,6 +16,22 @@ def example_root(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="session")
+def make_truth_example():
+    """A factory: (folder, train and val images per class) -> (example root, store of its true
+    object masks, imported the way a user would with `attg-maps import --resize`)."""
+    from attgmae.cli.maps import main as maps_main
+
+    def make(base, n_train_per_class, n_val_per_class):
+        root = write_example(base / "ex", n_train_per_class, n_val_per_class)
+        maps = base / "maps.zarr"
+        argv = ["import", str(root / "masks/train"), str(maps), "--images", str(root / "train")]
+        assert maps_main([*argv, "--resize"]) == 0
+        return root, maps
+
+    return make
+
+
 # One intra-op thread: on a small shared box (2 cores, CI) oversubscribed torch threads make the
 # tiny models of the tests several times slower, never faster.
 torch.set_num_threads(1)

@@ -8,12 +8,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from attgmae.cli.maps import main as maps_main
 from attgmae.cli.train import main as train_main
 from PIL import Image
 
 from attgmae.checkpoint import load_checkpoint
-from attgmae.data.example import write_example
 from attgmae.data.images import list_images
 from attgmae.models import create_mae
 from attgmae.optim import lr_at
@@ -25,13 +23,8 @@ FAST = ["--model", "mae_vit_tiny_patch16", "--input_size", "64", "--device", "cp
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    base = tmp_path_factory.mktemp("train_cli")
-    root = write_example(base / "ex", n_train_per_class=4, n_val_per_class=2)
-    maps = base / "maps.zarr"
-    assert maps_main(["import", str(root / "masks/train"), str(maps),
-                      "--images", str(root / "train"), "--resize"]) == 0
-    return root, maps
+def data(tmp_path_factory, make_truth_example):
+    return make_truth_example(tmp_path_factory.mktemp("train_cli"), 4, 2)
 
 
 def run(argv, capsys=None):

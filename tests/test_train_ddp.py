@@ -8,21 +8,14 @@ import sys
 
 import pytest
 import torch
-from attgmae.cli.maps import main as maps_main
 from attgmae.cli.train import main as train_main
 
 from attgmae.checkpoint import load_checkpoint
-from attgmae.data.example import write_example
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    base = tmp_path_factory.mktemp("train_ddp")
-    root = write_example(base / "ex", n_train_per_class=4, n_val_per_class=1)
-    maps = base / "maps.zarr"
-    assert maps_main(["import", str(root / "masks/train"), str(maps),
-                      "--images", str(root / "train"), "--resize"]) == 0
-    return root, maps
+def data(tmp_path_factory, make_truth_example):
+    return make_truth_example(tmp_path_factory.mktemp("train_ddp"), 4, 1)
 
 
 def common(root, maps, out):
