@@ -8,19 +8,20 @@ continuation needs (epoch in progress, iterations done in it, global step, tau, 
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from attgmae.core.errors import InputError
+from attgmae.core.files import atomic_path
+from attgmae.core.torchfile import CheckpointError, load_torch_file
+from attgmae.models import MODEL_FACTORIES
+
 LAST_NAME = "checkpoint-last.pth"
 _EPOCH_NAME = re.compile(r"^checkpoint-(\d+)\.pth$")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read; the message names the file."""
 
 
 def epoch_name(epoch: int) -> str:
@@ -28,35 +29,18 @@ def epoch_name(epoch: int) -> str:
 
 
 def save_atomic(obj: dict, path) -> Path:
-    """torch.save to a temporary name in the same folder, fsync, then rename over ``path``.
+    """torch.save aside, then rename over ``path``: a run killed while saving leaves the previous
+    checkpoint intact (never a truncated one)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
-    A run killed while saving leaves the previous checkpoint intact (never a truncated one).
-    """
+
+def load_checkpoint(path, trusted: bool = False) -> dict:
+    """Load a checkpoint on CPU (tensors, plain containers and argparse.Namespace only, unless
+    ``trusted``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def load_checkpoint(path) -> dict:
-    """Load a checkpoint on CPU (tensors, plain containers and argparse.Namespace only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"{path}: cannot be loaded as a checkpoint ({err})") from None
+    ckpt = load_torch_file(path, trusted=trusted)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: not an MAE checkpoint (no 'model' entry)")
     return ckpt
@@ -77,3 +61,82 @@ def find_resume_checkpoint(output_dir) -> Path | None:
         if match:
             numbered.append((int(match.group(1)), entry))
     return max(numbered)[1] if numbered else None
+
+
+def training_checkpoint(model, optimizer, scaler, args, *, epoch: int, samples_seen: int,
+                        global_step: int, lr: float, tau: float, device) -> dict:  # fmt: skip
+    """The official MAE checkpoint of a run ``samples_seen`` samples (all ranks) into ``epoch``,
+    plus ``resume``: what an exact continuation needs (schedules, RNG state)."""
+    resume = {
+        "epoch": epoch,
+        "samples_seen": samples_seen,
+        "global_step": global_step,
+        "lr": lr,
+        "tau": tau,
+        "torch_rng": torch.get_rng_state(),
+    }
+    if torch.device(device).type == "cuda":
+        resume["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch - 1,  # last completed epoch, as official MAE counts
+        # Without a grad scaler (bf16, fp32), a fresh fp16 scaler's state: official MAE's
+        # ``load_model`` loads it into its always-enabled scaler, which refuses an empty state.
+        "scaler": (scaler if scaler.is_enabled() else torch.amp.GradScaler("cpu")).state_dict(),
+        "args": args,
+        "resume": resume,
+    }
+
+
+@dataclass
+class ResumePoint:
+    epoch: int | None  # the epoch to continue in (None: the checkpoint does not say)
+    samples_seen: int = 0  # samples of that epoch already trained on, all ranks together
+    global_step: int = 0  # optimizer steps so far
+
+
+def restore_training(ckpt: dict, path, model_name: str, model, optimizer, scaler,
+                     device) -> ResumePoint:  # fmt: skip
+    """Load a checkpoint's weights, optimizer, scaler and RNG state into a run of
+    ``model_name``; InputError when it holds another model."""
+    args = ckpt.get("args")
+    saved_model = args.get("model") if isinstance(args, dict) else getattr(args, "model", None)
+    same_model = MODEL_FACTORIES.get(saved_model) is MODEL_FACTORIES.get(model_name)
+    if saved_model is not None and not same_model:  # (aliases like *_dec512d8b are equal)
+        raise InputError(f"{path} holds a {saved_model}, not --model {model_name}")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise InputError(f"{path}: weights do not fit --model {model_name} ({err})") from None
+    point = ResumePoint(epoch=None)
+    if "optimizer" in ckpt and "epoch" in ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        point.epoch = int(ckpt["epoch"]) + 1
+        if scaler.is_enabled() and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+    state = ckpt.get("resume")
+    if state:
+        point.epoch = int(state["epoch"])
+        point.global_step = int(state.get("global_step", 0))
+        point.samples_seen = int(state.get("samples_seen", 0))
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.device(device).type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+    return point
+
+
+def save_checkpoint(ckpt: dict, out_dir, numbered_epoch: int | None = None) -> Path:
+    """Write ``checkpoint-last.pth`` (and ``checkpoint-{epoch}.pth`` when asked, the same bytes
+    hard-linked rather than written twice); returns the last checkpoint's path."""
+    last = Path(out_dir) / LAST_NAME
+    if numbered_epoch is None:
+        return save_atomic(ckpt, last)
+    numbered = save_atomic(ckpt, Path(out_dir) / epoch_name(numbered_epoch))
+    with atomic_path(last) as tmp:
+        try:
+            os.link(numbered, tmp)  # no second write of a multi-GB file
+        except OSError:
+            torch.save(ckpt, tmp)
+    return last

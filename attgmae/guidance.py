@@ -7,10 +7,12 @@ background (0) keeps weight ``gamma``, the most attended patch (1) gets ``gamma 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
+
+from attgmae.core.constants import MAP_GRID
+from attgmae.core.minmax import minmax_numpy
+from attgmae.optim import half_cycle_cosine
 
 
 def loss_weights(maps_norm: torch.Tensor, tau: float, gamma: float = 1.0) -> torch.Tensor:
@@ -24,12 +26,6 @@ def loss_weights(maps_norm: torch.Tensor, tau: float, gamma: float = 1.0) -> tor
     return gamma * torch.exp(flat / tau)
 
 
-def half_cycle_cosine(start: float, end: float, progress: float) -> float:
-    """``start`` at progress 0 to ``end`` at progress 1 along half a cosine."""
-    progress = min(max(progress, 0.0), 1.0)
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def tau_at(epoch_float: float, epochs: int, tau: float, tau_end: float | None = None) -> float:
     """Temperature at fractional epoch ``epoch_float``: constant ``tau``, or with ``tau_end`` a
     half-cycle cosine from ``tau`` (start of training) to ``tau_end`` (end), per iteration."""
@@ -38,12 +34,11 @@ def tau_at(epoch_float: float, epochs: int, tau: float, tau_end: float | None = 
     return half_cycle_cosine(tau, tau_end, epoch_float / max(epochs, 1))
 
 
-def random_map(rng: np.random.Generator, grid: int = 14) -> np.ndarray:
-    """Control for ``--guidance random``: one uniform-noise map min-max normalized to [0, 1].
-
-    float32 [grid, grid]. Same value range as a real map but no relation to the image, to tell
-    the effect of *where* the weight goes from the effect of re-weighting at all.
-    """
+def fresh_random_map(rng: np.random.Generator, grid: int = MAP_GRID) -> np.ndarray:
+    """Control for ``--guidance random``: a new uniform-noise map each time a sample is loaded,
+    min-max normalized to [0, 1] (float32 [grid, grid]). Same value range as a real map but no
+    relation to the image, to tell the effect of *where* the weight goes from the effect of
+    re-weighting at all. (Stage 1's ``--methods random`` instead fixes one map per image:
+    ``attgmae.maps.random_map.keyed_random_maps``.)"""
     noise = rng.random((grid, grid), dtype=np.float32)
-    low, high = noise.min(), noise.max()
-    return (noise - low) / max(float(high - low), 1e-12)
+    return minmax_numpy(noise[None], dtype=np.float32)[0]

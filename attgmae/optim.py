@@ -1,10 +1,16 @@
-"""Optimizer parameter groups and the per-iteration learning-rate schedule (as official MAE)."""
+"""Optimizer parameter groups and the per-iteration schedules (as official MAE)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from attgmae.guidance import half_cycle_cosine
+
+def half_cycle_cosine(start: float, end: float, progress: float) -> float:
+    """``start`` at progress 0 to ``end`` at progress 1 along half a cosine (lr, tau)."""
+    progress = min(max(progress, 0.0), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def param_groups_weight_decay(model: torch.nn.Module, weight_decay: float) -> list[dict]:

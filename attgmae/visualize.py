@@ -1,16 +1,29 @@
-"""Reconstruction panels: original | masked | reconstruction | loss weights, one row per image."""
+"""Pictures of maps and reconstructions.
+
+``upsample_map``: a 14x14 map over its whole image; ``reconstruction_panels``: original | masked |
+reconstruction | loss weights, one row per image.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
+from attgmae.core.files import atomic_path
 from attgmae.data.transforms import denormalize_images
 
+
+def upsample_map(grid_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[14, 14] -> float32 [height, width], bilinear: the map covers the whole image."""
+    return cv2.resize(grid_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 # A dark-to-bright ramp (black, purple, orange, yellow) for the weight panel.
-_RAMP = np.array(
-    [[0, 0, 0], [90, 20, 120], [230, 90, 40], [250, 230, 80]], dtype=np.float32
-)
+_RAMP = np.array([[0, 0, 0], [90, 20, 120], [230, 90, 40], [250, 230, 80]], dtype=np.float32)
 
 
 def _heat(values: np.ndarray) -> np.ndarray:
@@ -68,11 +81,16 @@ PANEL_TITLES = ("original", "masked", "reconstruction", "loss weights")
 
 def with_titles(panel: np.ndarray, titles=PANEL_TITLES, height: int = 18) -> np.ndarray:
     """uint8 [H, W, 3] -> [height + H, W, 3]: a white strip naming each equal-width column."""
-    from PIL import Image, ImageDraw
-
     strip = Image.new("RGB", (panel.shape[1], height), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
     column = panel.shape[1] // len(titles)
     for i, title in enumerate(titles):
         draw.text((i * column + 4, 3), title, fill=(0, 0, 0))
     return np.concatenate([np.asarray(strip), panel], axis=0)
+
+
+def save_png(rgb: np.ndarray, path) -> Path:
+    """uint8 [H, W, 3] -> a PNG file, written atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp)
+    return Path(path)

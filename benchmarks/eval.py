@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from attgmae.eval.encoder import EncoderSpec, build_encoder, features
 from attgmae.eval.features import autocast_for
 from attgmae.eval.knn import knn_classify_multi
+from attgmae.models.encoder import EncoderSpec, build_encoder, features
 
 VIT = {  # name -> (embed_dim, depth, heads, patch)
     "tiny": (192, 4, 3, 16),

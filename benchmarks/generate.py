@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from attgmae.pipelines.generate import ALL_METHODS, GenerateConfig, run_generate
 from PIL import Image
 
+from attgmae.core.listing import list_images
 from attgmae.data.example import CLASSES, make_example_image
-from attgmae.data.images import decode_rgb, list_images
+from attgmae.data.images import decode_rgb
+from attgmae.pipelines.generate import ALL_METHODS, GenerateConfig, run_generate
 
 JPEG_SIZE = (500, 375)  # ImageNet's most common size
 
@@ -61,10 +62,10 @@ def time_pipeline(root, out, methods, args) -> float:
 
 def time_reference(root, keys, method, device, out) -> float:
     """img/s of the per-image reference path for one method (decode included, as the pipeline)."""
+    from attgmae.data.map_inputs import to_model_input
     from attgmae.maps.dino import dino_maps_reference, dino_outputs
     from attgmae.maps.gradcam import gradcam_maps_reference
-    from attgmae.maps.preprocess import to_model_input
-    from attgmae.maps.random_map import random_maps
+    from attgmae.maps.random_map import keyed_random_maps
     from attgmae.maps.tokencut import tokencut_maps_reference
     from attgmae.models.backbones import load_dino_vit, load_resnet50
     from attgmae.store import write_store
@@ -85,7 +86,7 @@ def time_reference(root, keys, method, device, out) -> float:
             return tokencut_maps_reference(patch_keys)
         if method == "gradcam":
             return gradcam_maps_reference(resnet, x)
-        return random_maps([key], 0)
+        return keyed_random_maps([key], 0)
 
     one_image(keys[0])  # warm-up, not timed (the pipeline's loop time includes its own)
     start = time.perf_counter()

@@ -27,8 +27,9 @@ import warnings
 import numpy as np
 import torch
 
+from attgmae.data import map_inputs as preprocess
 from attgmae.data.example import CLASSES, make_example_image
-from attgmae.maps import dino, gradcam, preprocess, tokencut
+from attgmae.maps import dino, gradcam, tokencut
 from attgmae.models.backbones import RandomWeightsWarning, load_dino_vit, load_resnet50
 
 

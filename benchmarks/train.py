@@ -24,16 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from attgmae.pipelines.distributed import DistInfo
-from attgmae.pipelines.train import PretrainRun, TrainConfig
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from attgmae.core.distributed import DistInfo
 from attgmae.data.pretrain_dataset import EpochSampler, MapJoin, PretrainDataset
 from attgmae.data.transforms import JointTransform, crop_resize_maps, normalize_images
 from attgmae.guidance import loss_weights
 from attgmae.models import create_mae
 from attgmae.optim import make_adamw
+from attgmae.pipelines.train import PretrainRun
+from attgmae.pipelines.train_config import TrainConfig
 
 
 def sync(device):

@@ -8,6 +8,10 @@ the other spelling is added as an alias.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
+
+from attgmae.core.errors import AttgError, user_message
 
 
 def _with_both_spellings(names, kwargs):
@@ -50,24 +54,42 @@ def make_parser(prog: str, description: str) -> BothSpellingsParser:
     )
 
 
+class _CommandParser(BothSpellingsParser):
+    """A subcommand's parser: both spellings, defaults shown in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def add_subparsers(parser: argparse.ArgumentParser):
-    """Subcommands whose parsers accept both flag spellings too."""
-    return parser.add_subparsers(dest="command", required=True, parser_class=BothSpellingsParser)
+    """Subcommands whose parsers accept both flag spellings too and show their defaults."""
+    return parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
 
-class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit code 2 (bad input)."""
+def add_switch(parser, name: str, default: bool, help: str) -> None:
+    """``--name`` turns a setting on and ``--no_name`` off (both spellings each)."""
+    dest = name.replace("-", "_")
+    parser.add_argument(f"--{name}", action="store_true", default=default, dest=dest, help=help)
+    parser.add_argument(f"--no_{name}", action="store_false", dest=dest, help="(turns it off)")
+
+
+def config_from_args(config_class, args: argparse.Namespace, **overrides):
+    """A config dataclass from parsed flags: every field from the flag of the same name, unless
+    ``overrides`` gives it (flags whose value needs converting)."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    values = {name: value for name, value in vars(args).items() if name in names}
+    return config_class(**{**values, **overrides})
 
 
 def run_main(fn, argv=None) -> int:
-    """Call ``fn(argv)`` turning CliError / FileNotFoundError into a clear message and exit code."""
-    import sys
-
+    """Call ``fn(argv)``: the one place where errors become messages and exit codes for every
+    command (an AttgError: its message and ``exit_code``; Ctrl-C: 130)."""
     try:
         code = fn(argv)
-    except CliError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except AttgError as err:
+        print(f"error: {user_message(err)}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

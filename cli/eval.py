@@ -7,9 +7,12 @@ attg-eval linprobe --checkpoint CKPT --data_path ROOT [--shots N | --percent P] 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from attgmae.cli._args import CliError, add_subparsers, make_parser, run_main
+from attgmae.cli._args import add_subparsers, config_from_args, make_parser, run_main
+from attgmae.core.constants import TRUST_FLAG
+from attgmae.core.errors import InputError
+from attgmae.pipelines.knn import KnnConfig, run_knn_compare
+from attgmae.pipelines.linprobe import LinprobeConfig, run_linprobe, run_seeds
 
 
 def _add_common(p, default_batch, default_out):
@@ -43,6 +46,12 @@ def _add_common(p, default_batch, default_out):
         help="feature cache keyed by checkpoint sha256 and split (default: OUTPUT_DIR/features)",
     )
     p.add_argument("--input_size", type=int, default=224)
+    p.add_argument(
+        TRUST_FLAG,
+        action="store_true",
+        help="the checkpoint may hold Python objects beyond tensors: unpickle it in full "
+        "(only for files from a source you trust)",
+    )
 
 
 def build_parser():
@@ -123,115 +132,17 @@ def build_parser():
     return parser
 
 
-def _check_paths(args):
-    checkpoints = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
-    for ckpt in checkpoints:
-        if not Path(ckpt).is_file():
-            raise CliError(f"checkpoint {ckpt} not found")
-    for split in ("train", "val"):
-        if not (Path(args.data_path) / split).is_dir():
-            raise CliError(
-                f"{Path(args.data_path) / split} not found: --data_path must hold "
-                f"train/ and val/ (ImageFolder layout: <split>/<class>/<image>)"
-            )
-
-
 def _knn(args) -> int:
-    from attgmae.pipelines.knn import KnnConfig, run_knn
-
-    from attgmae.eval.report import plot_knn, write_json
-
-    labels = args.labels or [Path(c).stem for c in args.checkpoint]
-    if len(labels) != len(args.checkpoint):
-        raise CliError(f"--labels gives {len(labels)} names for {len(args.checkpoint)} checkpoints")
-    if len(set(labels)) != len(labels):
-        raise CliError(f"labels must differ, got {labels}; pass --labels")
-    results = []
-    for ckpt, label in zip(args.checkpoint, labels):
-        cfg = KnnConfig(
-            checkpoint=ckpt,
-            data_path=args.data_path,
-            output_dir=args.output_dir,
-            label=label,
-            model=args.model,
-            num_heads=args.num_heads,
-            nb_knn=args.nb_knn,
-            temperature=args.temperature,
-            pool=args.pool,
-            device=args.device,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            features_dir=args.features_dir,
-            precision=args.precision,
-            input_size=args.input_size,
-        )
-        results.append(run_knn(cfg))
-    print(f"\n{'checkpoint':<24}{'k':>5}{'top-1':>9}{'top-5':>9}")
-    for res in results:
-        for row in res["results"]:
-            print(f"{res['label']:<24}{row['k']:>5}{row['top1']:>9.2f}{row['top5']:>9.2f}")
-    if len(results) > 1:
-        out = Path(args.output_dir)
-        write_json(
-            out / "knn_compare.json",
-            {
-                "protocol": "knn",
-                "compare": {
-                    r["label"]: {
-                        "checkpoint_sha256": r["checkpoint_sha256"],
-                        "results": r["results"],
-                    }
-                    for r in results
-                },
-            },
-        )
-        plot_knn(
-            {
-                r["label"]: {row["k"]: (row["top1"], row["top5"]) for row in r["results"]}
-                for r in results
-            },
-            out / "knn_compare.png",
-            title="k-NN",
-        )
-        print(f"comparison: {out / 'knn_compare.json'}  {out / 'knn_compare.png'}")
+    cfg = config_from_args(KnnConfig, args, checkpoint=args.checkpoint[0])
+    run_knn_compare(cfg, args.checkpoint, args.labels)
     return 0
 
 
 def _linprobe(args) -> int:
-    from attgmae.pipelines.linprobe import LinprobeConfig, run_linprobe, run_seeds
-
-    cfg = LinprobeConfig(
-        checkpoint=args.checkpoint,
-        data_path=args.data_path,
-        output_dir=args.output_dir,
-        model=args.model,
-        num_heads=args.num_heads,
-        pool=args.pool,
-        epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs,
-        batch_size=args.batch_size,
-        eff_batch_size=args.eff_batch_size,
-        accum_iter=args.accum_iter,
-        blr=args.blr,
-        lr=args.lr,
-        min_lr=args.min_lr,
-        weight_decay=args.weight_decay,
-        shots=args.shots,
-        percent=args.percent,
-        seed=args.seed,
-        cached_features=args.cached_features,
-        features_dir=args.features_dir,
-        device=args.device,
-        precision=args.precision,
-        num_workers=args.num_workers,
-        input_size=args.input_size,
-        resume=args.resume,
-        auto_resume=not args.no_auto_resume,
-        log_every=args.log_every,
-    )
+    cfg = config_from_args(LinprobeConfig, args, auto_resume=not args.no_auto_resume)
     if args.seeds:
         if args.resume:
-            raise CliError(
+            raise InputError(
                 "--resume names one run; with --seeds each seed resumes from its "
                 "own OUTPUT_DIR/seed_<s>/checkpoint-last.pth"
             )
@@ -243,17 +154,7 @@ def _linprobe(args) -> int:
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    _check_paths(args)
-    from attgmae.data.images import ImageDecodeError
-    from attgmae.eval.encoder import CheckpointError
-
-    try:
-        return _knn(args) if args.command == "knn" else _linprobe(args)
-    except (CheckpointError, ImageDecodeError, ValueError, FileNotFoundError) as err:
-        message = str(err).strip()
-        if "Original Traceback" in message:  # raised in a DataLoader worker: keep the cause
-            message = message.splitlines()[-1].removeprefix("ValueError: ")
-        raise CliError(message) from None
+    return _knn(args) if args.command == "knn" else _linprobe(args)
 
 
 def main(argv=None) -> int:

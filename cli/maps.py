@@ -6,9 +6,11 @@ import json
 import sys
 
 from attgmae.cli import maps_generate
-from attgmae.cli._args import CliError, add_subparsers, make_parser, run_main
-
-from attgmae.store import StoreError
+from attgmae.cli._args import add_subparsers, make_parser, run_main
+from attgmae.data.example import write_example
+from attgmae.store.exporting import export_store
+from attgmae.store.importing import import_maps
+from attgmae.store.verify import describe_store, verify_store
 
 
 def build_parser():
@@ -71,8 +73,6 @@ def build_parser():
 
 
 def _import(args) -> int:
-    from attgmae.store.archive import import_maps
-
     summary = import_maps(
         args.src,
         args.out,
@@ -92,24 +92,18 @@ def _import(args) -> int:
 
 
 def _export(args) -> int:
-    from attgmae.store.archive import export_store
-
     out, manifest = export_store(args.store, args.out)
     print(f"wrote {out} and {manifest}")
     return 0
 
 
 def _verify(args) -> int:
-    from attgmae.store.verify import verify_store
-
     report = verify_store(args.store, args.images, args.file_list)
     print(report.text())
     return 0 if report.ok else 1
 
 
 def _inspect(args) -> int:
-    from attgmae.store.verify import describe_store
-
     info = describe_store(args.store)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -127,19 +121,14 @@ def _inspect(args) -> int:
 
 
 def _show(args) -> int:
-    from attgmae.pipelines.show import render_show
+    from attgmae.pipelines.show import render_show  # matplotlib: only when drawing
 
-    try:
-        out = render_show(args.store, args.images, args.keys, args.tau, args.out)
-    except KeyError as err:
-        raise CliError(str(err).strip('"')) from None
+    out = render_show(args.store, args.images, args.keys, args.tau, args.out)
     print(f"wrote {out}")
     return 0
 
 
 def _make_example(args) -> int:
-    from attgmae.data.example import write_example
-
     root = write_example(args.root, args.train_per_class, args.val_per_class, args.seed)
     print(f"wrote the example image set to {root} (train/, val/, masks/)")
     return 0
@@ -157,13 +146,7 @@ COMMANDS = {
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    handler = COMMANDS.get(args.command)
-    try:
-        if handler is None:
-            return maps_generate.run(args)
-        return handler(args)
-    except (StoreError, FileNotFoundError) as err:
-        raise CliError(str(err)) from None
+    return COMMANDS.get(args.command, maps_generate.run)(args)
 
 
 def main(argv=None) -> int:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attgmae.cli._args import make_parser, run_main
-from attgmae.pipelines.train import AMP_MODES, TrainConfig, TrainError, run_pretrain
+from attgmae.cli._args import add_switch, config_from_args, make_parser, run_main
+from attgmae.core.constants import TRUST_FLAG
+from attgmae.pipelines.train import run_pretrain
+from attgmae.pipelines.train_config import AMP_MODES, TrainConfig
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -31,9 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rrc: RandomResizedCrop(scale 0.2-1, bicubic) + flip (MAE); "
                         "resize: resize to input_size + flip (paper A.2)")
     p.add_argument("--num_workers", type=int, default=d.num_workers)
-    p.add_argument("--pin_mem", action="store_true", default=d.pin_mem,
-                   help="pin CPU memory in the DataLoader (CUDA)")
-    p.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
+    add_switch(p, "pin_mem", d.pin_mem, "pin CPU memory in the DataLoader (CUDA)")
     p.add_argument("--skip_bad_images", action="store_true",
                    help="skip (and count in bad_images.txt) images that cannot be decoded")
 
@@ -54,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "mae_vit_huge_patch14")
     p.add_argument("--mask_ratio", type=float, default=d.mask_ratio,
                    help="fraction of patches removed")
-    p.add_argument("--norm_pix_loss", action="store_true", default=d.norm_pix_loss,
-                   help="per-patch normalized pixel targets (on by default, the MAE recipe)")
-    p.add_argument("--no_norm_pix_loss", action="store_false", dest="norm_pix_loss")
+    add_switch(p, "norm_pix_loss", d.norm_pix_loss, "per-patch normalized pixel targets (MAE)")
 
     # optimization
     p.add_argument("--batch_size", type=int, default=d.batch_size,
@@ -81,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--resume", default="", help="checkpoint to resume from")
+    p.add_argument(TRUST_FLAG, action="store_true",
+                   help="--resume may hold Python objects beyond tensors: unpickle it in full "
+                        "(only for files from a source you trust)")
     p.add_argument("--auto_resume", action="store_true",
                    help="resume from the newest checkpoint in output_dir if there is one")
     p.add_argument("--start_epoch", type=int, default=d.start_epoch)
@@ -103,23 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     # distributed (torchrun / SLURM set the ranks)
     p.add_argument("--dist_url", default=d.dist_url, help="process-group init method")
-    p.add_argument("--world_size", type=int, default=1, help="(read from the environment)")
-    p.add_argument("--local_rank", type=int, default=-1, help="(read from the environment)")
+    p.add_argument("--world_size", type=int, default=None,
+                   help="processes launched (official MAE flag): checked against torchrun's")
+    p.add_argument("--local_rank", type=int, default=None,
+                   help="this process's GPU on its node, as torch.distributed.launch passes it "
+                        "(torchrun sets LOCAL_RANK instead)")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    fields = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-
-
 def _main(argv) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run_pretrain(config_from_args(args))
-    except TrainError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+    run_pretrain(config_from_args(TrainConfig, build_parser().parse_args(argv)))
     return 0
 
 

@@ -7,18 +7,17 @@ A key a store does not hold, or holds as failed, shows the bare image with a not
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-from attgmae.pipelines.show import upsample_to
+from matplotlib.figure import Figure
 
+from attgmae.core.constants import MAP_GRID
+from attgmae.core.errors import InputError
+from attgmae.core.files import atomic_path
 from attgmae.data.images import ImageDecodeError, decode_rgb
-from attgmae.store import STATUS_OK, StoreError, open_store
-
-
-class CompareInputError(ValueError):
-    """Bad input to compare (store, key, image): the CLI prints it and exits 2."""
+from attgmae.store import STATUS_OK, open_store
+from attgmae.visualize import upsample_map
 
 
 def spread_keys(stores, num: int) -> list[str]:
@@ -29,7 +28,7 @@ def spread_keys(stores, num: int) -> list[str]:
         common = ok_keys if common is None else common & ok_keys
     common = sorted(common or ())
     if not common:
-        raise CompareInputError("the stores have no successfully mapped image in common")
+        raise InputError("the stores have no successfully mapped image in common")
     picks = np.linspace(0, len(common) - 1, num=min(num, len(common))).round().astype(int)
     return [common[i] for i in dict.fromkeys(picks.tolist())]
 
@@ -43,7 +42,7 @@ def _store_maps(store, keys: list[str]) -> tuple[np.ndarray, list[str | None]]:
     """float32 [B, 14, 14] (zeros where absent) and a note per key (None when shown)."""
     row_of = {k: i for i, k in enumerate(store.keys)}
     shown = [i for i, k in enumerate(keys) if k in row_of and store.status[row_of[k]] == STATUS_OK]
-    maps = np.zeros((len(keys), 14, 14), dtype=np.float32)
+    maps = np.zeros((len(keys), MAP_GRID, MAP_GRID), dtype=np.float32)
     if shown:
         unique = list(dict.fromkeys(keys[i] for i in shown))  # a key may be asked for twice
         fetched = dict(zip(unique, store.get_batch(unique)))  # key -> [14, 14]
@@ -60,34 +59,21 @@ def write_compare_grid(
     store_paths, images_root, out_png, keys=None, num: int = 6, alpha: float = 0.5, cmap="jet"
 ) -> Path:
     """Write the comparison PNG (atomically) and return its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    try:
-        stores = [open_store(path) for path in store_paths]
-    except StoreError as err:
-        raise CompareInputError(str(err)) from None
+    stores = [open_store(path) for path in store_paths]
     keys = list(keys) if keys else spread_keys(stores, num)
     per_store = [_store_maps(store, keys) for store in stores]
     if all(note is not None for _, notes in per_store for note in notes):
-        raise CompareInputError(f"none of the keys {keys[:5]} has a map in any of the stores")
+        raise InputError(f"none of the keys {keys[:5]} has a map in any of the stores")
     images = []
     for key in keys:
         try:
             images.append(decode_rgb(Path(images_root) / key))  # uint8 [H, W, 3]
         except ImageDecodeError as err:
-            raise CompareInputError(f"image {key} under {images_root}: {err.reason}") from None
+            raise InputError(f"image {key} under {images_root}: {err.reason}") from None
 
     num_cols = 1 + len(stores)
-    fig, axes = plt.subplots(
-        len(keys),
-        num_cols,
-        figsize=(2.4 * num_cols + 0.8, 2.0 * len(keys) + 0.6),
-        squeeze=False,
-        layout="constrained",
-    )
+    fig = Figure(figsize=(2.4 * num_cols + 0.8, 2.0 * len(keys) + 0.6), layout="constrained")
+    axes = fig.subplots(len(keys), num_cols, squeeze=False)
     shown = None
     for row, (key, image) in enumerate(zip(keys, images)):
         height, width = image.shape[:2]
@@ -98,7 +84,7 @@ def write_compare_grid(
             ax.imshow(image)
             if notes[row] is None:
                 shown = ax.imshow(
-                    upsample_to(maps[row], height, width), cmap=cmap, alpha=alpha, vmin=0, vmax=1
+                    upsample_map(maps[row], height, width), cmap=cmap, alpha=alpha, vmin=0, vmax=1
                 )
             else:
                 ax.text(
@@ -117,10 +103,6 @@ def write_compare_grid(
         ax.axis("off")
     if shown is not None:
         fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="M_norm")
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    return Path(out_png)

@@ -1,27 +1,33 @@
-"""k-NN evaluation of a frozen encoder: checkpoint -> features (cached) -> k-NN -> JSON / PNG.
+"""k-NN evaluation of frozen encoders: checkpoint -> features (cached) -> k-NN -> JSON / PNG.
 
 Writes to ``output_dir``: ``knn_<label>.json`` (checkpoint sha256, protocol, every number) and
-``knn_<label>.png`` (top-1 / top-5 against k).
+``knn_<label>.png`` (top-1 / top-5 against k); with several checkpoints also
+``knn_compare.json`` and ``knn_compare.png``.
 """
 
 from __future__ import annotations
 
-import platform
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from attgmae.eval.encoder import file_sha256, load_encoder
+from attgmae.core.device import resolve_device
+from attgmae.core.errors import InputError
+from attgmae.core.files import file_sha256, write_json_atomic
+from attgmae.core.provenance import software_versions
 from attgmae.eval.features import (
+    check_data_root,
     extraction_options,
     image_split,
     l2_normalize,
     split_features,
 )
 from attgmae.eval.knn import DEFAULT_CHUNK_BYTES, knn_classify_multi, vote_columns
-from attgmae.eval.report import plot_knn, write_json
+from attgmae.eval.report import plot_knn
+from attgmae.models.encoder import load_encoder
 
 DEFAULT_NB_KNN = (5, 10, 20, 100, 200)
 
@@ -44,39 +50,21 @@ class KnnConfig:
     precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
     input_size: int = 224
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return dev
-
-
-def software_versions() -> dict:
-    import timm
-
-    from attgmae import __version__ as attgmae_version
-
-    return {
-        "attgmae": attgmae_version,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-    }
+    trust_checkpoint: bool = False  # the checkpoint may be unpickled in full
 
 
 def run_knn(cfg: KnnConfig, log=print) -> dict:
     device = resolve_device(cfg.device)
+    check_data_root(cfg.data_path, cfg.checkpoint)
     out_dir = Path(cfg.output_dir)
     features_dir = Path(cfg.features_dir) if cfg.features_dir else out_dir / "features"
     label = cfg.label or Path(cfg.checkpoint).stem
     started = time.perf_counter()
 
     sha256 = file_sha256(cfg.checkpoint)
-    model, info = load_encoder(cfg.checkpoint, cfg.model, cfg.num_heads, cfg.input_size, sha256)
+    model, info = load_encoder(
+        cfg.checkpoint, cfg.model, cfg.num_heads, cfg.input_size, sha256, cfg.trust_checkpoint
+    )
     model.to(device)
     log(f"encoder: {info.source_format} {info.spec} from {cfg.checkpoint} (sha256 {sha256[:12]})")
 
@@ -95,7 +83,7 @@ def run_knn(cfg: KnnConfig, log=print) -> dict:
     if skipped:
         log(f"skipping k={skipped}: more than the {len(train.keys)} training images")
     if not usable:
-        raise ValueError(f"every k in --nb_knn {ks} exceeds the {len(train.keys)} training images")
+        raise InputError(f"every k in --nb_knn {ks} exceeds the {len(train.keys)} training images")
 
     t0 = time.perf_counter()
     by_k = knn_classify_multi(
@@ -142,9 +130,43 @@ def run_knn(cfg: KnnConfig, log=print) -> dict:
         "timing_s": {"features": features_s, "knn": knn_s, "total": time.perf_counter() - started},
         "device": str(device),
         "config": asdict(cfg),
-        "software": software_versions(),
+        "software": software_versions(python=True),
     }
-    json_path = write_json(out_dir / f"knn_{label}.json", result)
+    json_path = write_json_atomic(out_dir / f"knn_{label}.json", result)
     png_path = plot_knn({label: by_k}, out_dir / f"knn_{label}.png", title=f"k-NN: {label}")
     log(f"results: {json_path}  plot: {png_path}")
     return result
+
+
+def run_knn_compare(cfg: KnnConfig, checkpoints, labels=None, log=print) -> list[dict]:
+    """``run_knn`` for each checkpoint (``labels``: a name each, default the file stems), then
+    ``knn_compare.json`` / ``.png`` with all of them when there are several."""
+    labels = list(labels) if labels else [Path(c).stem for c in checkpoints]
+    if len(labels) != len(checkpoints):
+        raise InputError(f"--labels gives {len(labels)} names for {len(checkpoints)} checkpoints")
+    if len(set(labels)) != len(labels):
+        raise InputError(f"labels must differ, got {labels}; pass --labels")
+    for checkpoint in checkpoints:
+        check_data_root(cfg.data_path, checkpoint)
+    results = [
+        run_knn(dataclasses.replace(cfg, checkpoint=str(ckpt), label=label), log)
+        for ckpt, label in zip(checkpoints, labels)
+    ]
+    log(f"\n{'checkpoint':<24}{'k':>5}{'top-1':>9}{'top-5':>9}")
+    for res in results:
+        for row in res["results"]:
+            log(f"{res['label']:<24}{row['k']:>5}{row['top1']:>9.2f}{row['top5']:>9.2f}")
+    if len(results) > 1:
+        out = Path(cfg.output_dir)
+        compare = {
+            r["label"]: {"checkpoint_sha256": r["checkpoint_sha256"], "results": r["results"]}
+            for r in results
+        }
+        write_json_atomic(out / "knn_compare.json", {"protocol": "knn", "compare": compare})
+        by_label = {
+            r["label"]: {row["k"]: (row["top1"], row["top5"]) for row in r["results"]}
+            for r in results
+        }
+        plot_knn(by_label, out / "knn_compare.png", title="k-NN")
+        log(f"comparison: {out / 'knn_compare.json'}  {out / 'knn_compare.png'}")
+    return results

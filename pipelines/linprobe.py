@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -28,25 +27,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from attgmae.pipelines.knn import resolve_device, software_versions
 from torch.utils.data import DataLoader
 
-from attgmae.eval.encoder import features as encoder_features
-from attgmae.eval.encoder import file_sha256, load_encoder
+from attgmae.core.device import resolve_device
+from attgmae.core.errors import InputError
+from attgmae.core.files import atomic_path, file_sha256, write_json_atomic
+from attgmae.core.provenance import software_versions
+from attgmae.core.tensorboard import open_tensorboard
+from attgmae.core.torchfile import load_torch_file
 from attgmae.eval.features import (
     ImageSplit,
     LabelledImages,
     autocast_for,
+    check_data_root,
     extraction_options,
     image_split,
     split_features,
 )
 from attgmae.eval.fewshot import fewshot_indices
 from attgmae.eval.lars import LARS
-from attgmae.eval.linprobe import LinearProbeHead, cosine_lr, epoch_batches, evaluate
+from attgmae.eval.linprobe import LinearProbeHead, epoch_batches, evaluate
 from attgmae.eval.linprobe import train_one_epoch as train_head_one_epoch
-from attgmae.eval.report import plot_probe, write_json
+from attgmae.eval.report import plot_probe
 from attgmae.eval.transforms import probe_train_transform
+from attgmae.models.encoder import features as encoder_features
+from attgmae.models.encoder import load_encoder
+from attgmae.optim import lr_at
 
 
 @dataclass
@@ -79,24 +85,16 @@ class LinprobeConfig:
     resume: str | None = None
     auto_resume: bool = True
     log_every: int = 50
+    trust_checkpoint: bool = False  # the checkpoint may be unpickled in full
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save_torch(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _digest(indices: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
-
-
-def _tensorboard(log_dir):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # TensorBoard is optional
-        return None
-    return SummaryWriter(log_dir=str(log_dir))
 
 
 class ImageFeatureBatches:
@@ -141,7 +139,8 @@ def _find_resume(cfg: LinprobeConfig, out_dir: Path):
 
 def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     if cfg.warmup_epochs > cfg.epochs:
-        raise ValueError(f"--warmup_epochs {cfg.warmup_epochs} exceeds --epochs {cfg.epochs}")
+        raise InputError(f"--warmup_epochs {cfg.warmup_epochs} exceeds --epochs {cfg.epochs}")
+    check_data_root(cfg.data_path, cfg.checkpoint)
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +148,9 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     started = time.perf_counter()
 
     sha256 = file_sha256(cfg.checkpoint)
-    encoder, info = load_encoder(cfg.checkpoint, cfg.model, cfg.num_heads, cfg.input_size, sha256)
+    encoder, info = load_encoder(
+        cfg.checkpoint, cfg.model, cfg.num_heads, cfg.input_size, sha256, cfg.trust_checkpoint
+    )
     encoder.to(device)
     train = image_split(cfg.data_path, "train")
     val = image_split(cfg.data_path, "val", train.class_names)
@@ -196,9 +197,9 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     history, start_epoch = [], 0
     resume_path = _find_resume(cfg, out_dir)
     if resume_path is not None:
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        state = load_torch_file(resume_path)
         if state["checkpoint_sha256"] != sha256 or state["subset_sha256"] != _digest(subset):
-            raise ValueError(
+            raise InputError(
                 f"{resume_path} belongs to another encoder or training subset; "
                 f"use another --output_dir or pass --no_auto_resume"
             )
@@ -207,9 +208,9 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         start_epoch, history = state["epoch"] + 1, state["history"]
         log(f"resumed from {resume_path} at epoch {start_epoch}")
 
-    writer = _tensorboard(out_dir / "tensorboard")
-    lr_at = partial(
-        cosine_lr, lr=lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, min_lr=cfg.min_lr
+    writer = open_tensorboard(out_dir / "tensorboard")
+    lr_schedule = partial(
+        lr_at, lr=lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs
     )
     for epoch in range(start_epoch, cfg.epochs):
         batches = epoch_batches(
@@ -227,7 +228,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
             optimizer,
             epoch=epoch,
             accum_iter=accum_iter,
-            lr_at=lr_at,
+            lr_at=lr_schedule,
             device=device,
             log_every=cfg.log_every,
             log=log,
@@ -253,9 +254,9 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
             "checkpoint_sha256": sha256,
             "subset_sha256": _digest(subset),
         }
-        _atomic_torch_save(checkpoint, out_dir / "checkpoint-last.pth")
+        _save_torch(checkpoint, out_dir / "checkpoint-last.pth")
         if epoch == cfg.epochs - 1:
-            _atomic_torch_save(checkpoint, out_dir / f"checkpoint-{epoch}.pth")
+            _save_torch(checkpoint, out_dir / f"checkpoint-{epoch}.pth")
         with open(out_dir / "log.txt", "a", encoding="utf-8") as f:
             f.write(json.dumps(stats) + "\n")
         if writer is not None:
@@ -264,7 +265,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
             writer.flush()
 
     if not history:
-        raise ValueError(f"nothing to do: --epochs {cfg.epochs}")
+        raise InputError(f"nothing to do: --epochs {cfg.epochs}")
     acc1 = [h["test_acc1"] for h in history]
     result = {
         "protocol": "linprobe",
@@ -304,9 +305,9 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         "elapsed_s": time.perf_counter() - started,
         "device": str(device),
         "config": asdict(cfg),
-        "software": software_versions(),
+        "software": software_versions(python=True),
     }
-    write_json(out_dir / "linprobe.json", result)
+    write_json_atomic(out_dir / "linprobe.json", result)
     plot_probe({f"seed {cfg.seed}": acc1}, out_dir / "linprobe.png")
     log(
         f"final val top-1 {result['final']['acc1']:.2f} (best {result['best_acc1']:.2f}); "
@@ -353,7 +354,7 @@ def run_seeds(cfg: LinprobeConfig, seeds, log=print) -> dict:
         "acc5_std": spread(final5),
         "runs": [str(out_dir / f"seed_{s}" / "linprobe.json") for s in seeds],
     }
-    write_json(out_dir / "fewshot_summary.json", summary)
+    write_json_atomic(out_dir / "fewshot_summary.json", summary)
     plot_probe(
         {f"seed {s}": [h["test_acc1"] for h in r["history"]] for s, r in zip(seeds, runs)},
         out_dir / "fewshot.png",

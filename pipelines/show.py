@@ -9,24 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
+from attgmae.core.files import atomic_path
 from attgmae.data.images import decode_rgb
 from attgmae.store import open_store
-
-
-def upsample_to(grid_map: np.ndarray, height: int, width: int) -> np.ndarray:
-    """[14, 14] -> [height, width], bilinear: the map covers the whole image."""
-    import cv2
-
-    return cv2.resize(grid_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+from attgmae.visualize import upsample_map
 
 
 def render_show(store_path, images_root, keys, tau: float, out_png) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     store = open_store(store_path)
     maps_norm = store.get_batch(keys)  # [B, 14, 14]
     vmax = float(np.exp(1.0 / tau))
@@ -35,9 +26,8 @@ def render_show(store_path, images_root, keys, tau: float, out_png) -> Path:
         (f"M_norm / tau (tau={tau:g})", lambda m: m / tau),
         ("exp(M_norm / tau)", lambda m: np.exp(m / tau)),
     ]
-    fig, axes = plt.subplots(
-        len(keys), 4, figsize=(12, 2.4 * len(keys) + 0.6), squeeze=False, layout="constrained"
-    )
+    fig = Figure(figsize=(12, 2.4 * len(keys) + 0.6), layout="constrained")
+    axes = fig.subplots(len(keys), 4, squeeze=False)
     shown = None
     for row, (key, grid_map) in enumerate(zip(keys, maps_norm)):
         image = decode_rgb(Path(images_root) / key)
@@ -47,7 +37,7 @@ def render_show(store_path, images_root, keys, tau: float, out_png) -> Path:
         for col, (title, transform) in enumerate(columns, start=1):
             axes[row, col].imshow(image)
             shown = axes[row, col].imshow(
-                upsample_to(transform(grid_map), height, width),
+                upsample_map(transform(grid_map), height, width),
                 cmap="jet",
                 alpha=0.5,
                 vmin=0.0,
@@ -59,10 +49,6 @@ def render_show(store_path, images_root, keys, tau: float, out_png) -> Path:
         ax.axis("off")
     fig.suptitle(f"{store.method} maps ({Path(store_path).name})", fontsize=10)
     fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label=f"0 .. exp(1/tau) = {vmax:.2f}")
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out_png)
-    return out_png
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    return Path(out_png)

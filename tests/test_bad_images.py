@@ -11,9 +11,9 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from attgmae.cli.maps import main
 from PIL import Image, ImageOps
 
+from attgmae.cli.maps import main
 from attgmae.data.images import ImageDecodeError, decode_rgb
 from attgmae.store import STATUS_FAILED, STATUS_OK, open_store
 
@@ -101,8 +101,8 @@ def test_exit_code_3_and_the_failures_listed_with_reasons(bad_run, capsys):
 
 
 def test_decodable_oddities_are_mapped_from_their_true_rgb_pixels(bad_run, bad_root):
+    from attgmae.data.map_inputs import to_model_input
     from attgmae.maps.dino import dino_maps, dino_outputs
-    from attgmae.maps.preprocess import to_model_input
     from attgmae.models.backbones import load_dino_vit
 
     _, out = bad_run

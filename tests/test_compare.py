@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from attgmae.cli.maps import main
-from attgmae.pipelines.compare import spread_keys
 from PIL import Image
 
-from attgmae.data.images import list_images
+from attgmae.cli.maps import main
+from attgmae.core.listing import list_images
+from attgmae.pipelines.compare import spread_keys
 from attgmae.store import open_store, write_store
 
 

@@ -8,16 +8,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from attgmae.cli.eval import main
-from attgmae.pipelines.linprobe import LinprobeConfig, run_linprobe
 from PIL import Image, ImageOps
 
-from attgmae.eval.encoder import features, load_encoder
+from attgmae.cli.eval import main
 from attgmae.eval.features import LabelledImages, image_split, l2_normalize
 from attgmae.eval.knn import knn_classifier
 from attgmae.eval.monitor import knn_top1
 from attgmae.eval.transforms import eval_transform
 from attgmae.models import mae_vit_tiny_patch16
+from attgmae.models.encoder import features, load_encoder
+from attgmae.pipelines.linprobe import LinprobeConfig, run_linprobe
 
 
 def _tiny_checkpoint(path, seed):

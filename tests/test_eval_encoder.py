@@ -7,14 +7,14 @@ import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from attgmae.eval.encoder import (
+from attgmae.models import mae_vit_tiny_patch16
+from attgmae.models.encoder import (
     CheckpointError,
     features,
     infer_spec,
     load_encoder,
     read_checkpoint,
 )
-from attgmae.models import mae_vit_tiny_patch16
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from attgmae.cli.maps import main
-from attgmae.pipelines.generate import plan_batches
 
-from attgmae.data.images import decode_rgb, folder_labels, list_images
+from attgmae.cli.maps import main
+from attgmae.core.listing import folder_labels, list_images
+from attgmae.data.images import decode_rgb
+from attgmae.pipelines.generate_loop import plan_batches
 from attgmae.store import open_store
 
 ALL = ("dino", "tokencut", "gradcam", "random")
@@ -63,10 +64,10 @@ def test_plan_batches_cut_inside_chunks():
 
 
 def test_stores_match_the_definitions_computed_the_slow_way(generated, small_set):
+    from attgmae.data.map_inputs import to_model_input
     from attgmae.maps.dino import dino_maps_reference, dino_outputs
     from attgmae.maps.gradcam import gradcam_maps_reference
-    from attgmae.maps.preprocess import to_model_input
-    from attgmae.maps.random_map import random_maps
+    from attgmae.maps.random_map import keyed_random_maps
     from attgmae.maps.tokencut import tokencut_maps_reference
     from attgmae.models.backbones import load_dino_vit, load_resnet50
 
@@ -82,10 +83,10 @@ def test_stores_match_the_definitions_computed_the_slow_way(generated, small_set
         # explicit fp32 softmax(q k^T / sqrt(d)) per image, CLS row, mean over heads
         "dino": dino_maps_reference(vit, x).numpy(),
         # scipy.linalg.eigh(D - A, D, subset_by_index=[1, 2]) per image
-        "tokencut": tokencut_maps_reference(patch_keys, tau=TAU),
+        "tokencut": tokencut_maps_reference(patch_keys, threshold=TAU),
         # pytorch-grad-cam's GradCAM on layer4[-1], top-1 target, INTER_AREA to 14x14
         "gradcam": gradcam_maps_reference(resnet, x),
-        "random": random_maps(keys, 0),
+        "random": keyed_random_maps(keys, 0),
     }
     # float16 storage: half a unit in the last place is < 5e-4 on [0, 1]
     tolerance = {"dino": 1e-3, "tokencut": 1e-3, "gradcam": 1e-2, "random": 1e-3}
@@ -204,16 +205,17 @@ def test_bad_paths_and_weights_exit_2(tmp_path, small_set, capsys):
 
 
 def test_imagenet_targets_need_the_1000_wnid_folders():
-    from attgmae.pipelines.generate import GenerateInputError, imagenet_targets
+    from attgmae.core.errors import InputError
+    from attgmae.maps.gradcam import imagenet_targets
 
     wnids = [f"n{i:08d}" for i in range(1000)]
     labels = np.array([0, 999, 5], dtype=np.int64)
     np.testing.assert_array_equal(imagenet_targets(wnids, labels), labels)
-    with pytest.raises(GenerateInputError, match="1000 class folders"):
+    with pytest.raises(InputError, match="1000 class folders"):
         imagenet_targets(wnids[:999], labels)
-    with pytest.raises(GenerateInputError, match="wnid"):
+    with pytest.raises(InputError, match="wnid"):
         imagenet_targets([*wnids[:999], "cat"], labels)
-    with pytest.raises(GenerateInputError, match="not inside a class folder"):
+    with pytest.raises(InputError, match="not inside a class folder"):
         imagenet_targets(wnids, np.array([0, -1], dtype=np.int64))
 
 

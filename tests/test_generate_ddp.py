@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from attgmae.data.images import list_images
+from attgmae.core.listing import list_images
 from attgmae.store import open_store
 
 METHODS = ("dino", "tokencut", "gradcam", "random")
@@ -50,7 +50,7 @@ def test_two_ranks_equal_one_process(example_root, tmp_path):
 
 
 def test_rank_and_world_from_torchrun_or_slurm(monkeypatch):
-    from attgmae.pipelines.distributed import _first_slurm_host, env_dist_info
+    from attgmae.core.distributed import _first_slurm_host, env_dist_info
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
                  "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST",

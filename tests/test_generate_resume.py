@@ -11,9 +11,9 @@ import sys
 import time
 
 import numpy as np
-from attgmae.cli.maps import main
 
-from attgmae.data.images import list_images
+from attgmae.cli.maps import main
+from attgmae.core.listing import list_images
 from attgmae.store import open_store
 
 METHODS = ("dino", "tokencut", "random")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from attgmae.guidance import loss_weights, random_map, tau_at
+from attgmae.guidance import fresh_random_map, loss_weights, tau_at
 from attgmae.models import MaskedAutoencoderViT
 from attgmae.optim import lr_at, make_adamw, param_groups_weight_decay, set_lr
 
@@ -91,7 +91,7 @@ def test_no_weight_decay_on_biases_and_norms():
 
 
 def test_random_map_is_normalized_noise():
-    m = random_map(np.random.default_rng(0))
+    m = fresh_random_map(np.random.default_rng(0))
     assert m.shape == (14, 14) and m.dtype == np.float32
     assert m.min() == 0.0 and m.max() == pytest.approx(1.0)
-    assert not np.array_equal(m, random_map(np.random.default_rng(1)))
+    assert not np.array_equal(m, fresh_random_map(np.random.default_rng(1)))

@@ -10,12 +10,12 @@ from torch import nn
 from attgmae.eval.lars import LARS
 from attgmae.eval.linprobe import (
     LinearProbeHead,
-    cosine_lr,
     epoch_batches,
     evaluate,
     topk_correct,
     train_one_epoch,
 )
+from attgmae.optim import lr_at
 
 
 def test_head_is_mae_head():
@@ -29,14 +29,14 @@ def test_head_is_mae_head():
 
 def test_schedule_warmup_then_half_cosine():
     lr, warm, total = 1.6, 10, 90
-    assert cosine_lr(0, lr, warm, total) == 0
-    assert cosine_lr(5, lr, warm, total) == pytest.approx(0.8)
-    assert cosine_lr(10, lr, warm, total) == pytest.approx(1.6)
-    assert cosine_lr(50, lr, warm, total) == pytest.approx(0.8)  # half-way down the cosine
-    assert cosine_lr(90, lr, warm, total, min_lr=0.1) == pytest.approx(0.1)
+    assert lr_at(0, lr, 0.0, warm, total) == 0
+    assert lr_at(5, lr, 0.0, warm, total) == pytest.approx(0.8)
+    assert lr_at(10, lr, 0.0, warm, total) == pytest.approx(1.6)
+    assert lr_at(50, lr, 0.0, warm, total) == pytest.approx(0.8)  # half-way down the cosine
+    assert lr_at(90, lr, 0.1, warm, total) == pytest.approx(0.1)
     x = 37.25
     want = 0.5 * lr * (1 + math.cos(math.pi * (x - warm) / (total - warm)))
-    assert cosine_lr(x, lr, warm, total) == pytest.approx(want)
+    assert lr_at(x, lr, 0.0, warm, total) == pytest.approx(want)
 
 
 def test_epoch_batches_reproducible_and_never_single():

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from attgmae.maps import dino, preprocess
+from attgmae.data import map_inputs as preprocess
+from attgmae.maps import dino
 from attgmae.models.backbones import RandomWeightsWarning, load_dino_vit
 
 

@@ -11,8 +11,10 @@ import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from attgmae.data.images import decode_rgb, list_images
-from attgmae.maps import gradcam, preprocess
+from attgmae.core.listing import list_images
+from attgmae.data import map_inputs as preprocess
+from attgmae.data.images import decode_rgb
+from attgmae.maps import gradcam
 from attgmae.models.backbones import RandomWeightsWarning, load_resnet50
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from attgmae.cli.maps import main
 
+from attgmae.cli.maps import main
 from attgmae.store import open_store
 
 
@@ -154,9 +154,9 @@ def test_export_then_import_gives_identical_store(tmp_path, export_name):
     assert run("import", tmp_path / "m.npz", tmp_path / "s.zarr", "--method", "dino") == 0
     assert run("export", tmp_path / "s.zarr", tmp_path / export_name) == 0
     manifest = (tmp_path / f"{export_name}.sha256").read_text().split()
-    from attgmae.store.layout import sha256_file
+    from attgmae.core.files import file_sha256
 
-    assert manifest == [sha256_file(tmp_path / export_name), export_name]
+    assert manifest == [file_sha256(tmp_path / export_name), export_name]
     assert run("import", tmp_path / export_name, tmp_path / "back.zarr") == 0
     original, back = open_store(tmp_path / "s.zarr"), open_store(tmp_path / "back.zarr")
     assert list(original.keys) == list(back.keys)

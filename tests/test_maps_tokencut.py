@@ -26,11 +26,11 @@ def _object_keys(seed: int, batch: int = 3) -> torch.Tensor:
     return torch.from_numpy(keys).float()
 
 
-def _slow_tokencut(keys: np.ndarray, tau=0.2, eps=1e-5):
+def _slow_tokencut(keys: np.ndarray, threshold=0.2, eps=1e-5):
     """The issue's definition, one image, straight from the text (scipy generalized eigh)."""
     features = keys / np.linalg.norm(keys, axis=1, keepdims=True)
     similarity = features @ features.T
-    affinity = np.where(similarity > tau, 1.0, eps)
+    affinity = np.where(similarity > threshold, 1.0, eps)
     degree = np.diag(affinity.sum(axis=1))
     values, vectors = scipy.linalg.eigh(degree - affinity, degree, subset_by_index=[1, 2])
     x = vectors[:, 0]
@@ -154,9 +154,9 @@ def test_reference_path_equals_fast_path():
 def test_tau_and_eps_are_used():
     keys = _object_keys(9, 1)
     base = tokencut.tokencut_maps(keys, map_kind="eigvec")
-    assert not np.allclose(base, tokencut.tokencut_maps(keys, tau=0.5, map_kind="eigvec"))
-    slow = _slow_tokencut(keys[0].double().numpy(), tau=0.5, eps=1e-3)
-    np.testing.assert_allclose(tokencut.tokencut_maps(keys, tau=0.5, eps=1e-3)[0],
+    assert not np.allclose(base, tokencut.tokencut_maps(keys, threshold=0.5, map_kind="eigvec"))
+    slow = _slow_tokencut(keys[0].double().numpy(), threshold=0.5, eps=1e-3)
+    np.testing.assert_allclose(tokencut.tokencut_maps(keys, threshold=0.5, eps=1e-3)[0],
                                slow["fg-eigvec"], atol=1e-4)
 
 

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from attgmae.cli.train import main as train_main
 from PIL import Image
 
 from attgmae.checkpoint import load_checkpoint
-from attgmae.data.images import list_images
+from attgmae.cli.train import main as train_main
+from attgmae.core.listing import list_images
 from attgmae.models import create_mae
 from attgmae.optim import lr_at
 from attgmae.store import open_store, write_store

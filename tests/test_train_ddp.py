@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
-from attgmae.cli.train import main as train_main
 
 from attgmae.checkpoint import load_checkpoint
+from attgmae.cli.train import main as train_main
 
 
 @pytest.fixture(scope="module")

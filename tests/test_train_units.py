@@ -3,12 +3,11 @@ the out-of-memory message and the reconstruction panel."""
 
 import argparse
 
-import attgmae.pipelines.train as train_pipeline
 import numpy as np
 import pytest
 import torch
-from attgmae.pipelines.train import TrainConfig, TrainError, resolve_accum, run_pretrain
 
+import attgmae.pipelines.train as train_pipeline
 from attgmae.checkpoint import (
     CheckpointError,
     find_resume_checkpoint,
@@ -17,6 +16,8 @@ from attgmae.checkpoint import (
 )
 from attgmae.data.transforms import denormalize_images, normalize_images
 from attgmae.models import MaskedAutoencoderViT
+from attgmae.pipelines.train import TrainError, run_pretrain
+from attgmae.pipelines.train_config import TrainConfig, resolve_accum
 from attgmae.visualize import reconstruction_panels, with_titles
 
 

@@ -19,9 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from attgmae.data.images import ImageDecodeError, decode_rgb, list_images
+from attgmae.core.constants import MAP_GRID
+from attgmae.core.errors import InputError
+from attgmae.core.listing import list_split
+from attgmae.data.images import ImageDecodeError, decode_rgb
 from attgmae.data.transforms import JointTransform
-from attgmae.guidance import random_map
+from attgmae.guidance import fresh_random_map
+from attgmae.store import STATUS_OK, open_store
 
 GUIDANCE_MODES = ("store", "random", "none")
 MISSING_POLICIES = ("error", "uniform")
@@ -29,11 +33,11 @@ MISSING_POLICIES = ("error", "uniform")
 _MAX_SUBSTITUTES = 64
 
 
-class MapJoinError(Exception):
+class MapJoinError(InputError):
     """Images without maps (or a store that does not fit): found before training starts."""
 
 
-class BadImageError(Exception):
+class BadImageError(InputError):
     """An image that cannot be decoded; one-argument so DataLoader workers can re-raise it."""
 
 
@@ -55,8 +59,6 @@ def join_maps(keys: np.ndarray, store_path, missing_policy: str = "error") -> Ma
     missing map raises MapJoinError naming how many and the first few; with ``'uniform'`` those
     images train with a zero map (every patch weight gamma, as vanilla MAE).
     """
-    from attgmae.store import STATUS_OK, open_store  # only guided runs need the store
-
     if missing_policy not in MISSING_POLICIES:
         raise ValueError(f"missing_policy must be one of {MISSING_POLICIES}")
     store = open_store(store_path)
@@ -100,7 +102,7 @@ class PretrainDataset(Dataset):
         join: MapJoin | None = None,
         seed: int = 0,
         skip_bad_images: bool = False,
-        map_grid: int = 14,
+        map_grid: int = MAP_GRID,
     ):
         if guidance not in GUIDANCE_MODES:
             raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
@@ -170,21 +172,13 @@ class PretrainDataset(Dataset):
             else:  # missing map under --missing_maps uniform: zero map = uniform weights
                 sample["map"] = torch.zeros(self.map_grid, self.map_grid)
         elif self.guidance == "random":
-            sample["map"] = torch.from_numpy(random_map(rng, self.map_grid))
+            sample["map"] = torch.from_numpy(fresh_random_map(rng, self.map_grid))
         return sample
 
 
 def list_train_keys(data_path) -> tuple[Path, np.ndarray]:
     """The training image folder ``<data_path>/train`` and its sorted keys."""
-    root = Path(data_path) / "train"
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"{data_path} has no train/ folder: --data_path must hold train/<class>/<image> "
-            f"(as for official MAE)"
-        )
-    keys = list_images(root)
-    if not keys:
-        raise FileNotFoundError(f"no images under {root} (extensions .jpg .jpeg .png .bmp .webp)")
+    root, keys = list_split(data_path, "train")
     return root, np.asarray(keys, dtype=str)
 
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from attgmae.core.constants import IMAGENET_MEAN, IMAGENET_STD
+
 AUGMENTATIONS = ("rrc", "resize")
 
 

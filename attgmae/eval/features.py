@@ -12,8 +12,6 @@ image set never hits a stale file.
 from __future__ import annotations
 
 import hashlib
-import os
-import pickle
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,9 +23,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from attgmae.data.images import ImageDecodeError, decode_rgb, folder_labels, list_images
-from attgmae.eval.encoder import features as encoder_features
+from attgmae.core.device import resolve_precision
+from attgmae.core.errors import InputError
+from attgmae.core.files import atomic_path
+from attgmae.core.listing import folder_labels, list_split, split_root
+from attgmae.core.torchfile import CheckpointError, load_torch_file
+from attgmae.data.images import ImageDecodeError, decode_rgb
 from attgmae.eval.transforms import eval_transform
+from attgmae.models.encoder import features as encoder_features
 
 CACHE_VERSION = 1
 
@@ -42,21 +45,21 @@ class ImageSplit:
     class_names: list[str]
 
 
+def check_data_root(data_root, checkpoint=None) -> None:
+    """Fail early, naming what is missing: the checkpoint file, ``train/`` or ``val/``."""
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise InputError(f"checkpoint {checkpoint} not found")
+    for split in ("train", "val"):
+        split_root(data_root, split)
+
+
 def image_split(data_root, split: str, class_names: list[str] | None = None) -> ImageSplit:
     """List ``data_root/split``; ``class_names`` (from train) fixes the label of each folder."""
-    root = Path(data_root) / split
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"{root} not found: --data_path must hold train/ and val/ "
-            f"folders of class subfolders (ImageFolder layout)"
-        )
-    keys = list_images(root)
-    if not keys:
-        raise FileNotFoundError(f"no images under {root}")
+    root, keys = list_split(data_root, split)
     names, labels = folder_labels(keys)
     loose = [k for k, y in zip(keys, labels) if y < 0]
     if loose:
-        raise ValueError(
+        raise InputError(
             f"{root}: {len(loose)} images are not inside a class folder, e.g. "
             f"{loose[0]}; put each image in {root}/<class>/"
         )
@@ -64,7 +67,7 @@ def image_split(data_root, split: str, class_names: list[str] | None = None) -> 
         index = {name: i for i, name in enumerate(class_names)}
         unknown = sorted(set(names) - set(index))
         if unknown:
-            raise ValueError(f"{root}: class folders not in train/: {unknown[:5]}")
+            raise InputError(f"{root}: class folders not in train/: {unknown[:5]}")
         labels = np.array([index[names[y]] for y in labels], dtype=np.int64)
         names = list(class_names)
     return ImageSplit(root, keys, labels, names)
@@ -73,13 +76,13 @@ def image_split(data_root, split: str, class_names: list[str] | None = None) -> 
 def load_rgb(path) -> Image.Image:
     """An evaluation image for the torchvision transforms, read by the project's one decoder
     (``decode_rgb``: as torchvision's ImageFolder loader reads it, which DINO's eval_knn.py and
-    MAE's main_linprobe.py use; no EXIF rotation). Raises ValueError naming the file when it
+    MAE's main_linprobe.py use; no EXIF rotation). Raises InputError naming the file when it
     cannot be decoded (a one-argument error survives the trip out of a DataLoader worker).
     """
     try:
         return Image.fromarray(decode_rgb(path))
     except ImageDecodeError as err:
-        raise ValueError(f"cannot read image {err}; remove or replace it and rerun") from None
+        raise InputError(f"cannot read image {err}; remove or replace it and rerun") from None
 
 
 class LabelledImages(Dataset):
@@ -114,19 +117,10 @@ def make_loader(
     )
 
 
-def resolve_precision(device, precision: str = "auto") -> str:
-    """auto -> bf16 on CUDA, fp32 elsewhere; bf16 and fp32 as given."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if torch.device(device).type == "cuda" else "fp32"
-    return precision
-
-
 def autocast_for(device, precision: str = "auto"):
-    """The autocast context of ``resolve_precision(device, precision)``."""
+    """The autocast context of ``resolve_precision(precision, device)``."""
     device = torch.device(device)
-    if resolve_precision(device, precision) == "fp32":
+    if resolve_precision(precision, device) == "fp32":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -191,14 +185,8 @@ def cache_file(
 
 def save_cache(path: Path, payload: dict) -> None:
     """Atomic write: a reader never sees a half-written cache file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_cache(path: Path, split: ImageSplit, checkpoint_sha256: str):
@@ -206,8 +194,8 @@ def load_cache(path: Path, split: ImageSplit, checkpoint_sha256: str):
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+        payload = load_torch_file(path, what="feature cache")
+    except CheckpointError:
         return None  # unreadable (e.g. an interrupted copy): recompute and overwrite
     if (
         payload.get("version") != CACHE_VERSION
@@ -254,7 +242,7 @@ def split_features(
     if features_dir is not None:
         # The head count (not visible in the weights) and the precision change the features.
         heads = getattr(model.blocks[0].attn, "num_heads", "x")
-        variant = f"h{heads}_{resolve_precision(device, precision)}"
+        variant = f"h{heads}_{resolve_precision(precision, device)}"
         path = cache_file(
             features_dir, checkpoint_sha256, split, split_name, pool, input_size, variant
         )

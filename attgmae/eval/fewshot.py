@@ -12,24 +12,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from attgmae.core.errors import InputError
+
 
 def fewshot_indices(
     labels, *, shots: int | None = None, percent: float | None = None, seed: int = 0
 ) -> np.ndarray:
     """Sorted int64 indices into ``labels`` ([N] int, -1 = unlabelled, never picked)."""
     if (shots is None) == (percent is None):
-        raise ValueError("give exactly one of shots or percent")
+        raise InputError("give exactly one of shots or percent")
     if shots is not None and shots < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
+        raise InputError(f"shots must be >= 1, got {shots}")
     if percent is not None and not 0 < percent <= 100:
-        raise ValueError(f"percent must be in (0, 100], got {percent}")
+        raise InputError(f"percent must be in (0, 100], got {percent}")
     labels = np.asarray(labels, dtype=np.int64)
     picked = []
     for cls in np.unique(labels[labels >= 0]):
         members = np.flatnonzero(labels == cls)  # ascending, independent of any ordering
         if shots is not None:
             if len(members) < shots:
-                raise ValueError(
+                raise InputError(
                     f"class {cls} has only {len(members)} images, fewer than --shots {shots}"
                 )
             count = shots
@@ -38,5 +40,5 @@ def fewshot_indices(
         order = np.random.default_rng([seed, int(cls)]).permutation(len(members))
         picked.append(members[order[:count]])
     if not picked:
-        raise ValueError("no labelled images to pick from")
+        raise InputError("no labelled images to pick from")
     return np.sort(np.concatenate(picked))

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attgmae.core.errors import InputError
+
 
 class LinearProbeHead(nn.Module):
     """features [B, D] -> logits [B, C]."""
@@ -40,16 +42,6 @@ class LinearProbeHead(nn.Module):
 
     def forward(self, feats):
         return self.fc(self.norm(feats))
-
-
-def cosine_lr(
-    epoch: float, lr: float, warmup_epochs: float, epochs: float, min_lr: float = 0.0
-) -> float:
-    """Learning rate at fractional ``epoch``: linear warmup from 0, then half-cycle cosine."""
-    if epoch < warmup_epochs:
-        return lr * epoch / warmup_epochs
-    progress = (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-12)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def epoch_batches(
@@ -67,7 +59,7 @@ def epoch_batches(
     batches, as MAE) when there is at least one, else only the full micro-batches.
     """
     if batch_size < 2:
-        raise ValueError(f"--batch_size {batch_size}: the head's BatchNorm needs at least 2")
+        raise InputError(f"--batch_size {batch_size}: the head's BatchNorm needs at least 2")
     order = np.random.default_rng([seed, epoch]).permutation(num_samples)
     batches = [order[i : i + batch_size] for i in range(0, num_samples, batch_size)]
     full = num_samples // batch_size  # micro-batches of exactly batch_size
@@ -78,7 +70,7 @@ def epoch_batches(
         tail = batches.pop()
         batches[-1] = np.concatenate([batches[-1], tail])
     if not batches or len(batches[0]) < 2:
-        raise ValueError(f"{num_samples} training sample(s): BatchNorm needs at least 2")
+        raise InputError(f"{num_samples} training sample(s): BatchNorm needs at least 2")
     return batches
 
 

@@ -1,46 +1,32 @@
 """Evaluation results on disk: one JSON with every number, one PNG per protocol.
 
-JSON files are written atomically (temp name + os.replace). Plots use matplotlib's Agg backend.
+Both are written atomically (``attgmae.core.files``). Figures are drawn with matplotlib's
+object API (no pyplot state, no backend switch in the caller's process).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from attgmae.core.files import atomic_path, write_json_atomic
 
 
 def write_json(path, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return write_json_atomic(path, payload)
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    return Path(path)
 
 
 def plot_knn(results: dict, path, title: str = "k-NN") -> Path:
     """results {label: {k: (top1, top5)}} -> accuracy vs k, one line per label and metric."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for label, by_k in results.items():
         ks = sorted(int(k) for k in by_k)
         for metric, style in ((0, "-o"), (1, "--s")):
@@ -56,16 +42,13 @@ def plot_knn(results: dict, path, title: str = "k-NN") -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def plot_probe(curves: dict, path, title: str = "linear probe") -> Path:
     """curves {label: [acc1 per epoch]} -> validation top-1 per epoch."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for label, acc in curves.items():
         ax.plot(range(len(acc)), acc, "-", marker="." if len(acc) < 30 else None, label=label)
     ax.set_xlabel("epoch")
@@ -74,7 +57,4 @@ def plot_probe(curves: dict, path, title: str = "linear probe") -> Path:
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=8)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)

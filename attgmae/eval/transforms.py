@@ -15,8 +15,7 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from attgmae.core.constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _to_normalized_tensor():

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from attgmae.maps.minmax import minmax_maps_torch
+from attgmae.core.minmax import minmax_torch
 
 
 def _autocast_enabled(x: torch.Tensor, amp: bool | None) -> bool:
@@ -70,27 +70,45 @@ def dino_outputs(vit, x: torch.Tensor, amp: bool | None = None):
     return cls_attn.contiguous(), patch_keys.contiguous()
 
 
+VIT_B_HEADS = 12  # DINO ViT-B/16's attention heads
+
+
+def check_heads(heads, num_heads: int = VIT_B_HEADS):
+    """'mean', 'max' or a head index (negative counts from the end) -> that value, checked."""
+    if heads in ("mean", "max"):
+        return heads
+    try:
+        index = int(heads)
+    except (TypeError, ValueError):
+        raise ValueError(f"dino heads must be mean, max or a head index, got {heads!r}") from None
+    if not -num_heads <= index < num_heads:
+        raise ValueError(
+            f"dino heads index {index} out of range: the model has {num_heads} heads "
+            f"(0..{num_heads - 1})"
+        )
+    return index
+
+
 def dino_maps(cls_attn: torch.Tensor, heads="mean") -> torch.Tensor:
     """cls_attn [B, H, P] -> float32 [B, g, g] (g = sqrt(P) = 14), per-image min-max in [0, 1].
 
     ``heads``: "mean" (the issue's default), "max", or an int head index.
     """
+    heads = check_heads(heads, cls_attn.shape[1])
     if heads == "mean":
         per_patch = cls_attn.mean(dim=1)  # [B, P]
     elif heads == "max":
         per_patch = cls_attn.amax(dim=1)
     else:
-        try:
-            index = int(heads)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"dino heads must be 'mean', 'max' or a head index, got {heads!r}") from None
-        if not -cls_attn.shape[1] <= index < cls_attn.shape[1]:
-            raise ValueError(f"dino head index {index} out of range (model has "
-                             f"{cls_attn.shape[1]} heads)")
-        per_patch = cls_attn[:, index]
+        per_patch = cls_attn[:, heads]
     grid = math.isqrt(per_patch.shape[1])
-    return minmax_maps_torch(per_patch.reshape(-1, grid, grid))
+    return minmax_torch(per_patch.reshape(-1, grid, grid))
+
+
+def batch_maps(batch, params: dict) -> torch.Tensor:
+    """The registry's entry: a MapBatch -> float32 [B, 14, 14] from the shared DINO forward."""
+    cls_attn, _ = batch.forward("dino")
+    return dino_maps(cls_attn, params["heads"])
 
 
 def dino_maps_reference(vit, x: torch.Tensor, heads="mean") -> torch.Tensor:

@@ -18,16 +18,20 @@ activation is asked for. A CAM that is all zero after the relu stays all zero.
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attgmae.maps.minmax import minmax_maps_numpy, minmax_maps_torch
+from attgmae.core.constants import MAP_GRID as GRID
+from attgmae.core.constants import MAP_INPUT_SIZE as INPUT_SIZE
+from attgmae.core.errors import InputError
+from attgmae.core.minmax import minmax_numpy, minmax_torch
 
 CAM_LAYERS = ("layer3", "layer4")
-INPUT_SIZE = 224
-GRID = 14
+WNID = re.compile(r"^n\d{8}$")  # an ImageNet class folder: n01440764
 
 # --cam_method names -> pytorch-grad-cam class names (resolved lazily: the import is slow).
 LIBRARY_METHODS = {
@@ -55,12 +59,17 @@ def _stages(resnet):
     """The torchvision ResNet as an ordered list of (name, module) stages up to the logits."""
     stem = torch.nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
     head = torch.nn.Sequential(resnet.avgpool, torch.nn.Flatten(1), resnet.fc)
-    return [("stem", stem), ("layer1", resnet.layer1), ("layer2", resnet.layer2),
-            ("layer3", resnet.layer3), ("layer4", resnet.layer4), ("head", head)]
+    return [
+        ("stem", stem),
+        ("layer1", resnet.layer1),
+        ("layer2", resnet.layer2),
+        ("layer3", resnet.layer3),
+        ("layer4", resnet.layer4),
+        ("head", head),
+    ]
 
 
-def cam_7x7(resnet, x: torch.Tensor, layer: str = "layer4", target=None,
-            amp: bool | None = None):
+def cam_7x7(resnet, x: torch.Tensor, layer: str = "layer4", target=None, amp: bool | None = None):
     """x [B, 3, 224, 224] -> (relu'd Grad-CAM float32 [B, h, w] at the layer, target int64 [B]).
 
     target None: the top-1 class of this forward; else a LongTensor [B] of class indices.
@@ -92,21 +101,24 @@ def cam_7x7(resnet, x: torch.Tensor, layer: str = "layer4", target=None,
 def cam_to_grid(cam: torch.Tensor) -> torch.Tensor:
     """relu'd CAM [B, h, w] -> float32 [B, 14, 14]: bilinear to 224 (cv2 INTER_LINEAR), 16x16
     block mean (cv2 INTER_AREA to 14), per-image min-max."""
-    upsampled = F.interpolate(cam[:, None].float(), size=(INPUT_SIZE, INPUT_SIZE),
-                              mode="bilinear", align_corners=False)  # [B, 1, 224, 224]
+    upsampled = F.interpolate(
+        cam[:, None].float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False
+    )  # [B, 1, 224, 224]
     pooled = F.avg_pool2d(upsampled, kernel_size=INPUT_SIZE // GRID)[:, 0]  # [B, 14, 14]
-    return minmax_maps_torch(pooled)
+    return minmax_torch(pooled)
 
 
 def library_cam_to_grid(cams_224: np.ndarray) -> np.ndarray:
     """pytorch-grad-cam output float32 [B, 224, 224] -> [B, 14, 14] (cv2 INTER_AREA, min-max)."""
-    small = np.stack([cv2.resize(cam, (GRID, GRID), interpolation=cv2.INTER_AREA)
-                      for cam in cams_224])
-    return minmax_maps_numpy(small)
+    small = np.stack(
+        [cv2.resize(cam, (GRID, GRID), interpolation=cv2.INTER_AREA) for cam in cams_224]
+    )
+    return minmax_numpy(small)
 
 
-def library_cam_maps(resnet, x: torch.Tensor, layer: str = "layer4", target=None,
-                     method: str = "library-gradcam") -> np.ndarray:
+def library_cam_maps(
+    resnet, x: torch.Tensor, layer: str = "layer4", target=None, method: str = "library-gradcam"
+) -> np.ndarray:
     """Any pytorch-grad-cam method, called once on the batch -> float32 [B, 14, 14] (numpy).
 
     This is also the reference for ``method="gradcam"`` (``library-gradcam``).
@@ -114,7 +126,7 @@ def library_cam_maps(resnet, x: torch.Tensor, layer: str = "layer4", target=None
     _check_layer(layer)
     if method not in LIBRARY_METHODS:
         raise ValueError(f"cam method must be one of {CAM_METHODS}, got {method!r}")
-    import pytorch_grad_cam
+    import pytorch_grad_cam  # here: it takes seconds to import, and the fast path needs none
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cam_class = getattr(pytorch_grad_cam, LIBRARY_METHODS[method])
@@ -126,8 +138,14 @@ def library_cam_maps(resnet, x: torch.Tensor, layer: str = "layer4", target=None
     return library_cam_to_grid(cams_224)
 
 
-def gradcam_maps(resnet, x: torch.Tensor, layer: str = "layer4", target=None,
-                 method: str = "gradcam", amp: bool | None = None) -> torch.Tensor:
+def gradcam_maps(
+    resnet,
+    x: torch.Tensor,
+    layer: str = "layer4",
+    target=None,
+    method: str = "gradcam",
+    amp: bool | None = None,
+) -> torch.Tensor:
     """x [B, 3, 224, 224] -> float32 [B, 14, 14] in [0, 1] on x's device.
 
     method "gradcam": the batched torch implementation above; any other name in CAM_METHODS
@@ -139,11 +157,47 @@ def gradcam_maps(resnet, x: torch.Tensor, layer: str = "layer4", target=None,
     return torch.from_numpy(library_cam_maps(resnet, x, layer, target, method)).to(x.device)
 
 
-def gradcam_maps_reference(resnet, x: torch.Tensor, layer: str = "layer4",
-                           target=None, batch_size: int = 32) -> np.ndarray:
+def check_cam_method(name: str) -> str:
+    """A --cam_method value: ``gradcam`` or one of pytorch-grad-cam's methods."""
+    if name not in CAM_METHODS:
+        raise ValueError(f"gradcam method must be one of {CAM_METHODS}, got {name!r}")
+    return name
+
+
+def imagenet_targets(class_names: list[str], labels: np.ndarray) -> np.ndarray:
+    """Folder labels as ImageNet-1k class indices: valid only when the folders are the 1000
+    wnids, whose sorted order is the standard class order. -> int64 [N]."""
+    if len(class_names) != 1000 or not all(WNID.match(name) for name in class_names):
+        raise InputError(
+            "--cam_target label needs the ImageNet layout (exactly 1000 class folders named by "
+            f"wnid, e.g. n01440764); found {len(class_names)} folders. Use --cam_target top1."
+        )
+    if (labels < 0).any():
+        raise InputError("--cam_target label: some images are not inside a class folder")
+    return labels
+
+
+def check_images(params: dict, class_names: list[str], labels) -> None:
+    """``target: label`` targets the folder labels: they must be ImageNet-1k class indices."""
+    if params["target"] == "label":
+        imagenet_targets(class_names, labels)
+
+
+def batch_maps(batch, params: dict) -> torch.Tensor:
+    """The registry's entry: a MapBatch -> float32 [B, 14, 14] on the batch's device."""
+    target = batch.labels if params["target"] == "label" else None
+    resnet = batch.model("resnet")
+    return gradcam_maps(resnet, batch.images, params["layer"], target, params["method"], batch.amp)
+
+
+def gradcam_maps_reference(
+    resnet, x: torch.Tensor, layer: str = "layer4", target=None, batch_size: int = 32
+) -> np.ndarray:
     """The reference path: pytorch-grad-cam's GradCAM called per batch. float32 [B, 14, 14]."""
     parts = []
     for start in range(0, len(x), batch_size):
-        part_target = None if target is None else torch.as_tensor(target)[start:start + batch_size]
-        parts.append(library_cam_maps(resnet, x[start:start + batch_size], layer, part_target))
+        part_target = (
+            None if target is None else torch.as_tensor(target)[start : start + batch_size]
+        )
+        parts.append(library_cam_maps(resnet, x[start : start + batch_size], layer, part_target))
     return np.concatenate(parts)

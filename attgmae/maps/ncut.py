@@ -3,7 +3,7 @@
 Kept free of torch so the eigensolve worker processes start light. Definitions (TokenCut,
 Wang et al. CVPR 2022, ``object_discovery.py``: ``ncut`` + ``detect_box``):
 
-    A_ij = 1 if cos(k_i, k_j) > tau else eps          (binary graph, float64)
+    A_ij = 1 if cos(k_i, k_j) > threshold else eps    (binary graph, float64; TokenCut's tau)
     D    = diag(sum_j A_ij)
     x    = second-smallest generalized eigenvector of (D - A) x = lambda D x
     bipartition = x > mean(x);  seed = argmax |x|
@@ -22,12 +22,15 @@ import math
 import numpy as np
 import scipy.linalg
 from scipy import ndimage
+from threadpoolctl import threadpool_limits
+
+from attgmae.core.minmax import minmax_numpy
 
 MAP_KINDS = ("fg-eigvec", "eigvec", "mask")
 
 
 def adjacency_to_affinity(adjacent: np.ndarray, eps: float) -> np.ndarray:
-    """bool [N, N] (similarity > tau) -> float64 A [N, N] with 1 / eps entries."""
+    """bool [N, N] (similarity > threshold) -> float64 A [N, N] with 1 / eps entries."""
     return np.where(adjacent, 1.0, eps)
 
 
@@ -66,14 +69,10 @@ def seed_component(bipartition_grid: np.ndarray, seed: int) -> np.ndarray:
     return components == components.flat[seed]
 
 
-def _minmax(values: np.ndarray) -> np.ndarray:
-    span = values.max() - values.min()
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
-
-
-def ncut_map(adjacent: np.ndarray, eps: float = 1e-5, map_kind: str = "fg-eigvec",
-             solver: str = "fast") -> np.ndarray:
-    """One image: bool [N, N] adjacency (cos > tau) -> float32 [g, g] map in [0, 1].
+def ncut_map(
+    adjacent: np.ndarray, eps: float = 1e-5, map_kind: str = "fg-eigvec", solver: str = "fast"
+) -> np.ndarray:
+    """One image: bool [N, N] adjacency (cos > threshold) -> float32 [g, g] map in [0, 1].
 
     map_kind: "fg-eigvec" min-max of x kept on the bipartition (0 elsewhere), "eigvec" min-max
     of x everywhere, "mask" 1 on the seed's 4-connected bipartition component.
@@ -84,9 +83,9 @@ def ncut_map(adjacent: np.ndarray, eps: float = 1e-5, map_kind: str = "fg-eigvec
     eigvec, bipartition, seed = bipartition_with_sign_rule(solve(affinity))
     grid = math.isqrt(len(eigvec))
     if map_kind == "eigvec":
-        values = _minmax(eigvec)
+        values = minmax_numpy(eigvec[None])[0]
     elif map_kind == "fg-eigvec":
-        values = _minmax(eigvec) * bipartition
+        values = minmax_numpy(eigvec[None])[0] * bipartition
     elif map_kind == "mask":
         values = seed_component(bipartition.reshape(grid, grid), seed).astype(np.float64)
     else:
@@ -94,8 +93,9 @@ def ncut_map(adjacent: np.ndarray, eps: float = 1e-5, map_kind: str = "fg-eigvec
     return values.reshape(grid, grid).astype(np.float32)
 
 
-def ncut_maps_packed(packed: np.ndarray, num_patches: int, eps: float, map_kind: str,
-                     solver: str = "fast") -> np.ndarray:
+def ncut_maps_packed(
+    packed: np.ndarray, num_patches: int, eps: float, map_kind: str, solver: str = "fast"
+) -> np.ndarray:
     """Worker entry: bit-packed adjacency uint8 [b, ceil(N*N/8)] -> float32 [b, g, g].
 
     Bit-packing makes the matrices 8x cheaper to send to worker processes.
@@ -108,8 +108,6 @@ def ncut_maps_packed(packed: np.ndarray, num_patches: int, eps: float, map_kind:
 def pin_blas_threads() -> None:
     """Process-pool initializer: one BLAS thread per worker (scipy's eigensolve is ~7x slower per
     core with default threading on small matrices)."""
-    from threadpoolctl import threadpool_limits
-
     global _BLAS_LIMIT
     _BLAS_LIMIT = threadpool_limits(1)  # kept referenced for the worker's lifetime
 

@@ -13,73 +13,52 @@ rerun builds the same network). Each loader returns ``(model, identity)`` where 
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import warnings
 from pathlib import Path
 
+import timm
 import torch
+import torchvision
+from timm.models._hub import download_from_hf
+
+from attgmae.core.files import file_sha256
+from attgmae.core.torchfile import CheckpointError, load_torch_file, strip_prefixes, tensors_only
 
 DINO_ARCH = "vit_base_patch16_224"
 DINO_TAG = "vit_base_patch16_224.dino"
-DINO_FILE_HINT = ("dino_vitbase16_pretrain.pth (https://dl.fbaipublicfiles.com/dino/"
-                  "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth)")
+DINO_FILE_HINT = (
+    "dino_vitbase16_pretrain.pth (https://dl.fbaipublicfiles.com/dino/"
+    "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth)"
+)
 RESNET_ARCH = "resnet50"
 RESNET_TAG = "resnet50.tv_in1k"
-RESNET_FILE_HINT = ("resnet50-0676ba61.pth (https://download.pytorch.org/models/"
-                    "resnet50-0676ba61.pth) or resnet50-11ad3fa6.pth")
+RESNET_FILE_HINT = (
+    "resnet50-0676ba61.pth (https://download.pytorch.org/models/"
+    "resnet50-0676ba61.pth) or resnet50-11ad3fa6.pth"
+)
 RANDOM_SEED = 0
 
 # identity["source"] is "file:<one of these>", "timm:<pretrained tag>" or "random(seed=0)".
 WEIGHT_FORMATS = {
     "dino-checkpoint": "full DINO training checkpoint (its 'teacher', minus module./backbone.)",
     "state-dict": "a plain state dict: official DINO dino_vitbase16_pretrain.pth, timm or "
-                  "torchvision .pth (also wrapped in 'state_dict' / 'model')",
+    "torchvision .pth (also wrapped in 'state_dict' / 'model')",
     "safetensors": "timm .safetensors",
 }
 
 
-class WeightsError(Exception):
-    """A weights file that cannot be used (or weights that cannot be fetched); names the file."""
+# A weights file that cannot be used (or weights that cannot be fetched): the one checkpoint
+# error type, under the name this module's callers know.
+WeightsError = CheckpointError
 
 
 class RandomWeightsWarning(UserWarning):
     """Maps from random weights are for tests and demos only."""
 
 
-def file_sha256(path) -> str:
-    """Hex sha256 of a file, read in 8 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(8 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_weights_file(path) -> dict:
-    """Load a .safetensors or torch-pickle weights file (tensors only; no arbitrary code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        # DINO training checkpoints hold their argparse.Namespace next to the tensors.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except WeightsError:
-        raise
-    except Exception as err:  # noqa: BLE001 (torch/safetensors raise many types)
-        raise WeightsError(f"{path}: not a readable weights file ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
-
-
-def _strip_prefix(state: dict, prefix: str) -> dict:
-    if state and all(key.startswith(prefix) for key in state):
-        return {key[len(prefix):]: value for key, value in state.items()}
-    return state
+def read_weights_file(path, trusted: bool = False) -> dict:
+    """Load a .safetensors or torch weights file (tensors only unless ``trusted``)."""
+    return load_torch_file(path, trusted=trusted, what="weights")
 
 
 def extract_state_dict(loaded, path) -> tuple[dict, str]:
@@ -89,22 +68,18 @@ def extract_state_dict(loaded, path) -> tuple[dict, str]:
     fmt = "safetensors" if str(path).endswith(".safetensors") else "state-dict"
     if "teacher" in loaded and isinstance(loaded["teacher"], dict):
         # DINO checkpoint: the teacher is the network DINO evaluates and releases.
-        state, fmt = loaded["teacher"], "dino-checkpoint"
-        state = _strip_prefix(state, "module.")
-        state = {key[len("backbone."):]: value for key, value in state.items()
-                 if key.startswith("backbone.")}
-        if not state:
+        teacher = loaded["teacher"]
+        if not any(key.removeprefix("module.").startswith("backbone.") for key in teacher):
             raise WeightsError(f"{path}: DINO checkpoint 'teacher' has no 'backbone.' weights")
-        return state, fmt
+        return strip_prefixes(tensors_only(teacher)), "dino-checkpoint"
     for wrapper in ("state_dict", "model", "module"):
         if wrapper in loaded and isinstance(loaded[wrapper], dict):
             loaded = loaded[wrapper]
             break
-    state = {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
+    state = tensors_only(loaded)
     if not state:
         raise WeightsError(f"{path}: no tensors found")
-    state = _strip_prefix(_strip_prefix(state, "module."), "backbone.")
-    return state, fmt
+    return strip_prefixes(state), fmt
 
 
 def _load_into(model, state: dict, path, what: str, ignore_prefixes=()) -> None:
@@ -114,12 +89,18 @@ def _load_into(model, state: dict, path, what: str, ignore_prefixes=()) -> None:
     # Old torchvision files predate BatchNorm's num_batches_tracked; it is not a weight.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-                   for k in expected if k in state and state[k].shape != expected[k].shape]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
     if missing or unexpected or wrong_shape:
         details = []
-        for label, names in (("missing", missing), ("unexpected", unexpected),
-                             ("wrong shape", wrong_shape)):
+        for label, names in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong_shape),
+        ):
             if names:
                 details.append(f"{len(names)} {label} (e.g. {', '.join(names[:3])})")
         raise WeightsError(f"{path}: does not hold {what} weights: {'; '.join(details)}")
@@ -128,27 +109,42 @@ def _load_into(model, state: dict, path, what: str, ignore_prefixes=()) -> None:
 
 def _download_pretrained(tag: str) -> Path:
     """timm's own Hugging Face download + cache of a pretrained tag -> local file path."""
-    import timm
-    from timm.models._hub import download_from_hf
-
     cfg = timm.models.get_pretrained_cfg(tag)
     return Path(download_from_hf(cfg.hf_hub_id, "model.safetensors"))
 
 
-def _resolve(build, weights, random_weights: bool, tag: str, arch: str, hint: str, flag: str,
-             what: str, ignore_prefixes=()):
+def _resolve(
+    build,
+    weights,
+    random_weights: bool,
+    tag: str,
+    arch: str,
+    hint: str,
+    flag: str,
+    what: str,
+    ignore_prefixes=(),
+    trusted: bool = False,
+):
     if random_weights:
         if weights is not None:
-            raise WeightsError(f"{weights}: --random_weights and a weights file both given; "
-                               "pick one")
-        warnings.warn(f"{arch}: RANDOM weights (tests/demo only; the maps mean nothing)",
-                      RandomWeightsWarning, stacklevel=3)
+            raise WeightsError(
+                f"{weights}: --random_weights and a weights file both given; pick one"
+            )
+        warnings.warn(
+            f"{arch}: RANDOM weights (tests/demo only; the maps mean nothing)",
+            RandomWeightsWarning,
+            stacklevel=3,
+        )
         # Seeded so every rank and every resumed run builds the identical network.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
             model = build()
-        identity = {"architecture": arch, "weights_file": None, "sha256": None,
-                    "source": f"random(seed={RANDOM_SEED})"}
+        identity = {
+            "architecture": arch,
+            "weights_file": None,
+            "sha256": None,
+            "source": f"random(seed={RANDOM_SEED})",
+        }
         return model.eval(), identity
     if weights is None:
         try:
@@ -156,41 +152,59 @@ def _resolve(build, weights, random_weights: bool, tag: str, arch: str, hint: st
         except Exception as err:  # noqa: BLE001 (any failure: network, hub, cache)
             raise WeightsError(
                 f"could not get the pretrained weights {tag} through timm ({type(err).__name__}; "
-                f"no network?). Download {hint} and pass it with {flag} PATH") from None
+                f"no network?). Download {hint} and pass it with {flag} PATH"
+            ) from None
         source = f"timm:{tag}"
     else:
         path, source = Path(weights), None
-    state, fmt = extract_state_dict(read_weights_file(path), path)
+    state, fmt = extract_state_dict(read_weights_file(path, trusted), path)
     model = build()
     _load_into(model, state, path, what, ignore_prefixes)
-    identity = {"architecture": arch, "weights_file": str(Path(path).resolve()),
-                "sha256": file_sha256(path), "source": source or f"file:{fmt}"}
+    identity = {
+        "architecture": arch,
+        "weights_file": str(Path(path).resolve()),
+        "sha256": file_sha256(path),
+        "source": source or f"file:{fmt}",
+    }
     return model.eval(), identity
 
 
 def build_dino_vit():
-    import timm
-
     return timm.create_model(DINO_ARCH, pretrained=False, num_classes=0)
 
 
 def build_resnet50():
-    import torchvision
-
     return torchvision.models.resnet50(weights=None)
 
 
-def load_dino_vit(weights=None, random_weights: bool = False):
+def load_dino_vit(weights=None, random_weights: bool = False, trusted: bool = False):
     """-> (timm ViT-B/16 in eval mode, identity dict). ``weights``: a file path or None (timm's
     ``vit_base_patch16_224.dino``). A classifier head in the file ('head.*') is ignored."""
-    return _resolve(build_dino_vit, weights, random_weights, DINO_TAG, DINO_ARCH, DINO_FILE_HINT,
-                    "--dino_weights", "a DINO ViT-B/16 (timm vit_base_patch16_224)",
-                    ignore_prefixes=("head.", "fc_norm."))
+    return _resolve(
+        build_dino_vit,
+        weights,
+        random_weights,
+        DINO_TAG,
+        DINO_ARCH,
+        DINO_FILE_HINT,
+        "--dino_weights",
+        "a DINO ViT-B/16 (timm vit_base_patch16_224)",
+        ignore_prefixes=("head.", "fc_norm."),
+        trusted=trusted,
+    )
 
 
-def load_resnet50(weights=None, random_weights: bool = False):
+def load_resnet50(weights=None, random_weights: bool = False, trusted: bool = False):
     """-> (torchvision ResNet-50 in eval mode, identity dict). ``weights``: a torchvision or
     timm file, or None (timm's ``resnet50.tv_in1k``)."""
-    return _resolve(build_resnet50, weights, random_weights, RESNET_TAG, RESNET_ARCH,
-                    RESNET_FILE_HINT, "--resnet_weights",
-                    "a ResNet-50 (torchvision layout, 1000-class head)")
+    return _resolve(
+        build_resnet50,
+        weights,
+        random_weights,
+        RESNET_TAG,
+        RESNET_ARCH,
+        RESNET_FILE_HINT,
+        "--resnet_weights",
+        "a ResNet-50 (torchvision layout, 1000-class head)",
+        trusted=trusted,
+    )

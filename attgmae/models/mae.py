@@ -232,24 +232,14 @@ def _mae(**defaults):
     return factory
 
 
-# Official names and sizes (decoder: 512-d, 8 blocks, 16 heads).
-mae_vit_base_patch16 = _mae(
-    patch_size=16, embed_dim=768, depth=12, num_heads=12,
-    decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
-)  # fmt: skip
-mae_vit_large_patch16 = _mae(
-    patch_size=16, embed_dim=1024, depth=24, num_heads=16,
-    decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
-)  # fmt: skip
-mae_vit_huge_patch14 = _mae(
-    patch_size=14, embed_dim=1280, depth=32, num_heads=16,
-    decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
-)  # fmt: skip
+# Official names and sizes; the official decoder: 512-d, 8 blocks, 16 heads.
+DEC512D8B = {"decoder_embed_dim": 512, "decoder_depth": 8, "decoder_num_heads": 16}
+mae_vit_base_patch16 = _mae(patch_size=16, embed_dim=768, depth=12, num_heads=12, **DEC512D8B)
+mae_vit_large_patch16 = _mae(patch_size=16, embed_dim=1024, depth=24, num_heads=16, **DEC512D8B)
+mae_vit_huge_patch14 = _mae(patch_size=14, embed_dim=1280, depth=32, num_heads=16, **DEC512D8B)
 # A few small blocks: for tests and the CPU demo.
-mae_vit_tiny_patch16 = _mae(
-    patch_size=16, embed_dim=192, depth=4, num_heads=3,
-    decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4,
-)  # fmt: skip
+TINY_DECODER = {"decoder_embed_dim": 128, "decoder_depth": 2, "decoder_num_heads": 4}
+mae_vit_tiny_patch16 = _mae(patch_size=16, embed_dim=192, depth=4, num_heads=3, **TINY_DECODER)
 
 # Official aliases with the decoder spelled out.
 mae_vit_base_patch16_dec512d8b = mae_vit_base_patch16

@@ -1,8 +1,14 @@
 """The two on-disk formats behind one small interface: zarr v3 (sharded, zstd) and HDF5.
 
-Only this module imports zarr and h5py. The writer decides *what* rows go where; a backend only
-creates arrays and moves rows. HDF5 files are opened per call and closed again, so no handle
-survives into a forked DataLoader worker.
+Only this module imports zarr and h5py. The writer decides *what* rows go where and when; a
+backend creates the arrays, moves rows, and reads arrays back, for our layout and for a foreign
+store (``array_info`` / ``read_array``, used by import). HDF5 files are opened per call and closed
+again, so no handle survives into a forked DataLoader worker.
+
+``concurrent_writes``: zarr accepts several processes writing *different whole shards* at once;
+HDF5 accepts one writer only, so with several ranks its rows are written by rank 0 at the end.
+zarr and h5py are imported where used: a process touches one format, and zarr alone takes
+~0.4 s to import.
 """
 
 from __future__ import annotations
@@ -11,60 +17,72 @@ import json
 
 import numpy as np
 
-from .layout import CHUNK_ROWS, GRID, KEYS, LABELS, MAPS, SHARD_ROWS, STATUS
+from .layout import KEYS, LABELS, MAP_SHAPE, MAPS, STATUS
+
+REQUIRED = (MAPS, KEYS, STATUS)
 
 
 def _jsonable(attrs: dict) -> dict:
     return json.loads(json.dumps(attrs))
 
 
-def _open_zarr_readonly(path):
-    """A zarr group for reading: a folder, or a published ``.zarr.zip`` read in place."""
-    import zarr
+def _missing_arrays(names) -> None:
+    missing = set(REQUIRED) - set(names)
+    if missing:
+        raise KeyError(", ".join(sorted(missing)))
 
-    if str(path).lower().endswith(".zip"):
-        from zarr.storage import ZipStore
 
-        return zarr.open_group(store=ZipStore(str(path), mode="r"), mode="r")
-    return zarr.open_group(str(path), mode="r")
+def _meta(attrs: dict, key_bytes, labels, status, maps) -> dict:
+    """What ``read_meta`` returns: everything but the maps themselves."""
+    return {
+        "attrs": attrs,
+        "key_bytes": key_bytes,  # [N] UTF-8 bytes: no per-key Python objects
+        "labels": labels,
+        "status": np.asarray(status, dtype=np.uint8),
+        "num_rows": int(maps.shape[0]),
+        "maps_shape": tuple(maps.shape),
+        "maps_dtype": str(maps.dtype),
+    }
 
 
 class ZarrBackend:
     name = "zarr"
+    concurrent_writes = True
 
     @staticmethod
-    def create(
-        path,
-        keys: list[str],
-        labels,
-        attrs: dict,
-        chunk_rows: int = CHUNK_ROWS,
-        shard_rows: int = SHARD_ROWS,
-    ) -> None:
+    def _open_readonly(path):
+        """A zarr group for reading: a folder, or a published ``.zarr.zip`` read in place."""
+        import zarr
+
+        if str(path).lower().endswith(".zip"):
+            from zarr.storage import ZipStore
+
+            return zarr.open_group(store=ZipStore(str(path), mode="r"), mode="r")
+        return zarr.open_group(str(path), mode="r")
+
+    @staticmethod
+    def create(path, keys, labels, attrs: dict, chunk_rows: int, shard_rows: int) -> None:
+        """Empty maps and status (all rows 'missing'), the keys and labels filled in."""
         import zarr
         from zarr.codecs import ZstdCodec
 
         num_rows = len(keys)
         group = zarr.open_group(str(path), mode="w")
         zstd = ZstdCodec(level=3)
-        group.create_array(
-            MAPS,
-            shape=(num_rows, GRID, GRID),
-            chunks=(chunk_rows, GRID, GRID),
-            shards=(shard_rows, GRID, GRID),
-            dtype="float16",
-            compressors=zstd,
-            fill_value=0,
-        )
-        group.create_array(
-            STATUS,
-            shape=(num_rows,),
-            chunks=(chunk_rows,),
-            shards=(shard_rows,),
-            dtype="uint8",
-            compressors=zstd,
-            fill_value=0,
-        )
+
+        def sharded(name, row_shape, dtype):  # chunks of rows inside one file per shard
+            group.create_array(
+                name,
+                shape=(num_rows, *row_shape),
+                chunks=(chunk_rows, *row_shape),
+                shards=(shard_rows, *row_shape),
+                dtype=dtype,
+                compressors=zstd,
+                fill_value=0,
+            )
+
+        sharded(MAPS, MAP_SHAPE, "float16")
+        sharded(STATUS, (), "uint8")
         key_array = group.create_array(
             KEYS, shape=(num_rows,), chunks=(shard_rows,), dtype=str, compressors=zstd
         )
@@ -78,7 +96,7 @@ class ZarrBackend:
 
     @staticmethod
     def write_rows(path, start: int, maps: np.ndarray, status: np.ndarray) -> None:
-        """Write rows [start, start + len(maps)); the caller guarantees whole shards."""
+        """Rows [start, start + len(maps)); the caller writes whole shards only."""
         import zarr
 
         group = zarr.open_group(str(path), mode="r+")
@@ -94,55 +112,73 @@ class ZarrBackend:
 
     @staticmethod
     def read_meta(path) -> dict:
-        """attrs, keys (list of str), labels (int64 or None), status (uint8), num_rows."""
-        group = _open_zarr_readonly(path)
+        group = ZarrBackend._open_readonly(path)
         names = set(group.array_keys())
-        missing = {MAPS, KEYS, STATUS} - names
-        if missing:
-            raise KeyError(", ".join(sorted(missing)))
-        return {
-            "attrs": dict(group.attrs),
-            # UTF-8 bytes straight from numpy strings: no per-key Python objects
-            "key_bytes": np.strings.encode(np.asarray(group[KEYS][:]), "utf-8"),
-            "labels": group[LABELS][:] if LABELS in names else None,
-            "status": np.asarray(group[STATUS][:], dtype=np.uint8),
-            "num_rows": int(group[MAPS].shape[0]),
-            "maps_shape": tuple(group[MAPS].shape),
-            "maps_dtype": str(group[MAPS].dtype),
-        }
+        _missing_arrays(names)
+        return _meta(
+            dict(group.attrs),
+            np.strings.encode(np.asarray(group[KEYS][:]), "utf-8"),
+            group[LABELS][:] if LABELS in names else None,
+            group[STATUS][:],
+            group[MAPS],
+        )
 
     @staticmethod
     def read_maps(path, rows=None) -> np.ndarray:
         """float16 maps; all rows, or the sorted int array ``rows``."""
-        maps = _open_zarr_readonly(path)[MAPS]
+        maps = ZarrBackend._open_readonly(path)[MAPS]
         if rows is None:
             return np.asarray(maps[:])
         return np.asarray(maps.get_orthogonal_selection((rows, slice(None), slice(None))))
 
+    @staticmethod
+    def array_info(path) -> dict:
+        """{name: (shape, numpy dtype)} of every array in the group (any layout)."""
+        group = ZarrBackend._open_readonly(path)
+        return {
+            name: (group[name].shape, np.dtype(group[name].dtype)) for name in group.array_keys()
+        }
+
+    @staticmethod
+    def read_array(path, name: str) -> np.ndarray:
+        return np.asarray(ZarrBackend._open_readonly(path)[name][:])
+
 
 class H5Backend:
     name = "h5"
+    concurrent_writes = False
 
     @staticmethod
-    def create_full(path, keys: list[str], labels, attrs: dict, maps: np.ndarray, status) -> None:
-        """Write a whole HDF5 store at once (HDF5 has no safe concurrent writers)."""
+    def create(path, keys, labels, attrs: dict, chunk_rows: int, shard_rows: int) -> None:
+        """The same arrays as the zarr layout: maps chunked by rows (shuffle + LZF, h5py's
+        built-in fast filters), status zeros, keys and labels filled in."""
         import h5py
 
         num_rows = len(keys)
-        chunk = (min(CHUNK_ROWS, max(num_rows, 1)), GRID, GRID)
         with h5py.File(path, "w") as f:
             f.create_dataset(
                 MAPS,
-                data=maps.astype(np.float16, copy=False),
-                chunks=chunk,
+                shape=(num_rows, *MAP_SHAPE),
+                dtype=np.float16,
+                chunks=(min(chunk_rows, max(num_rows, 1)), *MAP_SHAPE),
                 compression="lzf",
-                shuffle=True,  # h5py's built-in fast filter
+                shuffle=True,
+                fillvalue=0,
             )
-            f.create_dataset(STATUS, data=np.asarray(status, dtype=np.uint8))
-            f.create_dataset(KEYS, data=keys, dtype=h5py.string_dtype("utf-8"))
+            f.create_dataset(STATUS, data=np.zeros(num_rows, dtype=np.uint8))
+            f.create_dataset(KEYS, data=list(keys), dtype=h5py.string_dtype("utf-8"))
             if labels is not None:
                 f.create_dataset(LABELS, data=np.asarray(labels, dtype=np.int64))
             H5Backend._set_attrs(f, attrs)
+
+    @staticmethod
+    def write_rows(path, start: int, maps: np.ndarray, status: np.ndarray) -> None:
+        import h5py
+
+        stop = start + len(maps)
+        with h5py.File(path, "r+") as f:
+            f[MAPS][start:stop] = maps.astype(np.float16, copy=False)
+            f[STATUS][start:stop] = status.astype(np.uint8, copy=False)
 
     @staticmethod
     def _set_attrs(f, attrs: dict) -> None:
@@ -178,18 +214,14 @@ class H5Backend:
         import h5py
 
         with h5py.File(path, "r") as f:
-            missing = {MAPS, KEYS, STATUS} - set(f.keys())
-            if missing:
-                raise KeyError(", ".join(sorted(missing)))
-            return {
-                "attrs": H5Backend._get_attrs(f),
-                "key_bytes": f[KEYS][:].astype(bytes),
-                "labels": f[LABELS][:] if LABELS in f else None,
-                "status": np.asarray(f[STATUS][:], dtype=np.uint8),
-                "num_rows": int(f[MAPS].shape[0]),
-                "maps_shape": tuple(f[MAPS].shape),
-                "maps_dtype": str(f[MAPS].dtype),
-            }
+            _missing_arrays(f.keys())
+            return _meta(
+                H5Backend._get_attrs(f),
+                f[KEYS][:].astype(bytes),
+                f[LABELS][:] if LABELS in f else None,
+                f[STATUS][:],
+                f[MAPS],
+            )
 
     @staticmethod
     def read_maps(path, rows=None) -> np.ndarray:
@@ -200,6 +232,28 @@ class H5Backend:
                 return f[MAPS][:]
             return f[MAPS][np.asarray(rows)]
 
+    @staticmethod
+    def array_info(path) -> dict:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return {
+                name: (f[name].shape, f[name].dtype)
+                for name in f.keys()
+                if isinstance(f[name], h5py.Dataset)
+            }
+
+    @staticmethod
+    def read_array(path, name: str) -> np.ndarray:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return f[name][:]
+
+
+BACKENDS = {"zarr": ZarrBackend, "h5": H5Backend}
+
 
 def backend_for(fmt: str):
-    return ZarrBackend if fmt == "zarr" else H5Backend
+    """The backend of a format name that ``layout.store_format`` returned."""
+    return BACKENDS[fmt]

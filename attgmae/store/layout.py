@@ -11,7 +11,11 @@ import hashlib
 
 import numpy as np
 
-GRID = 14
+from attgmae.core.constants import MAP_GRID as GRID
+from attgmae.core.errors import InputError
+from attgmae.core.minmax import minmax_numpy
+
+MAP_SHAPE = (GRID, GRID)
 FORMAT_NAME = "attgmae-maps"
 FORMAT_VERSION = 1
 
@@ -33,7 +37,7 @@ ZARR_SUFFIXES = (".zarr", ".zarr.zip")  # .zarr.zip: a published export, read in
 H5_SUFFIXES = (".h5", ".hdf5")
 
 
-class StoreError(Exception):
+class StoreError(InputError):
     """A store that cannot be opened, written or trusted; the message says what to do."""
 
 
@@ -52,17 +56,9 @@ def store_format(path, fmt: str | None = None) -> str:
 
 
 def normalize_maps(maps) -> np.ndarray:
-    """Per-image min-max normalization to [0, 1] (M_norm); a constant map becomes all zeros.
-
-    maps: [B, ...] array-like -> float32 of the same shape.
-    """
-    maps = np.asarray(maps, dtype=np.float32)
-    flat = maps.reshape(len(maps), -1)
-    low = flat.min(axis=1, keepdims=True)
-    span = flat.max(axis=1, keepdims=True) - low
-    safe_span = np.where(span > 0, span, 1.0)
-    out = np.where(span > 0, (flat - low) / safe_span, 0.0).astype(np.float32)
-    return out.reshape(maps.shape)
+    """Per-image min-max normalization to [0, 1] (M_norm), in float32 arithmetic; a constant map
+    becomes all zeros. maps: [B, ...] array-like -> float32 of the same shape."""
+    return minmax_numpy(maps, dtype=np.float32)
 
 
 def keys_digest(keys) -> str:
@@ -97,11 +93,3 @@ def keys_as_bytes(keys) -> np.ndarray:
     if not encoded:
         return np.zeros(0, dtype="S1")
     return np.array(encoded, dtype=bytes)
-
-
-def sha256_file(path, block=1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(block), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

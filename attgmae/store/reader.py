@@ -22,6 +22,13 @@ from .layout import (
     store_format,
 )
 
+
+class MissingKeysError(StoreError, KeyError):
+    """Keys a store holds no map for: bad input (exit 2), and a KeyError for lookups."""
+
+    __str__ = BaseException.__str__  # the message as written, not KeyError's quoted repr
+
+
 # Odd 64-bit multipliers, one per 8-byte word of a key (multilinear hashing); fixed so that a
 # table hashes the same in every process.
 _WORD_MULTIPLIERS = np.random.default_rng(20250226).integers(1, 2**63, 64, dtype=np.uint64) | 1
@@ -31,7 +38,7 @@ def _key_codes(key_bytes: np.ndarray) -> np.ndarray:
     """uint64 [N] hash of fixed-width key bytes (same value for the same key at any width)."""
     width = -(-key_bytes.dtype.itemsize // 8) * 8
     if width // 8 > len(_WORD_MULTIPLIERS):
-        raise ValueError(f"keys longer than {8 * len(_WORD_MULTIPLIERS)} bytes")
+        raise StoreError(f"keys longer than {8 * len(_WORD_MULTIPLIERS)} bytes")
     words = np.ascontiguousarray(key_bytes.astype(f"S{width}")).view(np.uint64)
     words = words.reshape(len(key_bytes), width // 8)
     codes = np.zeros(len(key_bytes), dtype=np.uint64)
@@ -88,7 +95,9 @@ class MapTable:
         rows = self.index_of(keys)
         if (rows < 0).any():
             missing = [keys[i] for i in np.flatnonzero(rows < 0)[:5]]
-            raise KeyError(f"no map for {len(np.flatnonzero(rows < 0))} keys, e.g. {missing}")
+            raise MissingKeysError(
+                f"no map for {len(np.flatnonzero(rows < 0))} keys, e.g. {missing}"
+            )
         return self.maps[rows].astype(np.float32)
 
 
@@ -161,7 +170,7 @@ class MapStore:
         rows = self._table_index().index_of(keys)
         if (rows < 0).any():
             missing = [keys[i] for i in np.flatnonzero(rows < 0)[:5]]
-            raise KeyError(f"{self.path}: no map for {missing}")
+            raise MissingKeysError(f"{self.path}: no map for {missing}")
         # HDF5 reads want sorted, unique rows: read those once, then place them (a key may repeat).
         unique_rows, position = np.unique(rows, return_inverse=True)
         maps = self._backend.read_maps(self.path, unique_rows)  # [U, 14, 14]

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.images import list_images
+from attgmae.core.listing import list_images
+
 from .layout import FORMAT_VERSION, GRID, STATUS_FAILED, STATUS_OK, StoreError
 from .reader import open_store
 

@@ -2,16 +2,18 @@
 
 How a store comes to be (docs/store-format.md has the picture):
 
-1. ``<out>.partial/`` is created by rank 0: ``meta.json`` (what is being written: key digest,
-   method, parameters) and, for zarr, the arrays in ``store.zarr`` with keys and labels filled.
+1. ``<out>.partial/`` is created by rank 0: the empty store in ``store.zarr`` / ``store.h5`` with
+   keys and labels filled, then ``meta.json`` (what is being written: key digest, method,
+   parameters; its presence means the partial store is set up).
 2. Rows are computed in chunks of CHUNK_ROWS. Each finished chunk is staged atomically as
    ``staging/chunk_NNNNNNN.npz``: a crash loses at most the chunk in flight, and a restart asks
    ``pending_chunks()`` for what is still missing.
 3. Shards (SHARD_ROWS rows, one file per array in zarr) belong to ranks by ``shard % world_size``.
-   A shard is written to zarr only whole, by its one owner, once all its chunks are staged. Zarr
-   tolerates concurrent writers only when they write whole shards; ownership makes a partial-shard
-   write from two processes impossible. HDF5 has no concurrent writers at all, so its file is
-   assembled from the staging area by rank 0 at the end.
+   A shard is written into the store only whole, once all its chunks are staged, then marked by
+   ``staging/shard_NNNNN.done.json`` (which also keeps its failures). Zarr tolerates concurrent
+   writers only when they write whole shards: each shard is written by its one owner as soon as
+   it is complete. HDF5 has no concurrent writers at all: with several ranks, rank 0 writes every
+   shard in ``finalize``.
 4. ``finalize()`` (rank 0, after every rank's ``finish_rank()``) marks the store complete and
    renames it into place: a reader never sees a half-written store under the final name.
 """
@@ -26,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from .backends import H5Backend, ZarrBackend
+from attgmae.core.files import atomic_path, write_json_atomic
+from attgmae.core.provenance import software_versions
+
+from .backends import backend_for
 from .layout import (
     CHUNK_ROWS,
     FORMAT_NAME,
@@ -44,24 +48,7 @@ from .layout import (
 
 # Values a little outside [0, 1] from float error are clipped; anything further is a bug upstream.
 RANGE_TOLERANCE = 1e-3
-
-
-def _write_json_atomic(path: Path, value) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _software_versions() -> dict:
-    import h5py
-    import zarr
-
-    return {
-        "attgmae": __version__,
-        "zarr": zarr.__version__,
-        "h5py": h5py.__version__,
-        "numpy": np.__version__,
-    }
+STORE_PACKAGES = ("attgmae", "zarr", "h5py", "numpy")
 
 
 class MapStoreWriter:
@@ -93,9 +80,10 @@ class MapStoreWriter:
                 f"{self.path}: stores are written as .zarr or .h5; a .zarr.zip is "
                 "made from a finished store with `attg-maps export`"
             )
+        self.backend = backend_for(self.fmt)
         self.partial = Path(str(self.path) + ".partial")
         self.staging = self.partial / "staging"
-        self.inner = self.partial / ("store.zarr" if self.fmt == "zarr" else "store.h5")
+        self.inner = self.partial / f"store.{self.fmt}"
         self.keys = check_keys(keys, str(self.path))
         if not self.keys:
             raise StoreError(f"{self.path}: no keys to write")
@@ -137,6 +125,8 @@ class MapStoreWriter:
             meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
             if meta == self.identity:
                 self.resumed = True
+                if not self.inner.exists():  # staged by a version that made HDF5 files last
+                    self._create_inner()
                 return
             if meta is not None and not self.overwrite:
                 raise StoreError(
@@ -148,17 +138,19 @@ class MapStoreWriter:
             shutil.rmtree(self.partial)
         self.resumed = False
         self.staging.mkdir(parents=True)
-        if self.fmt == "zarr":
-            ZarrBackend.create(
-                self.inner,
-                self.keys,
-                self.labels,
-                self._store_attrs(complete=False),
-                self.chunk_rows,
-                self.shard_rows,
-            )
+        self._create_inner()
         # meta.json last: its presence means the partial store is fully set up.
-        _write_json_atomic(meta_path, self.identity)
+        write_json_atomic(meta_path, self.identity, indent=1, sort_keys=True)
+
+    def _create_inner(self) -> None:
+        self.backend.create(
+            self.inner,
+            self.keys,
+            self.labels,
+            self._store_attrs(complete=False),
+            self.chunk_rows,
+            self.shard_rows,
+        )
 
     def _attach(self) -> None:
         meta_path = self.partial / "meta.json"
@@ -179,7 +171,7 @@ class MapStoreWriter:
             "grid": [GRID, GRID],
             "num_rows": self.num_rows,
             "keys_sha256": self.identity["keys_sha256"],
-            "software": {**_software_versions(), **self.attrs.get("software", {})},
+            "software": {**software_versions(STORE_PACKAGES), **self.attrs.get("software", {})},
             "complete": complete,
         }
         if failed is not None:
@@ -210,7 +202,15 @@ class MapStoreWriter:
         return shard % self.world_size == self.rank
 
     def _shard_done(self, shard: int) -> bool:
-        return self.fmt == "zarr" and self._shard_done_file(shard).exists()
+        return self._shard_done_file(shard).exists()
+
+    def _shard_staged(self, shard: int) -> bool:
+        return all(self._chunk_file(c).exists() for c in self._shard_chunks(shard))
+
+    def _writes_shards_now(self) -> bool:
+        """Whether this process may write its shards as they complete (else rank 0 writes them
+        all in finalize): always with zarr, and with HDF5 when it is the only process."""
+        return self.backend.concurrent_writes or self.world_size == 1
 
     def pending_chunks(self) -> list[tuple[int, int, int]]:
         """(chunk index, first row, end row) of every chunk this rank still has to compute."""
@@ -255,38 +255,48 @@ class MapStoreWriter:
         start, stop = self.chunk_rows_range(chunk)
         maps, status = self._checked_rows(start, stop, maps, ok)
         errors = {str(k): str(v) for k, v in (errors or {}).items()}
-        target = self._chunk_file(chunk)
-        tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, maps=maps, status=status, errors=np.array(json.dumps(errors)))
-        os.replace(tmp, target)
-        if self.fmt == "zarr" and all(
-            self._chunk_file(c).exists() for c in self._shard_chunks(shard)
-        ):
+        with atomic_path(self._chunk_file(chunk)) as tmp:
+            np.savez(tmp, maps=maps, status=status, errors=np.array(json.dumps(errors)))
+        if self._writes_shards_now() and self._shard_staged(shard):
             self._flush_shard(shard)
 
     def write_shard(self, shard: int, maps, ok, errors: dict | None = None) -> None:
-        """Write one whole shard at once from memory (zarr: no staging; HDF5: staged chunks)."""
+        """Write one whole shard at once from memory (staged as chunks when rank 0 is to write
+        it in finalize)."""
         self._check_owner(shard)
-        chunks = self._shard_chunks(shard)
-        if self.fmt != "zarr":
-            base = chunks[0] * self.chunk_rows
-            for chunk in chunks:
-                start, stop = self.chunk_rows_range(chunk)
-                names = set(self.keys[start:stop])
-                self.write_chunk(
-                    chunk,
-                    maps[start - base : stop - base],
-                    ok[start - base : stop - base],
-                    {k: v for k, v in (errors or {}).items() if k in names},
-                )
-            return
         start = shard * self.shard_rows
         stop = min(start + self.shard_rows, self.num_rows)
-        maps, status = self._checked_rows(start, stop, maps, ok)
-        ZarrBackend.write_rows(self.inner, start, maps, status)
-        _write_json_atomic(
-            self._shard_done_file(shard), {str(k): str(v) for k, v in (errors or {}).items()}
-        )
+        errors = {str(k): str(v) for k, v in (errors or {}).items()}
+        if self._writes_shards_now():
+            maps, status = self._checked_rows(start, stop, maps, ok)
+            self._write_shard_rows(shard, maps, status, errors)
+            return
+        for chunk in self._shard_chunks(shard):
+            first, last = self.chunk_rows_range(chunk)
+            names = set(self.keys[first:last])
+            self.write_chunk(
+                chunk,
+                maps[first - start : last - start],
+                ok[first - start : last - start],
+                {k: v for k, v in errors.items() if k in names},
+            )
+
+    def write_all(self, maps, ok=None, errors: dict | None = None) -> None:
+        """Every shard of this rank from in-memory maps [N, 14, 14] (import, tests)."""
+        maps = np.asarray(maps)
+        ok = np.ones(len(maps), dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
+        errors = errors or {}
+        for shard in range(self.num_shards):
+            if not self.owns_shard(shard):
+                continue
+            start = shard * self.shard_rows
+            stop = min(start + self.shard_rows, self.num_rows)
+            shard_errors = {k: errors[k] for k in self.keys[start:stop] if k in errors}
+            self.write_shard(shard, maps[start:stop], ok[start:stop], shard_errors)
+
+    def _write_shard_rows(self, shard: int, maps, status, errors: dict) -> None:
+        self.backend.write_rows(self.inner, shard * self.shard_rows, maps, status)
+        write_json_atomic(self._shard_done_file(shard), errors, indent=1, sort_keys=True)
 
     def _load_chunks(self, chunks) -> tuple[np.ndarray, np.ndarray, dict]:
         maps, status, errors = [], [], {}
@@ -298,53 +308,38 @@ class MapStoreWriter:
         return np.concatenate(maps), np.concatenate(status), errors
 
     def _flush_shard(self, shard: int) -> None:
-        """Write one whole zarr shard from its staged chunks; idempotent if interrupted."""
+        """Write one whole shard from its staged chunks; idempotent if interrupted."""
         chunks = self._shard_chunks(shard)
         maps, status, errors = self._load_chunks(chunks)
-        ZarrBackend.write_rows(self.inner, shard * self.shard_rows, maps, status)
-        _write_json_atomic(self._shard_done_file(shard), errors)
+        self._write_shard_rows(shard, maps, status, errors)
         for chunk in chunks:
             self._chunk_file(chunk).unlink(missing_ok=True)
 
     def finish_rank(self) -> None:
         """Write this rank's remaining whole shards; every chunk it owns must be staged."""
-        missing = self.pending_chunks()
-        if self.fmt == "zarr":
-            missing = [c for c in missing if not self._chunk_file(c[0]).exists()]
-            for shard in range(self.num_shards):
-                if self.owns_shard(shard) and not self._shard_done(shard):
-                    if all(self._chunk_file(c).exists() for c in self._shard_chunks(shard)):
-                        self._flush_shard(shard)
+        missing = [c for c in self.pending_chunks() if not self._chunk_file(c[0]).exists()]
         if missing:
             raise StoreError(f"rank {self.rank}: {len(missing)} chunks not written yet")
+        if self._writes_shards_now():
+            for shard in range(self.num_shards):
+                if self.owns_shard(shard) and not self._shard_done(shard):
+                    self._flush_shard(shard)
 
     def finalize(self) -> Path:
-        """Mark complete and move into place (rank 0 only, after every rank's finish_rank)."""
+        """Write what is left, mark complete and move into place (rank 0 only, after every
+        rank's finish_rank)."""
         if self.rank != 0:
             raise StoreError("finalize() runs on rank 0 only")
+        not_done = [s for s in range(self.num_shards) if not self._shard_done(s)]
+        unstaged = [s for s in not_done if not self._shard_staged(s)]
+        if unstaged:
+            raise StoreError(f"{self.path}: shards {unstaged[:5]} not written; cannot finalize")
+        for shard in not_done:  # every shard with several HDF5 ranks; none with zarr
+            self._flush_shard(shard)
         failed: dict = {}
-        if self.fmt == "zarr":
-            not_done = [s for s in range(self.num_shards) if not self._shard_done(s)]
-            if not_done:
-                raise StoreError(f"{self.path}: shards {not_done[:5]} not written; cannot finalize")
-            for shard in range(self.num_shards):
-                failed.update(json.loads(self._shard_done_file(shard).read_text()))
-            ZarrBackend.update_attrs(
-                self.inner, self._store_attrs(True, dict(sorted(failed.items())))
-            )
-        else:
-            missing = [c for c in range(self.num_chunks) if not self._chunk_file(c).exists()]
-            if missing:
-                raise StoreError(f"{self.path}: {len(missing)} chunks not written; cannot finalize")
-            maps, status, failed = self._load_chunks(range(self.num_chunks))
-            H5Backend.create_full(
-                self.inner,
-                self.keys,
-                self.labels,
-                self._store_attrs(True, dict(sorted(failed.items()))),
-                maps,
-                status,
-            )
+        for shard in range(self.num_shards):
+            failed.update(json.loads(self._shard_done_file(shard).read_text()))
+        self.backend.update_attrs(self.inner, self._store_attrs(True, dict(sorted(failed.items()))))
         self._move_into_place()
         return self.path
 
@@ -387,26 +382,6 @@ def write_store(
         fmt=fmt,
         **layout,
     )
-    maps = np.asarray(maps)
-    ok = np.ones(len(maps), dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
-    errors = errors or {}
-    if writer.fmt == "h5":  # one process, all rows in memory: no staging needed
-        maps16, status = writer._checked_rows(0, writer.num_rows, maps, ok)
-        failed = {k: str(errors[k]) for k in writer.keys if k in errors}
-        H5Backend.create_full(
-            writer.inner,
-            writer.keys,
-            writer.labels,
-            writer._store_attrs(True, failed),
-            maps16,
-            status,
-        )
-        writer._move_into_place()
-        return writer.path
-    for shard in range(writer.num_shards):
-        start = shard * writer.shard_rows
-        stop = min(start + writer.shard_rows, writer.num_rows)
-        shard_errors = {k: errors[k] for k in writer.keys[start:stop] if k in errors}
-        writer.write_shard(shard, maps[start:stop], ok[start:stop], shard_errors)
+    writer.write_all(maps, ok, errors)
     writer.finish_rank()
     return writer.finalize()

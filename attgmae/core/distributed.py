@@ -68,20 +68,26 @@ def env_dist_info() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def init_distributed(device: str) -> DistInfo:
+def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group when launched with several ranks; returns this rank's DistInfo.
 
-    ``device`` is 'cpu' or 'cuda'; with CUDA each rank takes GPU ``local_rank``.
+    ``device`` is this rank's device (``rank_device``): gloo on the CPU, nccl on CUDA.
     """
     rank, world_size, local_rank = env_dist_info()
     if world_size <= 1:
         return DistInfo()
-    backend = "nccl" if device.startswith("cuda") else "gloo"
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
+
+
+def _collective_device(info: DistInfo) -> torch.device:
+    if info.backend == "nccl":  # tensors on this rank's CUDA device (set by init_distributed)
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def barrier(info: DistInfo) -> None:
@@ -93,8 +99,7 @@ def sum_across_ranks(values: list[float], info: DistInfo) -> list[float]:
     """Element-wise sum of a short list of numbers over all ranks (identity on one process)."""
     if not info.distributed:
         return list(values)
-    device = f"cuda:{info.local_rank}" if info.backend == "nccl" else "cpu"
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device(info))
     dist.all_reduce(tensor)
     return tensor.cpu().tolist()
 
@@ -103,8 +108,7 @@ def max_across_ranks(value: int, info: DistInfo) -> int:
     """Largest value over all ranks (used to agree on an exit code)."""
     if not info.distributed:
         return int(value)
-    device = f"cuda:{info.local_rank}" if info.backend == "nccl" else "cpu"
-    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    tensor = torch.tensor([value], dtype=torch.int64, device=_collective_device(info))
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return int(tensor.item())
 

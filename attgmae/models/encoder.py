@@ -16,18 +16,18 @@ show, comes from ``--model``, the checkpoint's ``args.model``, or the standard V
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
-import pickle
 import re
-import warnings
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+from attgmae.core.files import file_sha256
+from attgmae.core.torchfile import CheckpointError, load_torch_file, strip_prefixes, tensors_only
 
 # Heads of the standard ViT sizes (64-d heads, but ViT-H/g: 16 heads).
 HEADS_BY_SIZE = {"tiny": 3, "small": 6, "base": 12, "large": 16, "huge": 16, "giant": 16}
@@ -35,23 +35,6 @@ HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
 POOLS = ("cls", "avg")
 # Keys of MAE parts that the frozen encoder does not use.
 _DROPPED_PREFIXES = ("decoder_", "mask_token", "head.", "fc_norm.")
-
-
-# What torch.load / unpickling raises on a file that is not a (safe) checkpoint.
-_LOAD_ERRORS = (
-    pickle.UnpicklingError,
-    RuntimeError,
-    EOFError,
-    ValueError,
-    TypeError,
-    AttributeError,
-    ImportError,
-    OSError,
-)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be turned into an encoder; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -83,46 +66,9 @@ class EncoderInfo:
         return out
 
 
-def file_sha256(path, block=1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _torch_load(path):
-    # Our checkpoints hold an argparse.Namespace: allow that one class in the safe loader.
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except _LOAD_ERRORS:
-        # Other pickled objects (e.g. in an official checkpoint's args): the full unpickler.
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except _LOAD_ERRORS as err:
-            raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({err})") from None
-        warnings.warn(
-            f"{path}: loaded with the full unpickler (holds objects beyond tensors)", stacklevel=3
-        )
-        return obj
-
-
-def read_checkpoint(path) -> tuple[dict, str, str | None]:
+def read_checkpoint(path, trusted: bool = False) -> tuple[dict, str, str | None]:
     """Read ``path`` -> (state dict with the encoder's keys, source format, model name or None)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            obj = load_file(str(path))
-        except (SafetensorError, *_LOAD_ERRORS) as err:
-            raise CheckpointError(f"{path}: cannot read as safetensors ({err})") from None
-    else:
-        obj = _torch_load(path)
+    obj = load_torch_file(path, trusted=trusted)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
 
@@ -139,7 +85,7 @@ def read_checkpoint(path) -> tuple[dict, str, str | None]:
             break
     else:
         state, wrapped = obj, False
-    state = {_strip_prefix(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    state = strip_prefixes(tensors_only(state))
     if "cls_token" not in state or "patch_embed.proj.weight" not in state:
         raise CheckpointError(
             f"{path}: no ViT encoder weights found (need cls_token, patch_embed.proj.weight, "
@@ -152,12 +98,6 @@ def read_checkpoint(path) -> tuple[dict, str, str | None]:
     else:
         source = "timm"
     return state, source, model_name
-
-
-def _strip_prefix(key: str) -> str:
-    for prefix in ("module.", "backbone.", "encoder."):
-        key = key.removeprefix(prefix)
-    return key
 
 
 def heads_for(model_name: str | None, embed_dim: int) -> int:
@@ -202,8 +142,6 @@ def infer_spec(
 
 def build_encoder(spec: EncoderSpec, img_size: int | None = None) -> nn.Module:
     """A timm VisionTransformer without head (CLS pooling, final norm kept)."""
-    from timm.models.vision_transformer import VisionTransformer
-
     return VisionTransformer(
         img_size=img_size or spec.img_size,
         patch_size=spec.patch_size,
@@ -237,13 +175,15 @@ def load_encoder(
     num_heads: int | None = None,
     img_size: int = 224,
     sha256: str | None = None,
+    trusted: bool = False,
 ):
     """Frozen encoder (eval mode, no grad) from ``path`` -> (model, EncoderInfo).
 
     ``model_name`` (``--model``) overrides the checkpoint's ``args.model``; it may be an MAE
     factory name (``mae_vit_large_patch16``) or a timm/ViT one (``vit_large_patch16``).
+    ``trusted``: the file may be unpickled in full (--trust_checkpoint).
     """
-    state, source, ckpt_model = read_checkpoint(path)
+    state, source, ckpt_model = read_checkpoint(path, trusted)
     name = model_name or ckpt_model
     spec = infer_spec(state, name, num_heads)
     model = build_encoder(spec, img_size)

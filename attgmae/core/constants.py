@@ -1,0 +1,15 @@
+"""Numbers several stages must agree on."""
+
+# Per-channel RGB statistics of ImageNet: every network here (DINO, ResNet-50, MAE) was trained
+# on inputs normalized with them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# A guidance map is a 14 x 14 grid: one value per patch of a 224 x 224 image cut into 16 x 16
+# patches (ViT-B/16 and ViT-L/16), the input size every map method sees.
+MAP_INPUT_SIZE = 224
+MAP_GRID = 14
+
+# The flag (of every command that reads weights or checkpoints) that allows unpickling a file
+# in full: attgmae.core.torchfile names it in its errors.
+TRUST_FLAG = "--trust_checkpoint"

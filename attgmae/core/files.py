@@ -1,0 +1,76 @@
+"""Writes that matter, done one way: write aside, fsync, rename over the target. And sha256.
+
+A reader (or a rerun after a kill) sees either the old file or the whole new one, never a
+truncated one. The temporary file sits beside the target (same file system, so the rename is
+atomic), is hidden (leading dot), names the writing process, and keeps the target's suffix last
+so writers that choose a format by extension (matplotlib, numpy's ``.npz``) write the right one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temporary_path(path) -> Path:
+    """A fresh hidden name beside ``path`` for writing it aside."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}{path.suffix}")
+
+
+def fsync_path(path) -> None:
+    """Flush a written file (or a folder's entries) to disk."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else os.O_RDONLY
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """``with atomic_path(target) as tmp: write(tmp)``: on success ``tmp`` is flushed to disk and
+    renamed over ``target`` (its folder is created if needed); on any exception it is removed
+    and ``target`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_path(path.parent)  # the rename itself survives a crash
+
+
+def write_bytes_atomic(path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path, value, **dumps_kwargs) -> Path:
+    """``value`` as JSON (``indent=2`` unless told otherwise) plus a final newline."""
+    dumps_kwargs.setdefault("indent", 2)
+    return write_text_atomic(path, json.dumps(value, **dumps_kwargs) + "\n")
+
+
+def file_sha256(path, block_bytes: int = 8 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(block_bytes), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,90 @@
+"""The one reader of weights and checkpoint files, with one safety rule.
+
+A ``.pth``/``.pt`` file is a pickle, and unpickling can run arbitrary code. So every file is first
+loaded tensors-only (``torch.load(weights_only=True)``, which also admits plain containers and
+the ``argparse.Namespace`` that MAE, DINO and attg-train store their arguments in). A file that
+holds other Python objects is unpickled in full only when the user says it is trusted
+(``--trust_checkpoint``); the error names that flag. ``.safetensors`` files hold tensors only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from attgmae.core.constants import TRUST_FLAG
+from attgmae.core.errors import InputError
+
+SAFE_GLOBALS = [argparse.Namespace]
+# Wrappers that training code adds in front of a model's own parameter names.
+WRAPPER_PREFIXES = ("module.", "backbone.", "encoder.")
+
+
+class CheckpointError(InputError):
+    """A weights or checkpoint file that cannot be read or used; the message names the file."""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """The file is not there."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_torch_file(path, trusted: bool = False, what: str = "checkpoint"):
+    """Read ``path`` (.safetensors or a torch pickle) on the CPU -> what it holds.
+
+    ``what`` names the file in errors ("checkpoint", "weights"). CheckpointError when it cannot
+    be read, or holds objects beyond tensors and ``trusted`` is false.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFound(f"{path}: {what} file not found")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path), device="cpu")
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (torch and safetensors raise many types)
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if unsafe is None:
+            raise CheckpointError(
+                f"{path}: not a readable {what} file ({type(err).__name__}: {_first_line(err)})"
+            ) from None
+        if not trusted:
+            raise CheckpointError(
+                f"{path}: holds Python objects beyond tensors ({unsafe.group(1)}), and loading "
+                f"those can run code; if you trust where the file comes from, pass {TRUST_FLAG}"
+            ) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(
+            f"{path}: not a readable {what} file ({type(err).__name__}: {_first_line(err)})"
+        ) from None
+
+
+def strip_prefixes(state: dict, prefixes=WRAPPER_PREFIXES) -> dict:
+    """Parameter names without the wrappers training code puts in front of them
+    (``module.`` of DDP, ``backbone.`` of DINO, ``encoder.``), however they are nested."""
+    stripped = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in prefixes:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        stripped[key] = value
+    return stripped
+
+
+def tensors_only(state: dict) -> dict:
+    """The tensor entries of a state dict (drops counters and other values stored beside them)."""
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}

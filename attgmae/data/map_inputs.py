@@ -1,0 +1,93 @@
+"""Images as every map method sees them: decoded, resized to 224x224, normalized.
+
+The whole image is resized to 224x224 WITHOUT cropping (the maps must cover the whole image, so
+stage 2 can resize the same image and the map the same way), then scaled to [0, 1] and normalized
+with the ImageNet mean/std that DINO, torchvision's ResNet-50 and pytorch-grad-cam's examples use.
+
+Resize choice: PIL ``Image.resize((224, 224), BILINEAR)``, which is what DINO's and torchvision's
+``transforms.Resize`` do on PIL images (bilinear with antialiasing when shrinking). It runs per
+image on the CPU (in the data-loader workers, ``DecodedImages``); only the uint8 224x224 image
+travels to the device, where ``normalize_batch`` does the float conversion batched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from attgmae.core.constants import IMAGENET_MEAN, IMAGENET_STD
+from attgmae.core.constants import MAP_INPUT_SIZE as INPUT_SIZE
+from attgmae.data.images import ImageDecodeError, decode_rgb
+
+PREPROCESSING = (
+    "decode_rgb (PIL convert('RGB'), no EXIF rotation) -> whole image resized to "
+    "224x224 without cropping (PIL bilinear, antialiased) -> /255 -> ImageNet mean/std"
+)
+
+
+def resize_uint8(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> uint8 RGB [size, size, 3] (PIL bilinear, antialiased, no crop)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {tuple(image.shape)}"
+        )
+    if image.shape[0] == size and image.shape[1] == size:
+        return np.ascontiguousarray(image)
+    resized = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def normalize_batch(images_uint8: torch.Tensor, device=None) -> torch.Tensor:
+    """uint8 [B, 224, 224, 3] (any device) -> float32 [B, 3, 224, 224] ImageNet-normalized."""
+    images = images_uint8.to(device=device, non_blocking=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, H, W] in [0, 1]
+    return ((x - mean) / std).contiguous()
+
+
+def to_model_input(images: list[np.ndarray], device=None) -> torch.Tensor:
+    """list of uint8 RGB [H, W, 3] (any sizes) -> float32 [B, 3, 224, 224] on ``device``."""
+    if len(images) == 0:
+        raise ValueError("to_model_input needs at least one image")
+    resized = np.stack([resize_uint8(image) for image in images])  # [B, 224, 224, 3]
+    return normalize_batch(torch.from_numpy(resized), device=device)
+
+
+class DecodedImages(Dataset):
+    """Row -> (row, uint8 [224, 224, 3] tensor or None, failure reason or None).
+
+    Workers decode and resize (the CPU-heavy part) once per image for every method; only uint8
+    224x224 pixels travel to the device. A bad image is a failure record, never an exception:
+    one unreadable JPEG must not stop an ImageNet run.
+    """
+
+    def __init__(self, root, keys: list[str]):
+        self.root = Path(root)
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, row: int):
+        try:
+            image = decode_rgb(self.root / self.keys[row])  # uint8 [H, W, 3]
+            return row, torch.from_numpy(resize_uint8(image).copy()), None  # writable
+        except ImageDecodeError as err:
+            return row, None, err.reason
+        except Exception as err:  # noqa: BLE001 - any per-image failure is recorded, not raised
+            return row, None, f"{type(err).__name__}: {err}"
+
+
+def collate_decoded(items):
+    """-> rows int64 [B], pixels uint8 [B, 224, 224, 3] (zeros where failed), reasons [B]."""
+    rows = torch.tensor([row for row, _, _ in items], dtype=torch.int64)
+    pixels = torch.zeros((len(items), INPUT_SIZE, INPUT_SIZE, 3), dtype=torch.uint8)
+    for i, (_, image, _) in enumerate(items):
+        if image is not None:
+            pixels[i] = image
+    return rows, pixels, [reason for _, _, reason in items]

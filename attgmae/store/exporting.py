@@ -1,0 +1,57 @@
+"""``attg-maps export``: a store as one publishable file (``.zarr.zip`` or ``.h5``) + OUT.sha256."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from attgmae.core.files import atomic_path, file_sha256, write_text_atomic
+
+from .layout import H5_SUFFIXES, STATUS_FAILED, StoreError
+from .reader import open_store
+from .writer import write_store
+
+
+def export_store(store_path, out) -> tuple[Path, Path]:
+    """Write a store as one publishable file (``.zarr.zip`` or ``.h5``) plus ``OUT.sha256``."""
+    out = Path(out)
+    store = open_store(store_path)
+    lower = out.name.lower()
+    if not lower.endswith((".zarr.zip", *H5_SUFFIXES)):
+        raise StoreError(f"{out}: export name must end in .zarr.zip or .h5")
+    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix="attg-export-") as scratch:
+        if lower.endswith(".zarr.zip"):
+            folder = store.path
+            if store.fmt != "zarr" or not store.path.is_dir():  # not a zarr folder to zip as is
+                folder = _copy_store(store, Path(scratch) / "store.zarr")
+            _zip_dir(folder, tmp)
+        else:
+            shutil.move(_copy_store(store, Path(scratch) / "store.h5"), tmp)
+    manifest = write_text_atomic(Path(f"{out}.sha256"), f"{file_sha256(out)}  {out.name}\n")
+    return out, manifest
+
+
+def _copy_store(store, dest: Path) -> Path:
+    ok = store.status != STATUS_FAILED
+    return write_store(
+        dest,
+        list(store.keys),
+        store.read_all().astype(np.float32),
+        method=store.method,
+        attrs=dict(store.attrs),
+        labels=store.labels,
+        ok=ok,
+        errors=store.failed,
+    )
+
+
+def _zip_dir(folder: Path, out: Path) -> None:
+    # Chunks are zstd-compressed already: store them as is (ZIP_STORED), which zarr reads fastest.
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder).as_posix())

@@ -1,0 +1,199 @@
+"""``attg-maps import``: a published map archive -> checked maps -> a new store.
+
+Everything is read and checked in memory first; the store is written only when every map is
+good, so a failed import leaves nothing behind. Keys are matched to the images they belong to
+(by path without extension) when an image folder is given.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from attgmae.core.files import file_sha256
+from attgmae.core.listing import IMAGE_EXTENSIONS, list_images
+
+from .layout import GRID, STATUS_FAILED, StoreError, normalize_maps, store_format
+from .sources import RawMaps, read_source
+from .unpack import unpacked
+from .writer import write_store
+
+MAX_PROBLEMS_SHOWN = 10
+
+
+class ImportProblems(StoreError):
+    """Several named problems; the message lists the first ones and the count."""
+
+    def __init__(self, source, problems: list[str]):
+        shown = "\n  ".join(problems[:MAX_PROBLEMS_SHOWN])
+        more = len(problems) - MAX_PROBLEMS_SHOWN
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(f"cannot import {source}: {len(problems)} problem(s)\n  {shown}{tail}")
+        self.problems = problems
+
+
+def _stem(key: str) -> str:
+    return key.rsplit(".", 1)[0] if key.lower().endswith(IMAGE_EXTENSIONS) else key
+
+
+def match_keys_to_images(keys, images_root) -> tuple[list[str | None], list[str]]:
+    """Each key as the relative path of its image under ``images_root`` (matched by stem)."""
+    images_root = Path(images_root)
+    if not images_root.is_dir():
+        raise StoreError(f"--images {images_root}: not a directory")
+    image_keys = list_images(images_root)
+    by_stem: dict[str, list[str]] = {}
+    for image_key in image_keys:
+        by_stem.setdefault(_stem(image_key), []).append(image_key)
+    known = set(image_keys)
+    matched, problems = [], []
+    for key in keys:
+        if key in known:
+            matched.append(key)
+            continue
+        hits = by_stem.get(_stem(key), [])
+        if len(hits) == 1:
+            matched.append(hits[0])
+        else:
+            matched.append(None)
+            what = "no image" if not hits else f"several images ({', '.join(hits)})"
+            problems.append(f"{key}: {what} with this stem under {images_root}")
+    return matched, problems
+
+
+def resize_area(grid_map: np.ndarray) -> np.ndarray:
+    """Area resampling to 14x14 (cv2 INTER_AREA), float32."""
+    return cv2.resize(grid_map.astype(np.float32), (GRID, GRID), interpolation=cv2.INTER_AREA)
+
+
+def check_and_stack(raw: RawMaps, resize: bool, normalize: bool) -> tuple[np.ndarray, list[str]]:
+    """float32 [N, 14, 14] and the problems found (by key)."""
+    out = np.zeros((len(raw.maps), GRID, GRID), dtype=np.float32)
+    problems = []
+    for i, grid_map in enumerate(raw.maps):
+        key = raw.origin(i)
+        grid_map = np.asarray(grid_map)
+        while grid_map.ndim > 2 and grid_map.shape[0] == 1:
+            grid_map = grid_map[0]
+        if grid_map.ndim != 2:
+            problems.append(f"{key}: map of shape {list(grid_map.shape)} is not 2-D")
+            continue
+        if not np.isfinite(grid_map).all():
+            problems.append(f"{key}: map holds NaN or Inf")
+            continue
+        if grid_map.shape != (GRID, GRID):
+            if not resize:
+                problems.append(
+                    f"{key}: map is {grid_map.shape[0]}x{grid_map.shape[1]}, not "
+                    f"{GRID}x{GRID} (pass --resize to area-resample it)"
+                )
+                continue
+            grid_map = resize_area(grid_map)
+        out[i] = grid_map
+    if normalize:
+        out = normalize_maps(out)
+    else:
+        low, high = out.min(axis=(1, 2)), out.max(axis=(1, 2))
+        for i in np.flatnonzero((low < 0) | (high > 1)):
+            problems.append(
+                f"{raw.origin(i)}: values in [{low[i]:.3g}, {high[i]:.3g}], outside "
+                "[0, 1] (drop --no-normalize to min-max normalize)"
+            )
+    return out, problems
+
+
+def import_maps(
+    source,
+    out,
+    *,
+    images=None,
+    method=None,
+    resize=False,
+    normalize=True,
+    maps_name=None,
+    keys_name=None,
+    overwrite=False,
+    fmt=None,
+) -> dict:
+    """Import ``source`` into a new store at ``out``; returns a summary dict."""
+    source = Path(source)
+    store_format(out, fmt)  # fail early on a bad output name
+    if Path(out).exists() and not overwrite:
+        raise StoreError(f"{out} already exists; pass --overwrite to replace it")
+    with unpacked(source) as path:
+        raw = read_source(path, maps_name, keys_name)
+    keys, maps = _checked_keys_and_maps(raw, source, images, resize, normalize)
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    if raw.attrs is not None:
+        fields = _fields_of_our_store(raw, order)
+    else:
+        fields = _fields_of_foreign_maps(raw, source, resize, normalize)
+    fields["method"] = method or fields["method"]
+    try:
+        write_store(
+            out, [keys[i] for i in order], maps[order], overwrite=overwrite, fmt=fmt, **fields
+        )
+    except BaseException:
+        shutil.rmtree(f"{str(out).rstrip('/')}.partial", ignore_errors=True)
+        raise
+    return {"count": len(keys), "kind": raw.kind, "method": fields["method"], "out": str(out)}
+
+
+def _checked_keys_and_maps(raw: RawMaps, source, images, resize, normalize):
+    """(keys matched to the images, float32 maps [N, 14, 14]); ImportProblems listing every
+    unreadable file, bad map, unmatched or duplicate key at once."""
+    problems = list(raw.problems)
+    if raw.attrs is not None:  # our own store: copied as it is
+        maps = np.stack(raw.maps).astype(np.float32) if raw.maps else np.zeros((0, GRID, GRID))
+    else:
+        maps, map_problems = check_and_stack(raw, resize, normalize)
+        problems += map_problems
+    keys = list(raw.keys)
+    if images is not None:
+        keys, key_problems = match_keys_to_images(keys, images)
+        problems += key_problems
+    seen: dict[str, str] = {}
+    for i, key in enumerate(keys):
+        if key is None:
+            continue
+        if key in seen:
+            problems.append(f"duplicate key {key} (from {seen[key]} and {raw.origin(i)})")
+        seen.setdefault(key, raw.origin(i))
+    if problems:
+        raise ImportProblems(source, problems)
+    if not keys:
+        raise StoreError(f"{source}: holds no maps")
+    return keys, maps
+
+
+def _fields_of_our_store(raw: RawMaps, order) -> dict:
+    """write_store's fields for a copy of one of our stores (rows in ``order``)."""
+    attrs = dict(raw.attrs)
+    return {
+        "method": attrs.get("method", "imported"),
+        "attrs": attrs,
+        "labels": None if raw.labels is None else raw.labels[order],
+        "ok": raw.status[order] != STATUS_FAILED,
+        "errors": attrs.get("failed", {}),
+    }
+
+
+def _fields_of_foreign_maps(raw: RawMaps, source: Path, resize, normalize) -> dict:
+    """write_store's fields for maps of unknown origin: where they came from and what was done."""
+    origin = {
+        "path": source.name,
+        "kind": raw.kind,
+        "sha256": file_sha256(source) if source.is_file() else None,
+        "resized": bool(resize),
+        "normalized": bool(normalize),
+    }
+    attrs = {
+        "params": {},
+        "model": {"architecture": "unknown (imported)"},
+        "preprocessing": "unknown (imported)",
+        "source": origin,
+    }
+    return {"method": "imported", "attrs": attrs}

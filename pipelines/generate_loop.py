@@ -1,0 +1,191 @@
+"""Stage 1's compute loop: the chunks each store still needs -> batches -> maps -> staged chunks.
+
+The writers' ``pending_chunks()`` drive what is computed: a killed run resumes where it stopped,
+and under torchrun each rank gets whole shards. Batches never straddle a chunk, so a row's batch
+(and thus its floating-point result) is the same in a fresh, a resumed and a multi-rank run.
+TokenCut's eigensolves run in a process pool while the next batch is on the GPU: a chunk is
+written once all its rows are in and its pending results are done.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from attgmae.core import distributed
+from attgmae.core.constants import MAP_GRID
+from attgmae.core.errors import InputError
+from attgmae.data.map_inputs import DecodedImages, collate_decoded, normalize_batch
+from attgmae.store import MapStoreWriter, StoreError
+
+
+def store_path(out_dir, method: str, fmt: str) -> Path:
+    return Path(out_dir) / f"{method}.{fmt}"
+
+
+def plan_batches(chunks, batch_size: int) -> list[tuple[int, np.ndarray]]:
+    """(chunk_index, rows) per batch, cut inside each chunk: a row's batch does not depend on
+    which chunks are still pending, so resumed and multi-rank runs repeat the very same batches
+    (and floating-point results)."""
+    plan = []
+    for chunk_index, start, stop in chunks:
+        for batch_start in range(start, stop, batch_size):
+            plan.append((chunk_index, np.arange(batch_start, min(batch_start + batch_size, stop))))
+    return plan
+
+
+def open_writers(cfg, keys, labels, attrs_by_method, info) -> dict:
+    """One MapStoreWriter per method. Rank 0 creates or resumes the partial stores first; the
+    other ranks attach after a barrier."""
+    layout = {"chunk_rows": cfg.chunk_rows, "shard_rows": cfg.shard_rows}
+    layout = {name: rows for name, rows in layout.items() if rows}  # else the store's defaults
+    writers = {}
+
+    def open_all():
+        for method, attrs in attrs_by_method.items():
+            writers[method] = MapStoreWriter(
+                store_path(cfg.out_dir, method, cfg.fmt),
+                keys,
+                method=method,
+                attrs=attrs,
+                labels=labels,
+                overwrite=cfg.overwrite,
+                fmt=cfg.fmt,
+                rank=info.rank,
+                world_size=info.world_size,
+                **layout,
+            )
+
+    error = None
+    if info.is_main:
+        try:
+            open_all()
+        except StoreError as err:
+            error = str(err)
+    # Every rank learns whether rank 0 succeeded before attaching (no rank left waiting).
+    if distributed.max_across_ranks(int(error is not None), info):
+        raise InputError(error or "rank 0 could not open the stores")
+    if not info.is_main:
+        open_all()
+    return writers
+
+
+class ChunkBuffer:
+    """One chunk's maps as its batches arrive; written once every row is in and done."""
+
+    def __init__(self, chunk_index: int, start: int, stop: int, methods: list[str]):
+        self.chunk_index, self.start, self.stop = chunk_index, start, stop
+        self.methods = methods
+        self.maps = {
+            m: np.zeros((stop - start, MAP_GRID, MAP_GRID), dtype=np.float32) for m in methods
+        }
+        self.ok = np.zeros(stop - start, dtype=bool)
+        self.errors: dict[str, str] = {}
+        self.pending = []  # (method, offset, pending result) from a worker pool
+        self.rows_in = 0
+
+    def add(self, rows: np.ndarray, results: dict, ok: np.ndarray, errors: dict) -> None:
+        offset = int(rows[0]) - self.start
+        for method, value in results.items():
+            if hasattr(value, "result"):
+                self.pending.append((method, offset, value))
+            else:
+                self.maps[method][offset : offset + len(rows)] = value
+        self.ok[offset : offset + len(rows)] = ok
+        self.errors.update(errors)
+        self.rows_in += len(rows)
+
+    def ready(self) -> bool:
+        complete = self.rows_in == self.stop - self.start
+        return complete and all(value.done() for _, _, value in self.pending)
+
+    def write(self, writers: dict) -> None:
+        for method, offset, value in self.pending:
+            maps = value.result()  # [b, 14, 14]
+            self.maps[method][offset : offset + len(maps)] = maps
+        self.pending = []
+        for method in self.methods:
+            # Failed images were run as black frames; their rows are stored as zeros.
+            maps = np.where(self.ok[:, None, None], self.maps[method], 0.0)
+            writers[method].write_chunk(self.chunk_index, maps, self.ok, self.errors)
+
+
+def _chunks_to_compute(writers: dict) -> tuple[dict, dict]:
+    """The union of every writer's pending chunks: ({chunk: (start, stop)}, {chunk: methods
+    missing it}); each chunk computes only the methods that still need it."""
+    bounds: dict[int, tuple[int, int]] = {}
+    needs: dict[int, list[str]] = {}
+    for method, writer in writers.items():
+        for chunk_index, start, stop in writer.pending_chunks():
+            if bounds.setdefault(chunk_index, (start, stop)) != (start, stop):
+                raise RuntimeError(f"stores disagree on the rows of chunk {chunk_index}")
+            needs.setdefault(chunk_index, []).append(method)
+    return bounds, needs
+
+
+def compute_pending(cfg, keys, labels, writers, computer, device, info) -> tuple[int, float]:
+    """Compute and stage every chunk this rank still owes. -> (images computed, seconds).
+
+    labels: int64 [N] folder label per key (-1 for none), handed to the methods per batch.
+    """
+    bounds, needs = _chunks_to_compute(writers)
+    plan = plan_batches([(c, *bounds[c]) for c in sorted(bounds)], cfg.batch_size)
+    num_todo = sum(len(rows) for _, rows in plan)
+    if not plan:
+        return 0, 0.0
+    if not info.distributed and num_todo < len(keys):
+        print(f"resuming: {len(keys) - num_todo} of {len(keys)} images already done",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    loader = DataLoader(
+        DecodedImages(cfg.images_root, keys),
+        batch_sampler=[rows.tolist() for _, rows in plan],
+        num_workers=cfg.num_workers,
+        collate_fn=collate_decoded,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+    )
+    bar = tqdm(
+        total=num_todo,
+        unit="img",
+        desc="generate",
+        dynamic_ncols=True,
+        disable=not (cfg.progress and info.is_main) or num_todo == 0,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,
+    )
+    labels_on_device = torch.as_tensor(labels, dtype=torch.int64, device=device)
+    buffers: deque[ChunkBuffer] = deque()
+    computed = failed = 0
+    started = time.perf_counter()
+    try:
+        for (chunk_index, planned_rows), (rows, pixels, reasons) in zip(plan, loader):
+            rows = rows.numpy()
+            assert np.array_equal(rows, planned_rows), "loader and plan out of step"
+            if not buffers or buffers[-1].chunk_index != chunk_index:
+                buffers.append(ChunkBuffer(chunk_index, *bounds[chunk_index], needs[chunk_index]))
+            ok = np.array([reason is None for reason in reasons])
+            errors = {keys[r]: why for r, why in zip(rows, reasons) if why is not None}
+            images = normalize_batch(pixels, device=device)  # float32 [B, 3, 224, 224]
+            batch_keys = [keys[r] for r in rows]
+            batch_labels = labels_on_device[torch.as_tensor(rows, device=device)]
+            results = computer.compute(images, batch_keys, batch_labels, needs[chunk_index])
+            buffers[-1].add(rows, results, ok, errors)
+            computed, failed = computed + len(rows), failed + len(errors)
+            bar.update(len(rows))
+            if failed:
+                bar.set_postfix(failed=failed, refresh=False)
+            # Write finished chunks in order; wait on the pool only when two chunks are queued.
+            while buffers and (buffers[0].ready() or len(buffers) > 2):
+                buffers.popleft().write(writers)
+        while buffers:
+            buffers.popleft().write(writers)
+    finally:
+        bar.close()
+    return computed, time.perf_counter() - started

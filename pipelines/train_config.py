@@ -1,0 +1,117 @@
+"""``attg-train``'s configuration: every flag as a field with the paper's default, its checks,
+and the values derived from it (precision, gradient accumulation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attgmae.core.device import resolve_precision
+from attgmae.core.errors import InputError
+from attgmae.data.pretrain_dataset import GUIDANCE_MODES, MISSING_POLICIES
+from attgmae.data.transforms import AUGMENTATIONS
+from attgmae.models import MODEL_FACTORIES
+
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+PAPER_EFFECTIVE_BATCH = 512  # the paper's (supplementary Table 1)
+
+
+@dataclass
+class TrainConfig:
+    """Every ``attg-train`` flag, one to one. Defaults are the paper's recipe."""
+
+    data_path: str
+    output_dir: str = "./output_dir"
+    log_dir: str | None = None  # TensorBoard; None = output_dir
+    model: str = "mae_vit_large_patch16"
+    input_size: int = 224
+    batch_size: int = 64  # per process
+    accum_iter: int | None = None  # None: enough to reach the paper's effective batch of 512
+    epochs: int = 800
+    warmup_epochs: int = 40
+    blr: float = 1.5e-4
+    lr: float | None = None  # absolute; None = blr * effective batch / 256
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    guidance: str = "store"
+    maps: str | None = None
+    tau: float = 0.75
+    tau_end: float | None = None
+    gamma: float = 1.0
+    missing_maps: str = "error"
+    aug: str = "rrc"
+    resume: str = ""
+    trust_checkpoint: bool = False  # --resume may be unpickled in full
+    auto_resume: bool = False
+    start_epoch: int = 0
+    num_workers: int = 10
+    pin_mem: bool = True
+    seed: int = 0
+    device: str = "cuda"
+    amp: str = "auto"
+    compile: bool = False
+    dist_url: str = "env://"
+    world_size: int | None = None  # checked against the launcher's, when given (official flag)
+    local_rank: int | None = None  # from torch.distributed.launch's --local_rank, when given
+    save_every: int = 20
+    ckpt_every_min: float = 30.0
+    ckpt_every_steps: int = 0
+    stop_after_iters: int = 0
+    print_freq: int = 20
+    vis_every: int = 0
+    vis_count: int = 4
+    knn_every: int = 0
+    knn_data: str | None = None
+    skip_bad_images: bool = False
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject inconsistent flags before any work (exit code 2)."""
+    problems = []
+    if cfg.model not in MODEL_FACTORIES:
+        problems.append(f"--model {cfg.model!r} is not one of {', '.join(MODEL_FACTORIES)}")
+    if cfg.guidance not in GUIDANCE_MODES:
+        problems.append(f"--guidance must be one of {GUIDANCE_MODES}")
+    if cfg.guidance == "store" and not cfg.maps:
+        problems.append("--guidance store needs --maps STORE (or --guidance none for vanilla MAE)")
+    if cfg.missing_maps not in MISSING_POLICIES:
+        problems.append(f"--missing_maps must be one of {MISSING_POLICIES}")
+    if cfg.aug not in AUGMENTATIONS:
+        problems.append(f"--aug must be one of {AUGMENTATIONS}")
+    if cfg.amp not in AMP_MODES:
+        problems.append(f"--amp must be one of {AMP_MODES}")
+    if cfg.tau <= 0 or (cfg.tau_end is not None and cfg.tau_end <= 0):
+        problems.append("--tau and --tau_end must be > 0")
+    if not 0.0 < cfg.mask_ratio < 1.0:  # 0 masks nothing: the loss would be 0 / 0
+        problems.append("--mask_ratio must be in (0, 1)")
+    if cfg.batch_size < 1 or (cfg.accum_iter is not None and cfg.accum_iter < 1):
+        problems.append("--batch_size and --accum_iter must be >= 1")
+    if cfg.epochs < 1 or cfg.warmup_epochs < 0:
+        problems.append("--epochs must be >= 1 and --warmup_epochs >= 0")
+    if cfg.dist_url != "env://":
+        problems.append("--dist_url: only env:// (torchrun or SLURM set the rendezvous)")
+    if cfg.knn_every and not cfg.knn_data:
+        problems.append("--knn_every needs --knn_data ROOT (with train/ and val/)")
+    if cfg.save_every < 1 or cfg.print_freq < 1 or cfg.vis_count < 1:
+        problems.append("--save_every, --print_freq and --vis_count must be >= 1")
+    if problems:
+        raise InputError("; ".join(problems))
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """'auto' -> bf16 autocast on CUDA, fp32 ('none') on CPU."""
+    if amp == "auto":
+        return "bf16" if resolve_precision("auto", device) == "bf16" else "none"
+    return amp
+
+
+def resolve_accum(accum_iter: int | None, batch_size: int, world_size: int, iters: int) -> int:
+    """Explicit ``--accum_iter``, or the smallest that reaches the paper's effective batch (512),
+    capped at the iterations of one epoch (tiny data sets)."""
+    if accum_iter is not None:
+        return accum_iter
+    needed = -(-PAPER_EFFECTIVE_BATCH // (batch_size * world_size))
+    return max(1, min(needed, iters))

@@ -1,0 +1,83 @@
+"""What ``attg-train`` trains on: the images joined with their maps, sampled per rank, and the
+batch arithmetic (accumulation to the paper's effective batch, the lr it implies)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch.utils.data import DataLoader
+
+from attgmae.core.distributed import DistInfo
+from attgmae.core.errors import InputError
+from attgmae.data.pretrain_dataset import (
+    EpochSampler,
+    MapJoin,
+    PretrainDataset,
+    join_maps,
+    list_train_keys,
+)
+from attgmae.data.transforms import JointTransform
+from attgmae.pipelines.train_config import TrainConfig, resolve_accum
+
+
+@dataclass
+class TrainData:
+    join: MapJoin | None  # the map store joined with the images (guided runs)
+    dataset: PretrainDataset
+    sampler: EpochSampler
+    loader: DataLoader
+    iters_per_epoch: int  # per rank
+    accum_iter: int
+    eff_batch_size: int  # samples per optimizer step, all ranks together
+    base_lr: float  # the absolute lr: --lr, or blr * effective batch / 256
+
+
+def _join(cfg: TrainConfig, keys, log) -> MapJoin | None:
+    if cfg.guidance != "store":
+        return None
+    join = join_maps(keys, cfg.maps, cfg.missing_maps)
+    joined = len(keys) - len(join.missing)
+    note = f"{joined}/{len(keys)} images joined with {cfg.maps} ({join.method} maps)"
+    if len(join.missing):
+        note += f"; {len(join.missing)} without a map train with uniform weights"
+    if join.extra:
+        note += f"; {join.extra} maps match no training image (ignored)"
+    log(note)
+    return join
+
+
+def build_train_data(cfg: TrainConfig, info: DistInfo, device, num_patches: int, log) -> TrainData:
+    image_root, keys = list_train_keys(cfg.data_path)
+    join = _join(cfg, keys, log)
+    dataset = PretrainDataset(
+        image_root,
+        keys,
+        JointTransform(cfg.input_size, cfg.aug),
+        num_patches=num_patches,
+        guidance=cfg.guidance,
+        join=join,
+        seed=cfg.seed,
+        skip_bad_images=cfg.skip_bad_images,
+    )
+    sampler = EpochSampler(len(dataset), info.world_size, info.rank, seed=cfg.seed)
+    iters_per_epoch = sampler.num_samples // cfg.batch_size
+    if iters_per_epoch == 0:
+        raise InputError(
+            f"--batch_size {cfg.batch_size} is larger than the {sampler.num_samples} "
+            f"images each of the {info.world_size} process(es) gets: lower it"
+        )
+    accum_iter = resolve_accum(cfg.accum_iter, cfg.batch_size, info.world_size, iters_per_epoch)
+    eff_batch_size = cfg.batch_size * accum_iter * info.world_size
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=cfg.pin_mem and device.type == "cuda",
+        drop_last=True,
+        persistent_workers=cfg.num_workers > 0,
+    )
+    base_lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch_size / 256
+    return TrainData(
+        join, dataset, sampler, loader, iters_per_epoch, accum_iter, eff_batch_size, base_lr
+    )
