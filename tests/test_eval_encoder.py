@@ -159,3 +159,20 @@ def test_bf16_autocast_is_selectable_on_cpu(mae, imgs):
     assert not torch.equal(half.float(), full)  # the matmuls ran in bf16
     cos = torch.nn.functional.cosine_similarity(half.float(), full, dim=1)
     assert (cos > 0.99).all()
+
+
+def test_load_vit_for_fine_tuning_adds_a_head_and_fc_norm(tmp_path, mae):
+    """MAE's fine-tuning model: the pretrained blocks, a new head (trunc-normal 2e-5) and, with
+    global pooling, a new fc_norm in place of the final norm; trainable, in train mode."""
+    from attgmae.models.encoder import load_vit
+
+    path = tmp_path / "checkpoint-2.pth"
+    torch.save({"model": mae.state_dict(), "args": {"model": "mae_vit_tiny_patch16"}}, path)
+    model, info = load_vit(path, num_classes=10, global_pool="avg", drop_path_rate=0.1)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert isinstance(model.norm, torch.nn.Identity) and model.head.out_features == 10
+    assert torch.equal(model.blocks[2].mlp.fc1.weight, mae.blocks[2].mlp.fc1.weight)
+    assert torch.equal(model.fc_norm.weight, torch.ones(192)) and model.head.bias.abs().sum() == 0
+    assert 0 < model.head.weight.std() < 1e-4
+    token, _ = load_vit(path, num_classes=10)  # CLS pooling keeps the pretrained final norm
+    assert torch.equal(token.norm.weight, mae.norm.weight)

@@ -140,8 +140,10 @@ def infer_spec(
     )
 
 
-def build_encoder(spec: EncoderSpec, img_size: int | None = None) -> nn.Module:
-    """A timm VisionTransformer without head (CLS pooling, final norm kept)."""
+def build_encoder(spec: EncoderSpec, img_size: int | None = None, **timm_kwargs) -> nn.Module:
+    """A timm VisionTransformer of ``spec``; by default without head (CLS pooling, final norm
+    kept). ``timm_kwargs`` (num_classes, global_pool, drop_path_rate, ...) go to timm."""
+    kwargs = {"num_classes": 0, "global_pool": "token", **timm_kwargs}
     return VisionTransformer(
         img_size=img_size or spec.img_size,
         patch_size=spec.patch_size,
@@ -150,9 +152,8 @@ def build_encoder(spec: EncoderSpec, img_size: int | None = None) -> nn.Module:
         num_heads=spec.num_heads,
         mlp_ratio=spec.mlp_ratio,
         qkv_bias=spec.qkv_bias,
-        num_classes=0,
-        global_pool="token",
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        **kwargs,
     )
 
 
@@ -169,6 +170,50 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.cat([cls_pos, patch_pos.to(pos_embed.dtype)], dim=1)
 
 
+def load_vit(
+    path,
+    model_name: str | None = None,
+    num_heads: int | None = None,
+    img_size: int = 224,
+    sha256: str | None = None,
+    trusted: bool = False,
+    **timm_kwargs,
+):
+    """A timm VisionTransformer shaped after the encoder in ``path``, its weights loaded
+    -> (model, EncoderInfo); trainable, in train mode.
+
+    ``model_name`` (``--model``) overrides the checkpoint's ``args.model``; it may be an MAE
+    factory name (``mae_vit_large_patch16``) or a timm/ViT one (``vit_large_patch16``).
+    ``trusted``: the file may be unpickled in full (--trust_checkpoint). ``timm_kwargs`` shape
+    what is new: ``num_classes`` > 0 adds a head (trunc-normal std 2e-5, as MAE's fine-tuning);
+    ``global_pool="avg"`` averages the patch tokens under a new ``fc_norm`` (MAE's --global_pool;
+    timm then has no final norm, so the pretrained one is not used); ``drop_path_rate``.
+    """
+    state, source, ckpt_model = read_checkpoint(path, trusted)
+    name = model_name or ckpt_model
+    spec = infer_spec(state, name, num_heads)
+    model = build_encoder(spec, img_size, **timm_kwargs)
+    encoder_state = {k: v for k, v in state.items() if not k.startswith(_DROPPED_PREFIXES)}
+    encoder_state["pos_embed"] = resize_pos_embed(
+        encoder_state["pos_embed"], img_size // spec.patch_size
+    )
+    if isinstance(model.norm, nn.Identity):  # avg pooling: fc_norm replaces the final norm
+        encoder_state = {k: v for k, v in encoder_state.items() if not k.startswith("norm.")}
+    missing, unexpected = model.load_state_dict(encoder_state, strict=False)
+    new = [k for k in missing if k.startswith(("head.", "fc_norm."))]  # what timm_kwargs added
+    missing = [k for k in missing if k not in new]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit a ViT encoder {asdict(spec)}: missing {missing[:6]}, "
+            f"unexpected {unexpected[:6]}"
+        )
+    if isinstance(model.head, nn.Linear):
+        nn.init.trunc_normal_(model.head.weight, std=2e-5)
+        nn.init.zeros_(model.head.bias)
+    info = EncoderInfo(str(path), sha256 or file_sha256(path), source, name, spec)
+    return model.train(), info
+
+
 def load_encoder(
     path,
     model_name: str | None = None,
@@ -177,28 +222,10 @@ def load_encoder(
     sha256: str | None = None,
     trusted: bool = False,
 ):
-    """Frozen encoder (eval mode, no grad) from ``path`` -> (model, EncoderInfo).
-
-    ``model_name`` (``--model``) overrides the checkpoint's ``args.model``; it may be an MAE
-    factory name (``mae_vit_large_patch16``) or a timm/ViT one (``vit_large_patch16``).
-    ``trusted``: the file may be unpickled in full (--trust_checkpoint).
-    """
-    state, source, ckpt_model = read_checkpoint(path, trusted)
-    name = model_name or ckpt_model
-    spec = infer_spec(state, name, num_heads)
-    model = build_encoder(spec, img_size)
-    encoder_state = {k: v for k, v in state.items() if not k.startswith(_DROPPED_PREFIXES)}
-    encoder_state["pos_embed"] = resize_pos_embed(
-        encoder_state["pos_embed"], img_size // spec.patch_size
-    )
-    missing, unexpected = model.load_state_dict(encoder_state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not fit a ViT encoder {asdict(spec)}: missing {missing[:6]}, "
-            f"unexpected {unexpected[:6]}"
-        )
+    """Frozen encoder (eval mode, no grad, no head, CLS pooling after the final norm) from
+    ``path`` -> (model, EncoderInfo); see ``load_vit``."""
+    model, info = load_vit(path, model_name, num_heads, img_size, sha256, trusted)
     model.eval().requires_grad_(False)
-    info = EncoderInfo(str(path), sha256 or file_sha256(path), source, name, spec)
     return model, info
 
 
