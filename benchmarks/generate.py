@@ -2,17 +2,20 @@
 
 Fast path: the pipeline itself (``run_generate``: data-loader workers decode once and resize, one
 batched DINO forward shared by dino + tokencut, TokenCut eigensolves in a process pool, batched
-Grad-CAM, chunked store writes), one run per method and one with all methods together.
-Reference path, in the same run: the original code's way, one image at a time: decode, resize,
-then per image fp32 explicit attention (dino), scipy ``eigh(D - A, D)`` with default BLAS
-threading (tokencut), pytorch-grad-cam's GradCAM called per batch (gradcam), then one store
-write. "all" for the reference is the sum of its per-method times (it decodes per method).
-img/s counts the compute loop (model loading excluded); random weights; synthetic JPEGs of
-ImageNet's typical size (500x375) in an ImageNet-like folder layout.
+Grad-CAM, chunked store writes), one run per method and one with all methods together. Its
+figure is the steady state: images per second after each run's first chunk (loader workers
+forked, the TokenCut pool spawned, the models warm); the first chunk's time, start-up included,
+is reported beside it. Reference path, in the same run: the original code's way, one image at a
+time: decode, resize, then per image fp32 explicit attention (dino), scipy ``eigh(D - A, D)``
+with default BLAS threading (tokencut), pytorch-grad-cam's GradCAM called per batch (gradcam),
+then one store write. "all" for the reference is the sum of its per-method times. Then the
+precision check: bf16 (the CUDA default) against fp32 maps of the same images, per method, held
+to ``attgmae.maps.agreement.BF16_TOLERANCE``. Random weights; synthetic JPEGs of ImageNet's
+typical size (500x375) in an ImageNet-like folder layout. Figures: ``benchmarks/figures.py``.
 
     python benchmarks/generate.py                                   # small CPU settings
-    python benchmarks/generate.py --device cuda --images 20000 --batch_size 256 \
-        --num_workers 12 --reference_images 256                     # full settings on a GPU box
+    python benchmarks/generate.py --device cuda --images 8192 --batch_size 256 \
+        --reference_images 32 --agreement_images 256                # one H200 (gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -26,38 +29,46 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from figures import figure
 from PIL import Image
 
 from attgmae.core.listing import list_images
 from attgmae.data.example import CLASSES, make_example_image
 from attgmae.data.images import decode_rgb
-from attgmae.pipelines.generate import ALL_METHODS, GenerateConfig, run_generate
+from attgmae.maps.agreement import BF16_TOLERANCE, agreement, within_tolerance
+from attgmae.maps.registry import DEFAULT_METHODS
+from attgmae.pipelines.generate import GenerateConfig, run_generate
+from attgmae.store import open_store
 
 JPEG_SIZE = (500, 375)  # ImageNet's most common size
+UNIQUE_JPEGS = 256  # more files are hard links to these: decoding cost is the same, writing is not
+TARGETS = {"dino": 5000, "tokencut": 4000, "gradcam": 4000, "all methods": 2500}  # one H200
 
 
 def write_jpegs(root: Path, count: int, seed: int = 0) -> Path:
     """``count`` example scenes upscaled to 500x375, as class folders of JPEGs."""
     rng = np.random.default_rng(seed)
     for i in range(count):
-        shape = CLASSES[i % len(CLASSES)]
-        image, _ = make_example_image(shape, rng)
         folder = root / f"n{i % len(CLASSES):08d}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).resize(JPEG_SIZE, Image.BICUBIC).save(
-            folder / f"img_{i:06d}.JPEG", quality=90
-        )
+        path = folder / f"img_{i:06d}.JPEG"
+        if i >= UNIQUE_JPEGS:
+            os.link(root / f"n{i % len(CLASSES):08d}" / f"img_{i % UNIQUE_JPEGS:06d}.JPEG", path)
+            continue
+        image, _ = make_example_image(CLASSES[i % len(CLASSES)], rng)
+        Image.fromarray(image).resize(JPEG_SIZE, Image.BICUBIC).save(path, quality=90)
     return root
 
 
-def time_pipeline(root, out, methods, args) -> float:
-    """img/s of the pipeline's compute loop for ``methods``."""
+def run_pipeline(root, out, methods, args, precision="auto", file_list=None):
     cfg = GenerateConfig(
         images_root=str(root), out_dir=str(out), methods=tuple(methods), random_weights=True,
         device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
         tokencut_workers=args.tokencut_workers, overwrite=True, progress=False,
-    )
-    return run_generate(cfg).img_per_s
+        precision=precision, file_list=file_list, chunk_rows=args.chunk_rows,
+        shard_rows=args.chunk_rows * 8,
+    )  # fmt: skip
+    return run_generate(cfg)
 
 
 def time_reference(root, keys, method, device, out) -> float:
@@ -98,39 +109,73 @@ def time_reference(root, keys, method, device, out) -> float:
     return len(keys) / (time.perf_counter() - start)
 
 
+def check_agreement(root, keys, methods, args, work: Path) -> None:
+    """bf16 against fp32 maps of the same images, each method (figures, no speed)."""
+    if not keys:
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    file_list = work / "agreement.txt"
+    file_list.write_text("\n".join(keys) + "\n")
+    stores = {}
+    for precision in ("bf16", "fp32"):
+        run_pipeline(root, work / precision, methods, args, precision, str(file_list))
+        stores[precision] = {m: open_store(work / precision / f"{m}.zarr") for m in methods}
+    for method in methods:
+        bf16 = stores["bf16"][method].read_all().astype(np.float32)
+        stats = agreement(bf16, stores["fp32"][method].read_all().astype(np.float32))
+        ok = "within" if within_tolerance(stats) else "OUTSIDE"
+        figure(f"bf16 vs fp32 {method} mean |diff|", stats["mean_abs_diff"], "",
+               BF16_TOLERANCE["mean_abs_diff"], "lower",
+               f"corr {stats['correlation']:.5f}, foreground agreement "
+               f"{stats['foreground_agreement']:.4f}, max |diff| {stats['max_abs_diff']:.3f} "
+               f"({ok} the bf16 tolerance; {len(keys)} images)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--images", type=int, default=24, help="JPEGs for the pipeline runs")
-    parser.add_argument("--reference_images", type=int, default=6)
+    parser.add_argument("--images", type=int, default=32, help="JPEGs for the pipeline runs")
+    parser.add_argument("--reference_images", type=int, default=4)
+    parser.add_argument("--agreement_images", type=int, default=8)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--num_workers", type=int, default=1)
+    parser.add_argument("--chunk_rows", type=int, default=None,
+                        help="rows per store chunk (default: 2 batches)")
+    parser.add_argument("--num_workers", type=int, default=-1)
     parser.add_argument("--tokencut_workers", type=int, default=-1)
-    parser.add_argument("--methods", default=",".join(ALL_METHODS))
+    parser.add_argument("--methods", default=",".join(m for m in DEFAULT_METHODS if m != "random"))
     parser.add_argument("--workdir", default=None, help="keep the JPEGs and stores here")
     args = parser.parse_args(argv)
+    args.chunk_rows = args.chunk_rows or 2 * args.batch_size  # the first chunk is the warm-up
     warnings.simplefilter("ignore")  # random-weights warnings, once per load
     methods = [m for m in args.methods.split(",") if m]
+    full = args.device == "cuda" and args.images >= 4096
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
+        started = time.perf_counter()
         root = write_jpegs(work / "images", args.images)
         keys = list_images(root)
-        ref_keys = keys[: args.reference_images]
         print(f"device {args.device}, {os.cpu_count()} CPUs, torch threads "
-              f"{torch.get_num_threads()}, {len(keys)} JPEGs {JPEG_SIZE[0]}x{JPEG_SIZE[1]}, "
-              f"batch {args.batch_size}, loader workers {args.num_workers}", flush=True)
-        print(f"{'method':9s} {'pipeline img/s':>15s} {'reference img/s':>16s} {'ratio':>8s}")
+              f"{torch.get_num_threads()}, {len(keys)} JPEGs {JPEG_SIZE[0]}x{JPEG_SIZE[1]} "
+              f"(written in {time.perf_counter() - started:.1f} s), batch {args.batch_size}",
+              flush=True)
         ref_seconds_per_image = 0.0
-        for method in methods:
-            fast = time_pipeline(root, work / "maps", [method], args)
-            ref = time_reference(root, ref_keys, method, args.device, work / "maps")
-            ref_seconds_per_image += 1.0 / ref
-            print(f"{method:9s} {fast:15.1f} {ref:16.1f} {fast / ref:7.1f}x", flush=True)
-        if len(methods) > 1:
-            fast = time_pipeline(root, work / "maps", methods, args)
-            ref = 1.0 / ref_seconds_per_image
-            print(f"{'all':9s} {fast:15.1f} {ref:16.1f} {fast / ref:7.1f}x", flush=True)
+        for method in [*methods, "all methods"] if len(methods) > 1 else methods:
+            run = methods if method == "all methods" else [method]
+            result = run_pipeline(root, work / "maps", run, args)
+            target = TARGETS.get(method) if full else None
+            figure(f"stage1 {method}", result.steady_img_per_s, "img/s", target,
+                   note=f"after the first chunk; start-up + first chunk {result.startup_s:.1f} s, "
+                   f"whole loop {result.img_per_s:.1f} img/s")
+            if method == "all methods":
+                ref = 1.0 / ref_seconds_per_image
+            else:
+                ref = time_reference(root, keys[: args.reference_images], method, args.device,
+                                     work / "maps")
+                ref_seconds_per_image += 1.0 / ref
+            figure(f"stage1 {method} pipeline / per-image reference", result.steady_img_per_s / ref,
+                   "x", note=f"reference {ref:.1f} img/s")
+        check_agreement(root, keys[: args.agreement_images], methods, args, work / "agreement")
 
 
 if __name__ == "__main__":

@@ -1,57 +1,93 @@
 #!/usr/bin/env bash
-# Everything GPU-specific in one short run, for a session that is lent a GPU machine.
-# Run from the repository root on that machine (Python there lacks zarr, grad-cam and ttach:
-# carry them as wheels in .whl/, see docs/benchmarks.md), e.g. through the device tool:
-#   bash benchmarks/gpu_check.sh            # CUDA, full settings, at most 520 s of steps (fits one 600 s call)
+# The whole GPU check in one short run (one H200: about 280 s of steps), for a session lent a
+# GPU machine. From the repository root there, through the device tool with `carry: [".whl"]`:
+#   bash benchmarks/gpu_check.sh                      # CUDA, full settings
 #   DEVICE=cpu SMALL=1 bash benchmarks/gpu_check.sh   # the same steps, tiny, to test the script
-# Results go to $OUT (or ./gpu_out): one log per step; the exit code is the number of failed steps.
+# Build .whl here first: `bash scripts/gpu_wheels.sh` (the device's Python 3.12 lacks zarr,
+# numcodecs, donfig, google-crc32c, grad-cam and ttach).
+#
+# Every figure lands in $OUT/figures.jsonl the moment it is measured (benchmarks/figures.py), all
+# output in $OUT/check.log, so a step killed by its limit loses nothing it measured. Steps run
+# most important first; the summary (figure | target | pass/fail, and every target not measured)
+# ends the output and $OUT/summary.txt. Exit code: the number of failed steps (2 when the
+# packages are missing: nothing else runs).
 set -u
 OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
 SMALL=${SMALL:-0}
+PY=${PYTHON:-python3}
+export BENCH_OUT=$OUT PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+export BENCH_OUT=$OUT
+LOG="$OUT/check.log"
+: >"$LOG"
+start=$SECONDS
 failed=0
 
-if [ -d .whl ] && ! python3 -c "import zarr, pytorch_grad_cam" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+# ---- packages: the carried wheels, the project, then every import, in the first seconds
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >>"$LOG" 2>&1 && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
-if ! python3 -c "import attgmae.cli" 2>/dev/null; then
+if ! $PY -c "import attgmae.cli" 2>/dev/null; then
   # a plain (non-editable) install maps cli/ and pipelines/ under the attgmae namespace
-  python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/attg . >/dev/null
-  export PYTHONPATH=/tmp/attg:${PYTHONPATH:-}
+  $PY -m pip install -q --no-deps --no-build-isolation --target /tmp/attg . >>"$LOG" 2>&1 \
+    && export PYTHONPATH=/tmp/attg:${PYTHONPATH:-}
+fi
+if ! $PY - 2>&1 <<'EOF' | tee -a "$LOG"; then
+import importlib
+import sys
+
+names = ("torch", "timm", "zarr", "numcodecs", "h5py", "cv2", "pytorch_grad_cam", "ttach",
+         "scipy", "sklearn", "matplotlib", "safetensors", "tqdm", "threadpoolctl",
+         "attgmae.cli.maps", "attgmae.pipelines.generate", "attgmae.pipelines.train")
+missing = []
+for name in names:
+    try:
+        importlib.import_module(name)
+    except Exception as err:  # noqa: BLE001 - name every import that fails, then stop
+        missing.append(f"{name} ({type(err).__name__}: {err})")
+if missing:
+    print("!! cannot import: " + "; ".join(missing))
+    print("!! build the wheels on the dev box with `bash scripts/gpu_wheels.sh` and run this "
+          "script with carry: ['.whl'] (docs/benchmarks.md, 'Running the GPU check')")
+    sys.exit(2)
+import torch
+
+print(f"imports ok: torch {torch.__version__}, cuda {torch.cuda.is_available()}")
+EOF
+  exit 2
+fi
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG"
 fi
 
-step() {  # step NAME TIMEOUT_S COMMAND...
-  local name=$1 limit=$2
+step() {  # step NAME LIMIT_S COMMAND...: run under a time limit, output to the log and the screen
+  local name=$1 limit=$2 t0=$SECONDS
   shift 2
-  echo "== $name: $*"
-  if timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; then
-    tail -n 25 "$OUT/$name.log"
-  else
-    echo "!! $name failed or timed out (rc=$?); last lines:"; tail -n 25 "$OUT/$name.log"
-    failed=$((failed + 1))
-  fi
+  echo "== $name (limit ${limit} s): $*" | tee -a "$LOG"
+  timeout --kill-after=5 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: rc=$rc after $((SECONDS - t0)) s" | tee -a "$LOG"
+  [ "$rc" = 0 ] || failed=$((failed + 1))
 }
 
 if [ "$SMALL" = 1 ]; then
-  step maps_methods 300 python3 benchmarks/maps_methods.py --device "$DEVICE" --images 8 \
-    --reference_images 2 --batch_size 4 --workers 1
-  step train 300 python3 benchmarks/train.py --device "$DEVICE" --steps 3 --warmup 1 \
-    --batch_size 8 --loader_images 32 --workers 1 --no_compile
-  step eval 300 python3 benchmarks/eval.py --device "$DEVICE"
-  step generate 300 python3 benchmarks/generate.py --device "$DEVICE" --images 8 \
-    --reference_images 2 --batch_size 4 --num_workers 1
+  step train 120 $PY benchmarks/train.py --device "$DEVICE" --steps 2 --warmup 1 --batch_size 4 \
+    --loader_images 16 --workers 1 --no_compile
+  step generate 120 $PY benchmarks/generate.py --device "$DEVICE" --methods dino --images 4 \
+    --batch_size 2 --chunk_rows 2 --reference_images 1 --agreement_images 2 --num_workers 1
+  step eval 60 $PY benchmarks/eval.py --device "$DEVICE" --small
 else
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-  cat "$OUT/gpu.txt"
-  step maps_methods 110 python3 benchmarks/maps_methods.py --device cuda --images 4096 \
-    --batch_size 256 --reference_images 128 --workers 12
-  step train 170 python3 benchmarks/train.py --device cuda --model mae_vit_large_patch16 \
-    --batch_size 256 --steps 30 --loader_images 4096 --workers 16
-  step eval 100 python3 benchmarks/eval.py --device cuda --full
-  step generate 140 python3 benchmarks/generate.py --device cuda --images 8192 --batch_size 256 \
-    --num_workers 12 --reference_images 256
+  # Most important first: stage 2 (guided ViT-L/16, compiled), stage 1, evaluation.
+  step train 110 $PY benchmarks/train.py --device cuda --model mae_vit_large_patch16 --batch_size 256 \
+    --steps 20 --loader_images 4096 --workers 15
+  step generate 95 $PY benchmarks/generate.py --device cuda --images 8192 --batch_size 256 \
+    --reference_images 32 --agreement_images 256
+  step eval 55 $PY benchmarks/eval.py --device cuda --full
 fi
-echo "failed steps: $failed"
+
+echo "== summary after $((SECONDS - start)) s, $failed failed step(s)" | tee -a "$LOG"
+$PY benchmarks/summary.py "$OUT" | tee "$OUT/summary.txt"
 exit "$failed"

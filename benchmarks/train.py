@@ -1,16 +1,18 @@
-"""Stage 2 throughput (not a test): training steps and the data loader, as ratios in one run.
+"""Stage 2 throughput (not a test), most important figure first (``benchmarks/figures.py``):
 
-1. step img/s on synthetic tensors: vanilla MAE vs guided (map crop + weights + weighted loss),
-   eager vs torch.compile (``--compile``; default on CUDA);
-2. the batched map crop (one grid_sample per batch) vs a per-image Python loop;
+1. end to end: attg-train's own loop (``PretrainRun``) from JPEG files, guided, compiled on CUDA
+   (``--compile``; the second epoch, so compilation and worker start-up are not counted);
+2. the guidance's cost per training step: vanilla MAE vs guided (map crop + weights + weighted
+   loss) on synthetic tensors, eager (compiled, the small extra kernels fuse: eager is the upper
+   bound), alternating rounds;
 3. loader img/s from JPEG files: ours (decode_rgb + joint RandomResizedCrop, uint8 out, maps)
    vs the MAE recipe (torchvision ImageFolder + PIL RandomResizedCrop + ToTensor + Normalize);
-4. end to end (attg-train's loop from those JPEG files): vanilla vs guided.
+4. the batched map crop (one grid_sample per batch) vs a per-image Python loop.
 
 Small by default on CPU (tiny model, few steps); full on GPU:
   python benchmarks/train.py                                  # CPU, tiny
   python benchmarks/train.py --device cuda --model mae_vit_large_patch16 --batch_size 256 \
-      --steps 30 --loader_images 4096 --workers 16            # one H200 / H100
+      --steps 20 --loader_images 4096 --workers 15            # one H200 (gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from figures import figure
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -108,6 +112,9 @@ def map_crop_ratio(batch: int, device, repeats: int = 20) -> tuple[float, float]
     return timings[0], timings[1]
 
 
+UNIQUE_JPEGS = 256  # more files are hard links to these: decoding cost is the same
+
+
 def write_jpegs(root: Path, count: int) -> list[str]:
     """ImageNet-like JPEGs (500 x 375, smooth content) under root/train/c/."""
     rng = np.random.default_rng(0)
@@ -116,9 +123,13 @@ def write_jpegs(root: Path, count: int) -> list[str]:
     base = rng.random((47, 63, 3))
     keys = []
     for i in range(count):
-        small = np.roll(base, i, axis=1) * 255
-        img = Image.fromarray(small.astype(np.uint8)).resize((500, 375), Image.BICUBIC)
-        img.save(folder / f"{i:05d}.JPEG", quality=90)
+        path = folder / f"{i:05d}.JPEG"
+        if i >= UNIQUE_JPEGS:
+            os.link(folder / f"{i % UNIQUE_JPEGS:05d}.JPEG", path)
+        else:
+            small = np.roll(base, i, axis=1) * 255
+            img = Image.fromarray(small.astype(np.uint8)).resize((500, 375), Image.BICUBIC)
+            img.save(path, quality=90)
         keys.append(f"c/{i:05d}.JPEG")
     return keys
 
@@ -167,6 +178,12 @@ def end_to_end(data_path: Path, model: str, batch: int, workers: int, device, co
     return result["log"][-1]["train_img_per_s"]
 
 
+def short_name(model: str) -> str:
+    """mae_vit_large_patch16 -> ViT-L/16."""
+    size, patch = model.split("_vit_")[1].split("_patch")
+    return f"ViT-{size[0].upper() if size != 'tiny' else 'tiny'}/{patch}"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,55 +201,44 @@ def main():
     gpu = device.type == "cuda"
     model = args.model or ("mae_vit_large_patch16" if gpu else "mae_vit_tiny_patch16")
     batch = args.batch_size or (256 if gpu else 16)
-    steps = args.steps or (30 if gpu else 8)
-    warmup = args.warmup or (5 if gpu else 2)
+    steps = args.steps or (20 if gpu else 8)
+    warmup = args.warmup or (3 if gpu else 2)
     do_compile = gpu if args.compile is None else args.compile
     amp = "bf16" if gpu else "none"
     n_images = args.loader_images or (4096 if gpu else 256)
-    workers = args.workers if args.workers is not None else (16 if gpu else 2)
+    workers = args.workers if args.workers is not None else (15 if gpu else 2)
+    full = gpu and model == "mae_vit_large_patch16" and n_images >= 4096
+    name = short_name(model)
 
     threads = torch.get_num_threads()
     where = torch.cuda.get_device_name(device) if gpu else f"CPU ({threads} threads)"
     print(f"device {where}; model {model}; batch {batch}; amp {amp}; steps {steps}")
-    rows = {}
-    for compiled in ([False, True] if do_compile else [False]):
-        mode = "compiled" if compiled else "eager"
-        for name, img_per_s in step_throughput(
-            model, device, batch, steps, warmup, compiled, amp
-        ).items():
-            rows[f"{name} {mode}"] = img_per_s
-            print(f"  step {name} {mode:9s} {img_per_s:10.1f} img/s")
-    for mode in ("eager", "compiled"):
-        if f"vanilla {mode}" in rows:
-            cost = rows[f"vanilla {mode}"] / rows[f"guided {mode}"] - 1
-            print(f"  guided loss cost ({mode}): {100 * cost:+.1f}% step time over vanilla")
-    if do_compile:
-        print(f"  compile speed-up (guided): "
-              f"{rows['guided compiled'] / rows['guided eager']:.2f}x")
-
-    fast, slow = map_crop_ratio(batch, device)
-    print(f"  map crop: batched {fast:,.0f} maps/s vs per-image loop {slow:,.0f} maps/s "
-          f"({fast / slow:.1f}x)")
-
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        started = time.perf_counter()
         keys = write_jpegs(root, n_images)
+        print(f"{n_images} JPEGs written in {time.perf_counter() - started:.1f} s")
+        # 1. The flagship figure first: attg-train's own loop from JPEG files, guided.
+        mode = "compiled" if do_compile else "eager"
+        e2e = end_to_end(root, model, batch, workers, device, do_compile, "random")
+        figure(f"stage2 end-to-end guided {name} {mode}", e2e, "img/s",
+               2600 if full and do_compile else None,
+               note=f"second epoch of {n_images} JPEGs, {workers} loader workers, batch {batch}")
+        # 2. What the guidance costs a training step (eager: an upper bound of the compiled cost).
+        rates = step_throughput(model, device, batch, steps, warmup, False, amp)
+        overhead = 100 * (rates["vanilla"] / rates["guided"] - 1)
+        figure("stage2 guidance step overhead", overhead, "% step time", 3 if full else None,
+               "lower", note=f"eager steps: vanilla {rates['vanilla']:.1f} img/s, guided "
+               f"{rates['guided']:.1f} img/s")
+        # 3. The loader alone, beside the MAE recipe's.
         ours_loader, mae_loader = loaders(root, keys, min(batch, 64), workers)
-        ours = mae = 0.0
-        for _ in range(2):  # alternate, keep the best of each
-            ours = max(ours, loader_throughput(ours_loader))
-            mae = max(mae, loader_throughput(mae_loader))
-        per_worker = ours / max(workers, 1)
-        print(f"  loader ({workers} workers, 500x375 JPEG -> 224): ours {ours:.1f} img/s, "
-              f"MAE recipe {mae:.1f} img/s ({ours / mae:.2f}x); ours per worker {per_worker:.1f}")
-        e2e = {"none": 0.0, "random": 0.0}
-        orders = (("none", "random"), ("random", "none"))[: 1 if gpu else 2]  # GPU: steady
-        for order in orders:  # alternate, keep the best of each
-            for g in order:
-                e2e[g] = max(e2e[g], end_to_end(root, model, batch, workers, device, do_compile, g))
-        print(f"  end to end from JPEG ({'compiled' if do_compile else 'eager'}, {workers} "
-              f"workers): vanilla {e2e['none']:.1f} img/s, guided {e2e['random']:.1f} img/s "
-              f"({100 * (e2e['none'] / e2e['random'] - 1):+.1f}% time)")
+        ours, mae = loader_throughput(ours_loader), loader_throughput(mae_loader)
+        figure("stage2 loader", ours, "img/s", 4000 if full else None,
+               note=f"{workers} workers, 500x375 JPEG -> 224 + map row")
+        figure("stage2 loader / MAE recipe loader", ours / mae, "x", note=f"MAE {mae:.1f} img/s")
+    fast, slow = map_crop_ratio(batch, device)
+    figure("stage2 batched map crop / per-image loop", fast / slow, "x",
+           note=f"{fast:,.0f} vs {slow:,.0f} maps/s")
 
 
 if __name__ == "__main__":

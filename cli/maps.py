@@ -39,8 +39,9 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
 
     p = sub.add_parser("export", help="one publishable file (.zarr.zip or .h5) + OUT.sha256")
-    p.add_argument("store")
-    p.add_argument("out", help="*.zarr.zip or *.h5")
+    p.add_argument("store", help="a store: .zarr, .zarr.zip or .h5")
+    p.add_argument("out", help="*.zarr.zip or *.h5 (not the store itself)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     p = sub.add_parser("verify", help="check a store; exit 0 only when all is well")
     p.add_argument("store")
@@ -92,7 +93,7 @@ def _import(args) -> int:
 
 
 def _export(args) -> int:
-    out, manifest = export_store(args.store, args.out)
+    out, manifest = export_store(args.store, args.out, overwrite=args.overwrite)
     print(f"wrote {out} and {manifest}")
     return 0
 
@@ -130,7 +131,7 @@ def _show(args) -> int:
 
 def _make_example(args) -> int:
     root = write_example(args.root, args.train_per_class, args.val_per_class, args.seed)
-    print(f"wrote the example image set to {root} (train/, val/, masks/)")
+    print(f"wrote the example image set to {root} (train/, val/, masks/, labels/, classes.txt)")
     return 0
 
 

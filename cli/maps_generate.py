@@ -7,10 +7,8 @@
 
 from __future__ import annotations
 
-import os
-
 from attgmae.cli._args import config_from_args
-from attgmae.core.constants import TRUST_FLAG
+from attgmae.core.constants import DEFAULT_TIMEOUT_MIN, TRUST_FLAG
 from attgmae.maps.registry import BACKBONES, DEFAULT_METHODS, METHODS
 
 GENERATE_SUMMARY = "dino / tokencut / gradcam / random maps of an image set, one store per method"
@@ -87,14 +85,15 @@ def _add_generate(subparsers) -> None:
     p.add_argument(
         "--num_workers",
         type=int,
-        default=min(8, os.cpu_count() or 1),
-        help="data-loader processes that decode and resize images",
+        default=-1,
+        help="data-loader processes that decode and resize images (-1: from the cores each "
+        "rank has and the free /dev/shm; 0: in the main process)",
     )
     p.add_argument(
         "--tokencut_workers",
         type=int,
         default=-1,
-        help="eigensolve processes (-1: 0 on CPU, half the cores with CUDA)",
+        help="eigensolve processes (-1: 0 on CPU, half of each rank's cores with CUDA)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing complete stores")
     p.add_argument(
@@ -110,6 +109,18 @@ def _add_generate(subparsers) -> None:
         help="store rows per shard (unit of work per rank); default: the store's",
     )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--skip_unreadable",
+        action="store_true",
+        help="leave out folders and images that cannot be read (listed at the end and in "
+        "generate_run.json) instead of stopping",
+    )
+    p.add_argument(
+        "--dist_timeout_min",
+        type=float,
+        default=DEFAULT_TIMEOUT_MIN,
+        help="minutes a torchrun rank waits for the others (rank 0 finalizes the stores alone)",
+    )
     _add_method_flags(p)
 
 

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # distributed (torchrun / SLURM set the ranks)
     p.add_argument("--dist_url", default=d.dist_url, help="process-group init method")
+    p.add_argument("--dist_timeout_min", type=float, default=d.dist_timeout_min,
+                   help="minutes a rank waits for the others (rank 0 alone saves, runs the "
+                        "k-NN monitor and the visualization)")
     p.add_argument("--world_size", type=int, default=None,
                    help="processes launched (official MAE flag): checked against torchrun's")
     p.add_argument("--local_rank", type=int, default=None,

@@ -16,19 +16,22 @@ zeros with status 'failed' and their keys and reasons are in the store attribute
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from attgmae.core import distributed
+from attgmae.core.constants import DEFAULT_TIMEOUT_MIN, MAP_INPUT_SIZE
 from attgmae.core.device import rank_device, resolve_device, resolve_precision
 from attgmae.core.errors import InputError
 from attgmae.core.files import write_json_atomic
 from attgmae.core.listing import folder_labels, list_images
+from attgmae.core.lock import OutputLock
+from attgmae.core.resources import WorkerPlan, plan_workers
 from attgmae.maps.compute import MapComputer, load_backbones
 from attgmae.maps.provenance import defining_params, store_attrs
 from attgmae.maps.registry import (
@@ -41,6 +44,7 @@ from attgmae.maps.registry import (
 )
 from attgmae.pipelines.generate_loop import compute_pending, open_writers, store_path
 from attgmae.store import StoreError, open_store
+from attgmae.store.swap import finish_interrupted
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 2, 3
 RUN_RECORD = "generate_run.json"
@@ -64,12 +68,14 @@ class GenerateConfig:
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
     precision: str = "auto"  # 'auto' (bf16 on CUDA, fp32 on CPU) | 'bf16' | 'fp32'
     batch_size: int = 64
-    num_workers: int = 4
+    num_workers: int = -1  # loader processes; -1: from the cores and /dev/shm (worker_plan)
     tokencut_workers: int = -1  # -1 auto (0 on CPU, half the cores with CUDA); 0 in-process
     overwrite: bool = False
     chunk_rows: int | None = None  # store layout; None = the store's defaults
     shard_rows: int | None = None
     progress: bool = True
+    skip_unreadable: bool = False  # leave out (and record) folders / images that cannot be read
+    dist_timeout_min: float = DEFAULT_TIMEOUT_MIN  # how long ranks wait for rank 0's finalize
 
 
 @dataclass
@@ -80,8 +86,12 @@ class GenerateResult:
     num_computed: int = 0  # images computed by this run, all ranks together
     failed: dict[str, str] = field(default_factory=dict)  # key -> reason, from the stores
     skipped_methods: list[str] = field(default_factory=list)  # stores that were already complete
+    unreadable: list[str] = field(default_factory=list)  # left out by --skip_unreadable
     seconds: float = 0.0  # whole run, model loading included
     img_per_s: float = 0.0  # images per second of the compute loop, all ranks together
+    # Start-up excluded: after each rank's first chunk (worker processes up, models warm).
+    steady_img_per_s: float = 0.0
+    startup_s: float = 0.0  # the first chunk's time, start-up included (mean over ranks)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -109,8 +119,8 @@ def check_config(cfg: GenerateConfig) -> dict:
     """Everything that can be checked before any work; returns the resolved parameters."""
     if cfg.fmt not in FORMATS:
         raise InputError(f"--format {cfg.fmt!r}: use zarr or h5")
-    if cfg.batch_size < 1 or cfg.num_workers < 0:
-        raise InputError("--batch_size must be >= 1 and --num_workers >= 0")
+    if cfg.batch_size < 1:
+        raise InputError("--batch_size must be >= 1")
     params = resolved_params(cfg)
     for backbone, path in cfg.weights.items():
         if path is not None and not Path(path).is_file():
@@ -122,8 +132,8 @@ def check_config(cfg: GenerateConfig) -> dict:
     return params
 
 
-def list_keys(cfg: GenerateConfig) -> list[str]:
-    keys = list_images(cfg.images_root, cfg.file_list)
+def list_keys(cfg: GenerateConfig, unreadable: list) -> list[str]:
+    keys = list_images(cfg.images_root, cfg.file_list, unreadable if cfg.skip_unreadable else None)
     if not keys:
         where = f" listed in {cfg.file_list}" if cfg.file_list else ""
         raise InputError(f"no images (.jpg .jpeg .png .bmp .webp) under {cfg.images_root}{where}")
@@ -154,17 +164,16 @@ def configure_cuda_backends(fp32: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def pool_workers(cfg: GenerateConfig, device: torch.device) -> int:
-    """Processes for the CPU side of methods that have one (TokenCut's eigensolves)."""
-    if cfg.tokencut_workers >= 0:
-        return cfg.tokencut_workers
-    # On CPU the cores are busy with the forwards; with a GPU, half of this rank's share of
-    # the cores (the rest decode images) solve eigenproblems.
-    if device.type == "cpu":
-        return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun sets it
-    return max(1, (cores or 2) // ranks_here // 2)
+def worker_plan(cfg: GenerateConfig, methods, device: torch.device) -> WorkerPlan:
+    """Loader workers and pool processes (TokenCut's eigensolves) for this machine's cores and
+    shared memory; explicit --num_workers / --tokencut_workers are kept (or refused)."""
+    return plan_workers(
+        cfg.num_workers,
+        cfg.tokencut_workers,
+        uses_pool=any(METHODS[m].pool is not None for m in methods),
+        gpu=device.type == "cuda",
+        batch_bytes=cfg.batch_size * MAP_INPUT_SIZE * MAP_INPUT_SIZE * 3,  # uint8 pixels
+    )
 
 
 # ----------------------------------------------------------------------------- the run
@@ -199,31 +208,53 @@ def _complete_already(path: Path, keys: list[str], params: dict) -> bool:
 def run_generate(cfg: GenerateConfig) -> GenerateResult:
     """Generate (or resume) every requested store. Raises InputError on bad input."""
     params = check_config(cfg)
-    keys = list_keys(cfg)
+    unreadable: list[str] = []
+    keys = list_keys(cfg, unreadable)
     class_names, labels = folder_labels(keys)
     check_images(params, class_names, labels)
     device = resolve_device(cfg.device)
     _, world_size, local_rank = distributed.env_dist_info()
     device = rank_device(device, local_rank, world_size)
-    info = distributed.init_distributed(device)
-    amp = resolve_precision(cfg.precision, device) == "bf16"
+    info = distributed.init_distributed(device, cfg.dist_timeout_min)
+    precision = resolve_precision(cfg.precision, device)
+    amp = precision == "bf16"
     if device.type == "cuda":
         configure_cuda_backends(fp32=not amp)
     defining = {
-        method: defining_params(method, method_params, cfg.weights, cfg.random_weights)
+        method: defining_params(method, method_params, cfg.weights, cfg.random_weights, precision)
         for method, method_params in params.items()
     }
     try:
-        return _run(cfg, defining, keys, class_names, labels, device, amp, info)
+        with _locked_stores(cfg, defining, info):
+            result = _run(cfg, defining, keys, class_names, labels, device, amp, info, unreadable)
+            return result
     finally:
         distributed.cleanup(info)
 
 
-def _run(cfg, defining, keys, class_names, labels, device, amp, info) -> GenerateResult:
+@contextmanager
+def _locked_stores(cfg: GenerateConfig, methods, info: distributed.DistInfo):
+    """Rank 0 holds each store's lock for the whole run (one writer at a time) and finishes a
+    swap into place that a kill interrupted; every rank learns whether that worked."""
+    locks, error = ExitStack(), None
+    with locks:
+        if info.is_main:
+            try:
+                Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+                for method in sorted(methods):
+                    path = store_path(cfg.out_dir, method, cfg.fmt)
+                    locks.enter_context(OutputLock(path, "--out"))
+                    finish_interrupted(path, cfg.fmt)
+            except InputError as err:
+                error = err
+        if distributed.max_across_ranks(int(error is not None), info):
+            raise error or InputError("rank 0 could not lock the stores")
+        yield
+
+
+def _run(cfg, defining, keys, class_names, labels, device, amp, info, unreadable):
     started = time.perf_counter()
     out_dir = Path(cfg.out_dir)
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
 
     # Complete stores of these keys and parameters are left alone (a run killed between two
     # finalizations resumes here); anything else in the way needs --overwrite.
@@ -262,13 +293,19 @@ def _run(cfg, defining, keys, class_names, labels, device, amp, info) -> Generat
         ranks = f", {info.world_size} ranks" if info.distributed else ""
         _log(info, f"generate: {len(keys)} images -> {', '.join(todo)} on {device}{ranks}")
 
-    computer = MapComputer({m: defining[m] for m in todo}, models, amp, pool_workers(cfg, device))
+    plan = worker_plan(cfg, todo, device)
+    if todo:
+        _log(info, plan.text)
+    computer = MapComputer({m: defining[m] for m in todo}, models, amp, plan.pool_workers)
     try:
-        computed, loop_seconds = compute_pending(cfg, keys, labels, writers, computer, device, info)
+        timing = compute_pending(cfg, keys, labels, writers, computer, device, info, plan)
     finally:
         computer.close()
     if info.distributed:
-        print(f"rank {info.rank}/{info.world_size}: computed {computed} images", file=sys.stderr)
+        print(
+            f"rank {info.rank}/{info.world_size}: computed {timing.images} images",
+            file=sys.stderr,
+        )
 
     for writer in writers.values():
         writer.finish_rank()
@@ -279,8 +316,10 @@ def _run(cfg, defining, keys, class_names, labels, device, amp, info) -> Generat
             stores[method] = str(writer.finalize())
     distributed.barrier(info)
 
-    total_computed, total_loop_seconds = distributed.sum_across_ranks(
-        [computed, loop_seconds], info
+    total_computed, total_loop_seconds, steady_images, steady_seconds = (
+        distributed.sum_across_ranks(
+            [timing.images, timing.seconds, timing.steady_images, timing.steady_seconds], info
+        )
     )
     # The stores hold the record of failures (earlier runs' too); all stores of a run share the
     # same keys and decode, so the first one speaks for all.
@@ -288,6 +327,7 @@ def _run(cfg, defining, keys, class_names, labels, device, amp, info) -> Generat
     failed = dict(open_store(first).failed) if info.is_main else {}
     exit_code = distributed.max_across_ranks(EXIT_SOME_FAILED if failed else EXIT_OK, info)
     mean_loop_seconds = total_loop_seconds / info.world_size
+    mean_steady_seconds = steady_seconds / info.world_size
     result = GenerateResult(
         exit_code=exit_code,
         stores=stores,
@@ -295,8 +335,11 @@ def _run(cfg, defining, keys, class_names, labels, device, amp, info) -> Generat
         num_computed=int(total_computed),
         failed=failed,
         skipped_methods=skipped,
+        unreadable=unreadable,
         seconds=time.perf_counter() - started,
         img_per_s=total_computed / mean_loop_seconds if mean_loop_seconds > 0 else 0.0,
+        steady_img_per_s=steady_images / mean_steady_seconds if mean_steady_seconds > 0 else 0.0,
+        startup_s=(total_loop_seconds - steady_seconds) / info.world_size,
     )
     if info.is_main:
         write_json_atomic(out_dir / RUN_RECORD, {"config": asdict(cfg), "result": asdict(result)})
@@ -312,13 +355,17 @@ def format_summary(result: GenerateResult, max_listed: int = 20) -> str:
             f"images: {result.num_images}  ok: {result.num_images - num_failed}  "
             f"failed: {num_failed}  computed this run: {result.num_computed}"
         ),
-        f"time: {result.seconds:.1f} s  speed: {result.img_per_s:.1f} img/s (all methods together)",
+        f"time: {result.seconds:.1f} s  speed: {result.img_per_s:.1f} img/s (all methods "
+        f"together; {result.steady_img_per_s:.1f} img/s after the first chunk's "
+        f"{result.startup_s:.1f} s)",
     ]
     for method, path in result.stores.items():
         note = "  (already complete)" if method in result.skipped_methods else ""
         lines.append(f"store {method}: {path}{note}")
     for key, reason in sorted(result.failed.items())[:max_listed]:
         lines.append(f"FAILED\t{key}\t{reason}")
+    for path in result.unreadable[:max_listed]:
+        lines.append(f"UNREADABLE\t{path}\tleft out (--skip_unreadable)")
     if num_failed > max_listed:
         lines.append(f"... {num_failed - max_listed} more: `attg-maps verify STORE` lists all")
     if num_failed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -130,16 +131,28 @@ def _chunks_to_compute(writers: dict) -> tuple[dict, dict]:
     return bounds, needs
 
 
-def compute_pending(cfg, keys, labels, writers, computer, device, info) -> tuple[int, float]:
-    """Compute and stage every chunk this rank still owes. -> (images computed, seconds).
+@dataclass
+class LoopTiming:
+    """Images and seconds of one rank's compute loop, whole and after its first chunk (the
+    steady state: worker processes started, models warm)."""
 
-    labels: int64 [N] folder label per key (-1 for none), handed to the methods per batch.
+    images: int = 0
+    seconds: float = 0.0
+    steady_images: int = 0
+    steady_seconds: float = 0.0
+
+
+def compute_pending(cfg, keys, labels, writers, computer, device, info, workers) -> LoopTiming:
+    """Compute and stage every chunk this rank still owes. -> its LoopTiming.
+
+    labels: int64 [N] folder label per key (-1 for none), handed to the methods per batch;
+    workers: the loader's workers and prefetch (``attgmae.core.resources.WorkerPlan``).
     """
     bounds, needs = _chunks_to_compute(writers)
     plan = plan_batches([(c, *bounds[c]) for c in sorted(bounds)], cfg.batch_size)
     num_todo = sum(len(rows) for _, rows in plan)
     if not plan:
-        return 0, 0.0
+        return LoopTiming()
     if not info.distributed and num_todo < len(keys):
         print(f"resuming: {len(keys) - num_todo} of {len(keys)} images already done",
               file=sys.stderr, flush=True)  # fmt: skip
@@ -147,10 +160,10 @@ def compute_pending(cfg, keys, labels, writers, computer, device, info) -> tuple
     loader = DataLoader(
         DecodedImages(cfg.images_root, keys),
         batch_sampler=[rows.tolist() for _, rows in plan],
-        num_workers=cfg.num_workers,
+        num_workers=workers.loader_workers,
         collate_fn=collate_decoded,
         pin_memory=device.type == "cuda",
-        prefetch_factor=4 if cfg.num_workers > 0 else None,
+        prefetch_factor=workers.prefetch,
     )
     bar = tqdm(
         total=num_todo,
@@ -164,10 +177,13 @@ def compute_pending(cfg, keys, labels, writers, computer, device, info) -> tuple
     buffers: deque[ChunkBuffer] = deque()
     computed = failed = 0
     started = time.perf_counter()
+    steady_from, steady_images_before = None, 0
     try:
         for (chunk_index, planned_rows), (rows, pixels, reasons) in zip(plan, loader):
             rows = rows.numpy()
             assert np.array_equal(rows, planned_rows), "loader and plan out of step"
+            if steady_from is None and chunk_index != plan[0][0]:  # the first chunk: warm-up
+                steady_from, steady_images_before = time.perf_counter(), computed
             if not buffers or buffers[-1].chunk_index != chunk_index:
                 buffers.append(ChunkBuffer(chunk_index, *bounds[chunk_index], needs[chunk_index]))
             ok = np.array([reason is None for reason in reasons])
@@ -188,4 +204,9 @@ def compute_pending(cfg, keys, labels, writers, computer, device, info) -> tuple
             buffers.popleft().write(writers)
     finally:
         bar.close()
-    return computed, time.perf_counter() - started
+    ended = time.perf_counter()
+    if steady_from is None:  # a single chunk: no steady state to time
+        return LoopTiming(computed, ended - started)
+    return LoopTiming(
+        computed, ended - started, computed - steady_images_before, ended - steady_from
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from attgmae.core.device import resolve_device
+from attgmae.core.device import resolve_device, use_device
 from attgmae.core.errors import InputError
 from attgmae.core.files import file_sha256, write_json_atomic
 from attgmae.core.provenance import software_versions
@@ -54,7 +54,7 @@ class KnnConfig:
 
 
 def run_knn(cfg: KnnConfig, log=print) -> dict:
-    device = resolve_device(cfg.device)
+    device = use_device(resolve_device(cfg.device))
     check_data_root(cfg.data_path, cfg.checkpoint)
     out_dir = Path(cfg.output_dir)
     features_dir = Path(cfg.features_dir) if cfg.features_dir else out_dir / "features"

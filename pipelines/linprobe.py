@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from attgmae.core.device import resolve_device
+from attgmae.core.device import resolve_device, use_device
 from attgmae.core.errors import InputError
 from attgmae.core.files import atomic_path, file_sha256, write_json_atomic
 from attgmae.core.provenance import software_versions
@@ -141,7 +141,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     if cfg.warmup_epochs > cfg.epochs:
         raise InputError(f"--warmup_epochs {cfg.warmup_epochs} exceeds --epochs {cfg.epochs}")
     check_data_root(cfg.data_path, cfg.checkpoint)
-    device = resolve_device(cfg.device)
+    device = use_device(resolve_device(cfg.device))
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     features_dir = Path(cfg.features_dir) if cfg.features_dir else out_dir / "features"

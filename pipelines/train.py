@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,13 +31,12 @@ from attgmae.checkpoint import (
 from attgmae.core.device import rank_device, resolve_device
 from attgmae.core.distributed import (
     DistInfo,
+    RunningMean,
     barrier,
     cleanup,
-    env_dist_info,
     init_distributed,
-    sum_across_ranks,
 )
-from attgmae.core.errors import AttgError, InputError
+from attgmae.core.errors import AttgError
 from attgmae.core.files import write_json_atomic
 from attgmae.core.tensorboard import open_tensorboard
 from attgmae.data.transforms import crop_resize_maps, normalize_images
@@ -46,8 +44,15 @@ from attgmae.eval.monitor import knn_top1
 from attgmae.guidance import loss_weights, tau_at
 from attgmae.models import create_mae
 from attgmae.optim import lr_at, make_adamw, set_lr
-from attgmae.pipelines.train_config import TrainConfig, resolve_amp, validate
+from attgmae.pipelines.train_config import (
+    TrainConfig,
+    check_model_fit,
+    divergence_advice,
+    resolve_amp,
+    validate,
+)
 from attgmae.pipelines.train_data import build_train_data
+from attgmae.pipelines.train_launch import launch_info, locked_output
 from attgmae.visualize import reconstruction_panels, save_png, with_titles
 
 
@@ -79,12 +84,7 @@ class PretrainRun:
         self.model_without_ddp = create_mae(
             cfg.model, norm_pix_loss=cfg.norm_pix_loss, img_size=cfg.input_size
         )
-        patch = self.model_without_ddp.patch_size
-        if cfg.input_size < patch or cfg.input_size % patch:
-            raise InputError(
-                f"--input_size {cfg.input_size} is not a multiple of {cfg.model}'s patch size "
-                f"{patch}: use e.g. {max(round(cfg.input_size / patch), 1) * patch}"
-            )
+        check_model_fit(cfg, self.model_without_ddp.patch_size)
         num_patches = self.model_without_ddp.patch_embed.num_patches
         self.data = build_train_data(cfg, info, device, num_patches, self.log)
         self._build_model()
@@ -209,7 +209,8 @@ class PretrainRun:
         loss_sum, loss_count, bad_keys = 0.0, 0, []
         lr = tau = float("nan")
         epoch_t0 = window_t0 = time.perf_counter()
-        window_iters = 0
+        window = RunningMean(self.device, self.info)  # losses since the last read
+        window_first = start_step
         last_save = time.monotonic()
         lr_sum, tau_sum = 0.0, 0.0
         for it, batch in enumerate(self.data.loader, start=start_step):
@@ -238,41 +239,47 @@ class PretrainRun:
                     loss, _, _ = self.train_model(
                         images, cfg.mask_ratio, loss_weights=weights, noise=noise
                     )
-                loss_value = loss.detach().float().item()
-                if self.info.distributed:  # every rank sees the same value, stops together
-                    loss_value = sum_across_ranks([loss_value], self.info)[0] / self.info.world_size
-                if not math.isfinite(loss_value):
-                    raise TrainError(self._diverged_message(loss_value, epoch, it, lr))
                 self.scaler.scale(loss / self.data.accum_iter).backward()
+            window.add(loss.detach())
             if update:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
-            loss_sum += loss_value
             lr_sum += lr
             tau_sum += tau
             loss_count += 1
-            window_iters += 1
             self.iters_run += 1
-            if self.log_writer is not None and update:
-                x = int((epoch + it / self.data.iters_per_epoch) * 1000)  # epoch_1000x as MAE
-                self.log_writer.add_scalar("train_loss", loss_value, x)
-                self.log_writer.add_scalar("lr", lr, x)
-                self.log_writer.add_scalar("tau", tau, x)
-            if (it + 1) % cfg.print_freq == 0 or it + 1 == self.data.iters_per_epoch:
-                seconds = time.perf_counter() - window_t0
-                img_per_s = window_iters * cfg.batch_size * self.info.world_size / seconds
-                self.log(
-                    f"Epoch [{epoch}] [{it + 1}/{self.data.iters_per_epoch}] loss {loss_value:.4f} "
-                    f"lr {lr:.3e} tau {tau:.3f} img/s {img_per_s:.1f}"
-                )
-                window_t0, window_iters = time.perf_counter(), 0
-            if (
+            save_due = (
                 update
                 and it + 1 < self.data.iters_per_epoch
                 and self._mid_epoch_save_due(it, last_save)
-            ):
+            )
+            last_of_epoch = it + 1 == self.data.iters_per_epoch
+            if (it + 1) % cfg.print_freq == 0 or last_of_epoch or save_due:
+                # The host waits for the device here only, and the losses are checked before
+                # any save: a non-finite one stops every rank, the last good checkpoint stays.
+                window_sum, window_iters = window.read()
+                if not math.isfinite(window_sum):
+                    raise TrainError(
+                        self._diverged_message(window_sum, epoch, window_first, it, lr, tau)
+                    )
+                window_first = it + 1
+                loss_sum += window_sum
+                seconds = time.perf_counter() - window_t0
+                img_per_s = window_iters * cfg.batch_size * self.info.world_size / seconds
+                self.log(
+                    f"Epoch [{epoch}] [{it + 1}/{self.data.iters_per_epoch}] loss "
+                    f"{window_sum / window_iters:.4f} lr {lr:.3e} tau {tau:.3f} "
+                    f"img/s {img_per_s:.1f}"
+                )
+                if self.log_writer is not None:
+                    x = int((epoch + it / self.data.iters_per_epoch) * 1000)  # epoch_1000x, MAE
+                    self.log_writer.add_scalar("train_loss", window_sum / window_iters, x)
+                    self.log_writer.add_scalar("lr", lr, x)
+                    self.log_writer.add_scalar("tau", tau, x)
+                window_t0 = time.perf_counter()
+            if save_due:
                 self.save(self.checkpoint(epoch, it + 1, lr, tau), None)
                 last_save = time.monotonic()
             if cfg.stop_after_iters and self.iters_run >= cfg.stop_after_iters:
@@ -309,12 +316,14 @@ class PretrainRun:
             self.log(f"skipped {len(bad_keys)} undecodable images (listed in bad_images.txt)")
         return bad_keys
 
-    def _diverged_message(self, loss_value: float, epoch: int, it: int, lr: float) -> str:
+    def _diverged_message(self, loss_value, epoch: int, first: int, last: int, lr: float,
+                          tau: float) -> str:  # fmt: skip
         kept = self.last_good_checkpoint or "none written yet"
+        where = f"iteration {last}" if first == last else f"iterations {first}-{last}"
         return (
-            f"loss is {loss_value} at epoch {epoch}, iteration {it} (lr {lr:.3g}): stopping. "
-            f"The last good checkpoint is kept: {kept}. Lower --blr, prefer --amp bf16 over fp16, "
-            f"or check the inputs; --resume from that checkpoint to continue."
+            f"loss is {loss_value} at epoch {epoch}, {where} (lr {lr:.3g}): stopping. "
+            f"The last good checkpoint is kept: {kept}. {divergence_advice(self.cfg, tau)} "
+            f"--resume from that checkpoint to continue."
         )
 
     # ------------------------------------------------------------------ epoch extras
@@ -379,32 +388,18 @@ class PretrainRun:
         return result
 
 
-def _launch_info(cfg: TrainConfig) -> tuple[int, int]:
-    """(world size, local rank) as launched: torchrun's or SLURM's environment, or the official
-    flags (``--local_rank``, passed by torch.distributed.launch; ``--world_size``, checked)."""
-    if cfg.local_rank is not None and cfg.local_rank >= 0:
-        os.environ.setdefault("LOCAL_RANK", str(cfg.local_rank))
-    _, world_size, local_rank = env_dist_info()
-    if cfg.world_size is not None and cfg.world_size != world_size:
-        raise InputError(
-            f"--world_size {cfg.world_size}, but {world_size} process(es) were launched: drop "
-            "the flag (torchrun or SLURM set the world size) or launch that many"
-        )
-    return world_size, local_rank
-
-
 def run_pretrain(cfg: TrainConfig) -> dict:
     """Train as configured; returns {'epochs_done', 'stopped', 'log': [per-epoch stats]}.
 
     Raises InputError for anything the user must fix, TrainError when the run fails.
     """
     validate(cfg)
-    world_size, local_rank = _launch_info(cfg)
+    world_size, local_rank = launch_info(cfg)
     device = rank_device(resolve_device(cfg.device), local_rank, world_size)
-    info = init_distributed(device)  # torchrun / SLURM environment (env://)
+    info = init_distributed(device, cfg.dist_timeout_min)  # torchrun / SLURM environment
     try:
-        run = PretrainRun(cfg, info, device)
-        return run.fit()
+        with locked_output(cfg, info):
+            return PretrainRun(cfg, info, device).fit()
     except torch.OutOfMemoryError:
         half = max(cfg.batch_size // 2, 1)
         if cfg.accum_iter is None:  # the automatic --accum_iter grows to keep the batch of 512

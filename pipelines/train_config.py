@@ -3,10 +3,12 @@ and the values derived from it (precision, gradient accumulation)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from attgmae.core.constants import DEFAULT_TIMEOUT_MIN
 from attgmae.core.device import resolve_precision
 from attgmae.core.errors import InputError
 from attgmae.data.pretrain_dataset import GUIDANCE_MODES, MISSING_POLICIES
@@ -54,6 +56,7 @@ class TrainConfig:
     amp: str = "auto"
     compile: bool = False
     dist_url: str = "env://"
+    dist_timeout_min: float = DEFAULT_TIMEOUT_MIN  # collectives wait this long for rank 0
     world_size: int | None = None  # checked against the launcher's, when given (official flag)
     local_rank: int | None = None  # from torch.distributed.launch's --local_rank, when given
     save_every: int = 20
@@ -85,6 +88,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--amp must be one of {AMP_MODES}")
     if cfg.tau <= 0 or (cfg.tau_end is not None and cfg.tau_end <= 0):
         problems.append("--tau and --tau_end must be > 0")
+    if not cfg.gamma > 0:  # 0 trains on a zero loss, a negative gamma climbs it
+        problems.append(f"--gamma must be > 0 (the weight of a background patch), got {cfg.gamma}")
     if not 0.0 < cfg.mask_ratio < 1.0:  # 0 masks nothing: the loss would be 0 / 0
         problems.append("--mask_ratio must be in (0, 1)")
     if cfg.batch_size < 1 or (cfg.accum_iter is not None and cfg.accum_iter < 1):
@@ -115,3 +120,33 @@ def resolve_accum(accum_iter: int | None, batch_size: int, world_size: int, iter
         return accum_iter
     needed = -(-PAPER_EFFECTIVE_BATCH // (batch_size * world_size))
     return max(1, min(needed, iters))
+
+
+def check_model_fit(cfg: TrainConfig, patch_size: int) -> None:
+    """The input size and mask ratio must make sense for the model's patches: at least one
+    visible patch (the encoder's input) and one masked (the loss's)."""
+    if cfg.input_size < patch_size or cfg.input_size % patch_size:
+        raise InputError(
+            f"--input_size {cfg.input_size} is not a multiple of {cfg.model}'s patch size "
+            f"{patch_size}: use e.g. {max(round(cfg.input_size / patch_size), 1) * patch_size}"
+        )
+    num_patches = (cfg.input_size // patch_size) ** 2
+    visible = int(num_patches * (1 - cfg.mask_ratio))  # as MAE's random_masking keeps them
+    if not 1 <= visible <= num_patches - 1:
+        raise InputError(
+            f"--mask_ratio {cfg.mask_ratio} leaves {visible} of {num_patches} patches visible: "
+            "at least one must be visible and one masked"
+        )
+
+
+def divergence_advice(cfg: TrainConfig, tau: float) -> str:
+    """What to change after a non-finite loss: the guidance weights first when they are huge."""
+    if cfg.guidance != "none":
+        top_weight = cfg.gamma * math.exp(min(1.0 / tau, 700.0))
+        if top_weight > 1e3:
+            return (
+                f"The guidance weights reach gamma * exp(1 / tau) = {top_weight:.3g} (tau "
+                f"{tau:.3g}, gamma {cfg.gamma:g}) on the most attended patches: raise --tau "
+                "(the paper uses 0.5-1.0) or lower --gamma."
+            )
+    return "Lower --blr, prefer --amp bf16 over fp16, or check the inputs."

@@ -47,7 +47,8 @@ def _join(cfg: TrainConfig, keys, log) -> MapJoin | None:
 
 
 def build_train_data(cfg: TrainConfig, info: DistInfo, device, num_patches: int, log) -> TrainData:
-    image_root, keys = list_train_keys(cfg.data_path)
+    # --skip_bad_images also leaves out folders and images that cannot be read (warned about).
+    image_root, keys = list_train_keys(cfg.data_path, [] if cfg.skip_bad_images else None)
     join = _join(cfg, keys, log)
     dataset = PretrainDataset(
         image_root,

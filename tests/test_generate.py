@@ -120,7 +120,7 @@ def test_store_attrs_record_provenance(generated, small_set):
             assert attrs["model"]["source"].startswith("random")
     assert open_store(generated / "tokencut.zarr").attrs["params"] == {
         "tau": TAU, "eps": 1e-5, "map": "fg-eigvec", "random_weights": True,
-        "weights": "random(seed=0)",
+        "weights": "random(seed=0)", "precision": "fp32",
     }
     assert open_store(generated / "gradcam.zarr").attrs["model"]["architecture"] == "resnet50"
     record = json.loads((generated / "generate_run.json").read_text())

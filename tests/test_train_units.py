@@ -50,7 +50,7 @@ def test_out_of_memory_suggests_accumulation(monkeypatch, tmp_path):
 
     monkeypatch.setattr(train_pipeline.PretrainRun, "__init__", oom)
     cfg = TrainConfig(data_path=str(tmp_path), guidance="none", device="cpu", batch_size=64,
-                      accum_iter=2)
+                      accum_iter=2, output_dir=str(tmp_path / "out"))
     with pytest.raises(TrainError, match="--batch_size 32 --accum_iter 4"):
         run_pretrain(cfg)
     cfg.accum_iter = None  # automatic: halving the batch doubles it (the effective batch stays)

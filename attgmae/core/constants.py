@@ -13,3 +13,7 @@ MAP_GRID = 14
 # The flag (of every command that reads weights or checkpoints) that allows unpickling a file
 # in full: attgmae.core.torchfile names it in its errors.
 TRUST_FLAG = "--trust_checkpoint"
+
+# How long a rank of a multi-process run waits at a collective for the slowest one. NCCL's
+# default of 10 minutes can abort a long rank-0-only step (finalizing stores, the k-NN monitor).
+DEFAULT_TIMEOUT_MIN = 60.0

@@ -39,6 +39,15 @@ def rank_device(device: torch.device, local_rank: int, world_size: int) -> torch
     return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
 
 
+def use_device(device: torch.device) -> torch.device:
+    """Make a CUDA ``device`` with an index this process's current device, so that pinned-memory
+    threads, synchronizations and allocations without an explicit device land on it rather than
+    on GPU 0; returns ``device``."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
+
+
 def resolve_precision(precision: str, device) -> str:
     """'auto' -> 'bf16' autocast on CUDA (speed), 'fp32' elsewhere; 'bf16' and 'fp32' as given
     (fp32 reproduces the original code most closely)."""

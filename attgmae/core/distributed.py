@@ -7,12 +7,16 @@ is above 1. gloo on CPU, nccl on CUDA. One process (world size 1) never touches
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from attgmae.core.constants import DEFAULT_TIMEOUT_MIN
+from attgmae.core.device import use_device
 
 
 @dataclass(frozen=True)
@@ -68,19 +72,28 @@ def env_dist_info() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group when launched with several ranks; returns this rank's DistInfo.
+def init_distributed(device: torch.device, timeout_min: float = DEFAULT_TIMEOUT_MIN) -> DistInfo:
+    """Make ``device`` this process's CUDA device and, when launched with several ranks, join
+    the process group; returns this rank's DistInfo.
 
-    ``device`` is this rank's device (``rank_device``): gloo on the CPU, nccl on CUDA.
+    ``device`` is this rank's device (``rank_device``): gloo on the CPU, nccl on CUDA. Setting
+    the current CUDA device in a single process too keeps pinned-memory threads and
+    synchronizations on that GPU instead of creating a context on GPU 0. ``timeout_min``: how
+    long a collective may wait for the slowest rank (rank 0 alone finalizes stores, runs the
+    k-NN monitor and writes figures while the others wait at a barrier).
     """
+    use_device(device)
     rank, world_size, local_rank = env_dist_info()
     if world_size <= 1:
         return DistInfo()
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(minutes=timeout_min),
+        )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
 
 
@@ -116,3 +129,27 @@ def max_across_ranks(value: int, info: DistInfo) -> int:
 def cleanup(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class RunningMean:
+    """Values summed on the device and read only when asked: reading (``.item()`` and an
+    all-reduce) makes the host wait for the device, which a training step should not do."""
+
+    def __init__(self, device, info: DistInfo):
+        self.info = info
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+
+    def add(self, value: torch.Tensor) -> None:
+        self.total += value.double()  # float64: exactly the sum of the float32 values
+        self.count += 1
+
+    def read(self) -> tuple[float, int]:
+        """(sum since the last read, averaged over ranks; values added) and start again. A
+        non-finite value on any rank makes every rank's sum non-finite."""
+        total = float(self.total.item())
+        if self.info.distributed:
+            total = sum_across_ranks([total], self.info)[0] / self.info.world_size
+        count, self.count = self.count, 0
+        self.total.zero_()
+        return total, count

@@ -7,6 +7,7 @@ Keys are what the map store, stage 2 and evaluation join on, so they are made on
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,27 +49,86 @@ def _listed_keys(root: Path, file_list) -> list[str]:
     return sorted(keys)
 
 
-def list_images(root, file_list=None) -> list[str]:
-    """Sorted keys of every image under ``root`` (any depth, links to folders followed).
+class ListingWarning(UserWarning):
+    """Something in an image folder was passed over (a link back into it, a skipped folder)."""
+
+
+def _unreadable(path, err: OSError, skipped: list | None) -> None:
+    """An entry that cannot be read: an error naming it, or with ``skipped`` a recorded skip."""
+    if skipped is None:
+        raise InputError(
+            f"{path}: cannot be read ({err.strerror or err}); its images would be left out "
+            "silently. Fix its permissions, or pass --skip_unreadable to leave it out (listed "
+            "in the run's record)"
+        )
+    skipped.append(str(path))
+    warnings.warn(f"{path}: cannot be read ({err.strerror or err}); left out", ListingWarning,
+                  stacklevel=3)  # fmt: skip
+
+
+def _walk(root: Path, skipped: list | None):
+    """(folder relative to root, image file names) of every folder under ``root``, sorted.
+
+    Links to folders are followed once per real folder: a link back to a folder already seen
+    (a loop such as ``train/a/up -> ..``) is named in a warning and not followed again.
+    """
+    seen = {(root.stat().st_dev, root.stat().st_ino)}
+    stack = [(root, "")]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as err:
+            _unreadable(folder, err, skipped)
+            continue
+        names, subfolders = [], []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows links
+                if is_dir:
+                    info = entry.stat()
+            except OSError as err:  # a dangling link, or no right to look
+                _unreadable(entry.path, err, skipped)
+                continue
+            if is_dir:
+                real = (info.st_dev, info.st_ino)
+                if real in seen:
+                    warnings.warn(
+                        f"{entry.path}: links to a folder already listed "
+                        f"({os.path.realpath(entry.path)}); not followed again",
+                        ListingWarning,
+                        stacklevel=3,
+                    )
+                    continue
+                seen.add(real)
+                subfolders.append((Path(entry.path), f"{rel}{entry.name}/"))
+            elif is_image_name(entry.name):
+                if not os.access(entry.path, os.R_OK):
+                    _unreadable(entry.path, PermissionError(13, "permission denied"), skipped)
+                    continue
+                names.append(entry.name)
+        yield rel, names
+        stack.extend(reversed(subfolders))
+
+
+def list_images(root, file_list=None, skipped: list | None = None) -> list[str]:
+    """Sorted keys of every image under ``root`` (any depth, links to folders followed once).
 
     With ``file_list`` (a text file, one path per line: relative to ``root`` as ``find .``
     writes them, or absolute under ``root``) only those are taken; a listed file that does not
-    exist, or lies outside ``root``, is an error naming it.
+    exist, or lies outside ``root``, is an error naming it. A folder or image that cannot be
+    read is an error naming it, unless ``skipped`` (a list) is given: it is then left out and
+    its path appended there.
     """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"image root {root} is not a directory")
     if file_list is not None:
         return _listed_keys(root, file_list)
-    keys = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, root)
-        for name in filenames:
-            if is_image_name(name):
-                key = name if rel == "." else f"{rel}/{name}"
-                keys.append(key.replace(os.sep, "/"))
-    return sorted(keys)
+    return sorted(rel + name for rel, names in _walk(root, skipped) for name in names)
 
 
 def split_root(data_root, split: str) -> Path:
@@ -82,11 +142,12 @@ def split_root(data_root, split: str) -> Path:
     return root
 
 
-def list_split(data_root, split: str) -> tuple[Path, list[str]]:
+def list_split(data_root, split: str, skipped: list | None = None) -> tuple[Path, list[str]]:
     """``data_root/split`` (ImageFolder layout: ``<split>/<class>/<image>``) and its sorted keys;
-    InputError naming the folder when it is missing or holds no image."""
+    InputError naming the folder when it is missing or holds no image (``skipped``: as for
+    ``list_images``)."""
     root = split_root(data_root, split)
-    keys = list_images(root)
+    keys = list_images(root, skipped=skipped)
     if not keys:
         raise InputError(f"no images under {root} (extensions {' '.join(IMAGE_EXTENSIONS)})")
     return root, keys

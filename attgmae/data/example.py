@@ -6,11 +6,15 @@ Layout (ImageFolder, as ImageNet)::
     root/val/<class>/<class>_<i>.JPEG
     root/masks/train/<class>/<class>_<i>.png   8-bit true object mask (255 = object)
     root/masks/val/<class>/<class>_<i>.png
+    root/labels/train/<class>/<class>_<i>.png  8-bit segmentation label map: 0 background,
+    root/labels/val/<class>/<class>_<i>.png    1 + the class's index (CLASSES) on the object
+    root/classes.txt                           the label names, line i = label i
 
 Each image is one simple shape (the class) in a random colour, place and size, on a textured
 background (smooth noise plus stripes), so object-discovery maps have something to find and a
 k-NN on the classes is above chance. ``attg-maps import root/masks/train maps.zarr --images
-root/train --resize`` turns the masks into a map store.
+root/train --resize`` turns the masks into a map store. ``labels/`` and ``classes.txt`` make the
+same set a semantic-segmentation set in the ``folder`` layout (``attgmae.data.dense_datasets``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from PIL import Image
 
 CLASSES = ("circle", "square", "triangle", "cross")
 WIDTH, HEIGHT = 160, 120
+# Segmentation classes: label 0 is the background, label i + 1 the shape CLASSES[i].
+SEGMENTATION_CLASSES = ("background", *CLASSES)
 
 
 def _background(rng: np.random.Generator) -> np.ndarray:
@@ -85,14 +91,18 @@ def write_example(
     root = Path(root)
     rng = np.random.default_rng(seed)
     for split, count in (("train", n_train_per_class), ("val", n_val_per_class)):
-        for shape in CLASSES:
+        for label, shape in enumerate(CLASSES, start=1):
             image_dir = root / split / shape
             mask_dir = root / "masks" / split / shape
-            image_dir.mkdir(parents=True, exist_ok=True)
-            mask_dir.mkdir(parents=True, exist_ok=True)
+            label_dir = root / "labels" / split / shape
+            for folder in (image_dir, mask_dir, label_dir):
+                folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 image, mask = make_example_image(shape, rng)
                 stem = f"{shape}_{i:04d}"
                 Image.fromarray(image).save(image_dir / f"{stem}.JPEG", quality=92)
                 Image.fromarray(mask).save(mask_dir / f"{stem}.png")
+                label_map = np.where(mask > 0, label, 0).astype(np.uint8)  # [H, W]
+                Image.fromarray(label_map).save(label_dir / f"{stem}.png")
+    (root / "classes.txt").write_text("\n".join(SEGMENTATION_CLASSES) + "\n")
     return root

@@ -176,9 +176,10 @@ class PretrainDataset(Dataset):
         return sample
 
 
-def list_train_keys(data_path) -> tuple[Path, np.ndarray]:
-    """The training image folder ``<data_path>/train`` and its sorted keys."""
-    root, keys = list_split(data_path, "train")
+def list_train_keys(data_path, skipped: list | None = None) -> tuple[Path, np.ndarray]:
+    """The training image folder ``<data_path>/train`` and its sorted keys (``skipped``: leave
+    out unreadable folders and images, appending them there)."""
+    root, keys = list_split(data_path, "train", skipped)
     return root, np.asarray(keys, dtype=str)
 
 

@@ -41,9 +41,12 @@ def weights_identity(backbone: str, weights, random_weights: bool) -> str:
     return f"sha256:{digest}"
 
 
-def defining_params(method: str, params: dict, weights: dict, random_weights: bool) -> dict:
+def defining_params(method: str, params: dict, weights: dict, random_weights: bool,
+                    precision: str) -> dict:  # fmt: skip
     """Resolved ``params`` of ``method``, plus for a method with a network whether its weights
-    are random and their identity; ``weights`` {backbone: file path or None}."""
+    are random, their identity and the forward's resolved precision ('bf16' or 'fp32': bf16
+    maps differ from fp32 ones, so a run never mixes them in one store); ``weights``
+    {backbone: file path or None}."""
     backbone = METHODS[method].backbone
     if backbone is None:
         return dict(params)
@@ -51,6 +54,7 @@ def defining_params(method: str, params: dict, weights: dict, random_weights: bo
         **params,
         "random_weights": bool(random_weights),
         "weights": weights_identity(backbone, weights.get(backbone), random_weights),
+        "precision": precision,
     }
 
 

@@ -132,6 +132,16 @@ class ZarrBackend:
         return np.asarray(maps.get_orthogonal_selection((rows, slice(None), slice(None))))
 
     @staticmethod
+    def file_of(path, array: str, row: int) -> str:
+        """The file (or .zip member) that holds ``row`` of ``array``."""
+        stored = ZarrBackend._open_readonly(path)[array]
+        rows = (stored.shards or stored.chunks)[0]
+        member = f"{array}/c/" + "/".join([str(row // rows)] + ["0"] * (stored.ndim - 1))
+        if str(path).lower().endswith(".zip"):
+            return f"{path} (member {member})"
+        return f"{path}/{member}"
+
+    @staticmethod
     def array_info(path) -> dict:
         """{name: (shape, numpy dtype)} of every array in the group (any layout)."""
         group = ZarrBackend._open_readonly(path)
@@ -231,6 +241,11 @@ class H5Backend:
             if rows is None:
                 return f[MAPS][:]
             return f[MAPS][np.asarray(rows)]
+
+    @staticmethod
+    def file_of(path, array: str, row: int) -> str:
+        """The file that holds ``row`` of ``array``: the one HDF5 file."""
+        return f"{path} (dataset {array})"
 
     @staticmethod
     def array_info(path) -> dict:

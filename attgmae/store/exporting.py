@@ -16,13 +16,20 @@ from .reader import open_store
 from .writer import write_store
 
 
-def export_store(store_path, out) -> tuple[Path, Path]:
-    """Write a store as one publishable file (``.zarr.zip`` or ``.h5``) plus ``OUT.sha256``."""
+def export_store(store_path, out, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write a store (any kind: ``.zarr``, ``.zarr.zip``, ``.h5``) as one publishable file
+    (``.zarr.zip`` or ``.h5``) plus ``OUT.sha256``. The store is checked against its checksums
+    first: a damaged store is never published."""
     out = Path(out)
-    store = open_store(store_path)
     lower = out.name.lower()
     if not lower.endswith((".zarr.zip", *H5_SUFFIXES)):
         raise StoreError(f"{out}: export name must end in .zarr.zip or .h5")
+    if out.resolve() == Path(store_path).resolve():
+        raise StoreError(f"{out} is the store being exported: choose another output name")
+    if out.exists() and not overwrite:
+        raise StoreError(f"{out} already exists; pass --overwrite to replace it")
+    store = open_store(store_path)
+    store.load()  # reads every chunk and checks it (StoreError naming the damage)
     with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix="attg-export-") as scratch:
         if lower.endswith(".zarr.zip"):
             folder = store.path

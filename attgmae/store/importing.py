@@ -15,6 +15,7 @@ import numpy as np
 
 from attgmae.core.files import file_sha256
 from attgmae.core.listing import IMAGE_EXTENSIONS, list_images
+from attgmae.core.lock import OutputLock
 
 from .layout import GRID, STATUS_FAILED, StoreError, normalize_maps, store_format
 from .sources import RawMaps, read_source
@@ -69,6 +70,21 @@ def resize_area(grid_map: np.ndarray) -> np.ndarray:
     return cv2.resize(grid_map.astype(np.float32), (GRID, GRID), interpolation=cv2.INTER_AREA)
 
 
+def _map_problem(grid_map: np.ndarray) -> str | None:
+    """Why an array cannot be a map (None when it can)."""
+    if grid_map.ndim != 2:
+        return f"map of shape {list(grid_map.shape)} is not 2-D"
+    if grid_map.size == 0:
+        return f"map is empty ({grid_map.shape[0]}x{grid_map.shape[1]})"
+    if np.iscomplexobj(grid_map):
+        return f"map holds complex values ({grid_map.dtype}); maps are real"
+    if grid_map.dtype.kind not in "biuf":
+        return f"map holds {grid_map.dtype} values, not numbers"
+    if not np.isfinite(grid_map).all():
+        return "map holds NaN or Inf"
+    return None
+
+
 def check_and_stack(raw: RawMaps, resize: bool, normalize: bool) -> tuple[np.ndarray, list[str]]:
     """float32 [N, 14, 14] and the problems found (by key)."""
     out = np.zeros((len(raw.maps), GRID, GRID), dtype=np.float32)
@@ -78,11 +94,9 @@ def check_and_stack(raw: RawMaps, resize: bool, normalize: bool) -> tuple[np.nda
         grid_map = np.asarray(grid_map)
         while grid_map.ndim > 2 and grid_map.shape[0] == 1:
             grid_map = grid_map[0]
-        if grid_map.ndim != 2:
-            problems.append(f"{key}: map of shape {list(grid_map.shape)} is not 2-D")
-            continue
-        if not np.isfinite(grid_map).all():
-            problems.append(f"{key}: map holds NaN or Inf")
+        problem = _map_problem(grid_map)
+        if problem is not None:
+            problems.append(f"{key}: {problem}")
             continue
         if grid_map.shape != (GRID, GRID):
             if not resize:
@@ -121,10 +135,23 @@ def import_maps(
     """Import ``source`` into a new store at ``out``; returns a summary dict."""
     source = Path(source)
     store_format(out, fmt)  # fail early on a bad output name
+    with OutputLock(out, "output store"):
+        return _import(source, out, images, method, resize, normalize, maps_name, keys_name,
+                       overwrite, fmt)  # fmt: skip
+
+
+def _import(source, out, images, method, resize, normalize, maps_name, keys_name, overwrite,
+            fmt) -> dict:  # fmt: skip
     if Path(out).exists() and not overwrite:
         raise StoreError(f"{out} already exists; pass --overwrite to replace it")
     with unpacked(source) as path:
-        raw = read_source(path, maps_name, keys_name)
+        try:
+            raw = read_source(path, maps_name, keys_name)
+        except StoreError as err:  # name the archive, not the temporary folder it unpacked to
+            raise StoreError(_as_shown(str(err), path, source)) from None
+        raw.problems = [_as_shown(problem, path, source) for problem in raw.problems]
+        if raw.origins is not None:
+            raw.origins = [_as_shown(origin, path, source) for origin in raw.origins]
     keys, maps = _checked_keys_and_maps(raw, source, images, resize, normalize)
     order = sorted(range(len(keys)), key=keys.__getitem__)
     if raw.attrs is not None:
@@ -140,6 +167,14 @@ def import_maps(
         shutil.rmtree(f"{str(out).rstrip('/')}.partial", ignore_errors=True)
         raise
     return {"count": len(keys), "kind": raw.kind, "method": fields["method"], "out": str(out)}
+
+
+def _as_shown(text: str, read_path: Path, source: Path) -> str:
+    """A message about a file read from an unpacked archive, naming the archive instead
+    (``maps.tar.gz/n01440764/a.npy`` for a member)."""
+    if Path(read_path) == source:
+        return text
+    return text.replace(str(read_path), str(source))
 
 
 def _checked_keys_and_maps(raw: RawMaps, source, images, resize, normalize):

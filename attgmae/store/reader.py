@@ -12,9 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checksums
 from .backends import backend_for
 from .layout import (
     FORMAT_NAME,
+    KEYS,
+    MAPS,
     STATUS_FAILED,
     STATUS_OK,
     StoreError,
@@ -141,12 +144,18 @@ class MapStore:
 
     @property
     def keys(self) -> np.ndarray:
-        """Keys as an object array of str (decoded on first use; training never needs it)."""
+        """Keys as an object array of str (decoded on first use; training never needs it). A
+        damaged key that is no longer UTF-8 shows U+FFFD where its bytes broke."""
         if self._keys is None:
             self._keys = np.array(
-                [k.decode("utf-8") for k in self._key_bytes.tolist()], dtype=object
+                [k.decode("utf-8", "replace") for k in self._key_bytes.tolist()], dtype=object
             )
         return self._keys
+
+    @property
+    def key_bytes(self) -> np.ndarray:
+        """Keys as fixed-width UTF-8 bytes [N] (sorted, no Python objects)."""
+        return self._key_bytes
 
     @property
     def method(self) -> str:
@@ -173,7 +182,7 @@ class MapStore:
             raise MissingKeysError(f"{self.path}: no map for {missing}")
         # HDF5 reads want sorted, unique rows: read those once, then place them (a key may repeat).
         unique_rows, position = np.unique(rows, return_inverse=True)
-        maps = self._backend.read_maps(self.path, unique_rows)  # [U, 14, 14]
+        maps = self._read_maps(unique_rows)  # [U, 14, 14]
         return maps[position].astype(np.float32)
 
     def _table_index(self) -> MapTable:
@@ -182,12 +191,56 @@ class MapStore:
         return self._index
 
     def read_all(self) -> np.ndarray:
-        """float16 [N, 14, 14]."""
-        return self._backend.read_maps(self.path)
+        """float16 [N, 14, 14]; StoreError when the stored bytes cannot be decoded (damage)."""
+        return self._read_maps()
 
-    def load(self) -> MapTable:
-        """The whole store in memory (read once, no file left open)."""
-        return MapTable(self._key_bytes, self.read_all())
+    def _read_maps(self, rows=None) -> np.ndarray:
+        try:
+            return self._backend.read_maps(self.path, rows)
+        except Exception as err:  # zarr / h5py / zipfile raise many types for damaged data
+            raise StoreError(
+                f"{self.path}: the maps cannot be read ({type(err).__name__}: {err}); the store "
+                "is damaged: regenerate it, or import it again from a good copy"
+            ) from None
+
+    @property
+    def has_checksums(self) -> bool:
+        return "checksums" in self.attrs
+
+    def damage(self, maps=None) -> list[str]:
+        """Each damaged key range, in words naming the rows, keys and file ([] when every chunk
+        matches the checksums recorded at writing; [] too for a store written without them:
+        see ``has_checksums``). ``maps``: the float16 maps if already read."""
+        if not self.has_checksums:
+            return []
+        maps = self.read_all() if maps is None else maps
+        problems = []
+        found = checksums.damaged_chunks(
+            self.attrs["checksums"], maps, self.status, self._key_bytes, self.labels
+        )
+        for start, stop, what in found:
+            array = MAPS if what == "data" else KEYS
+            first, last = (self._key_bytes[i].decode("utf-8", "replace") for i in (start, stop - 1))
+            parts = "maps / status" if what == "data" else "keys / labels"
+            problems.append(
+                f"rows {start}-{stop - 1} ({first} .. {last}): the {parts} differ from the "
+                f"checksums recorded when the store was written, in "
+                f"{self._backend.file_of(self.path, array, start)}"
+            )
+        return problems
+
+    def load(self, check: bool = True) -> MapTable:
+        """The whole store in memory (read once, no file left open). ``check``: compare every
+        chunk with its checksum first; StoreError naming the damaged rows and file."""
+        maps = self.read_all()
+        damaged = self.damage(maps) if check else []
+        if damaged:
+            more = f" (and {len(damaged) - 1} more ranges)" if len(damaged) > 1 else ""
+            raise StoreError(
+                f"{self.path} is damaged: {damaged[0]}{more}. Regenerate the store, or import it "
+                "again from a good copy; `attg-maps verify` lists every damaged range"
+            )
+        return MapTable(self._key_bytes, maps)
 
 
 def open_store(path, allow_incomplete: bool = False, fmt: str | None = None) -> MapStore:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 from attgmae.core.files import atomic_path, write_json_atomic
 from attgmae.core.provenance import software_versions
 
+from . import checksums, swap
 from .backends import backend_for
 from .layout import (
     CHUNK_ROWS,
@@ -42,6 +42,7 @@ from .layout import (
     STATUS_OK,
     StoreError,
     check_keys,
+    keys_as_bytes,
     keys_digest,
     store_format,
 )
@@ -49,6 +50,7 @@ from .layout import (
 # Values a little outside [0, 1] from float error are clipped; anything further is a bug upstream.
 RANGE_TOLERANCE = 1e-3
 STORE_PACKAGES = ("attgmae", "zarr", "h5py", "numpy")
+DONE_VERSION = 2  # shard_NNNNN.done.json: {"version", "failed", "data_digests"}
 
 
 class MapStoreWriter:
@@ -81,9 +83,9 @@ class MapStoreWriter:
                 "made from a finished store with `attg-maps export`"
             )
         self.backend = backend_for(self.fmt)
-        self.partial = Path(str(self.path) + ".partial")
+        self.partial = swap.partial_of(self.path)
         self.staging = self.partial / "staging"
-        self.inner = self.partial / f"store.{self.fmt}"
+        self.inner = swap.inner_of(self.path, self.fmt)
         self.keys = check_keys(keys, str(self.path))
         if not self.keys:
             raise StoreError(f"{self.path}: no keys to write")
@@ -118,6 +120,7 @@ class MapStoreWriter:
 
     # ---- setup -------------------------------------------------------------------------------
     def _prepare(self) -> None:
+        swap.finish_interrupted(self.path, self.fmt)  # a finished store whose swap was killed
         if self.path.exists() and not self.overwrite:
             raise StoreError(f"{self.path} already exists; pass --overwrite to replace it")
         meta_path = self.partial / "meta.json"
@@ -161,7 +164,8 @@ class MapStoreWriter:
             )
         self.resumed = True
 
-    def _store_attrs(self, complete: bool, failed: dict | None = None) -> dict:
+    def _store_attrs(self, complete: bool, failed: dict | None = None,
+                     checksums: dict | None = None) -> dict:  # fmt: skip
         attrs = {
             **self.attrs,
             "format": FORMAT_NAME,
@@ -174,6 +178,9 @@ class MapStoreWriter:
             "software": {**software_versions(STORE_PACKAGES), **self.attrs.get("software", {})},
             "complete": complete,
         }
+        attrs.pop("checksums", None)  # an imported store's are recomputed, never copied
+        if checksums is not None:
+            attrs["checksums"] = checksums
         if failed is not None:
             attrs["failed"] = failed
             attrs["num_failed"] = len(failed)
@@ -295,8 +302,27 @@ class MapStoreWriter:
             self.write_shard(shard, maps[start:stop], ok[start:stop], shard_errors)
 
     def _write_shard_rows(self, shard: int, maps, status, errors: dict) -> None:
+        """Write a shard's rows and mark it done, keeping its failures and the checksums of the
+        rows as written (``checksums.chunk_data_digests``)."""
         self.backend.write_rows(self.inner, shard * self.shard_rows, maps, status)
-        write_json_atomic(self._shard_done_file(shard), errors, indent=1, sort_keys=True)
+        done = {
+            "version": DONE_VERSION,
+            "failed": errors,
+            "data_digests": checksums.chunk_data_digests(maps, status, self.chunk_rows),
+        }
+        write_json_atomic(self._shard_done_file(shard), done, indent=1, sort_keys=True)
+
+    def _shard_record(self, shard: int) -> tuple[dict, list[str]]:
+        """(failures, data digests) of a written shard. A shard marked by an older version
+        holds its failures only: its digests are taken from the rows as they were written."""
+        done = json.loads(self._shard_done_file(shard).read_text())
+        if done.get("version") == DONE_VERSION:
+            return done["failed"], done["data_digests"]
+        start = shard * self.shard_rows
+        rows = np.arange(start, min(start + self.shard_rows, self.num_rows))
+        maps = self.backend.read_maps(self.inner, rows)
+        status = self.backend.read_meta(self.inner)["status"][rows]
+        return done, checksums.chunk_data_digests(maps, status, self.chunk_rows)
 
     def _load_chunks(self, chunks) -> tuple[np.ndarray, np.ndarray, dict]:
         maps, status, errors = [], [], {}
@@ -337,21 +363,18 @@ class MapStoreWriter:
         for shard in not_done:  # every shard with several HDF5 ranks; none with zarr
             self._flush_shard(shard)
         failed: dict = {}
+        data_digests: list[str] = []
         for shard in range(self.num_shards):
-            failed.update(json.loads(self._shard_done_file(shard).read_text()))
-        self.backend.update_attrs(self.inner, self._store_attrs(True, dict(sorted(failed.items()))))
-        self._move_into_place()
+            shard_failed, shard_digests = self._shard_record(shard)
+            failed.update(shard_failed)
+            data_digests += shard_digests
+        record = checksums.record(
+            data_digests, keys_as_bytes(self.keys), self.labels, self.chunk_rows
+        )
+        attrs = self._store_attrs(True, dict(sorted(failed.items())), record)
+        self.backend.update_attrs(self.inner, attrs)
+        swap.swap_in(self.path, self.fmt)
         return self.path
-
-    def _move_into_place(self) -> None:
-        old = None
-        if self.path.exists():
-            old = Path(f"{self.path}.old-{os.getpid()}")
-            os.rename(self.path, old)
-        os.rename(self.inner, self.path)
-        shutil.rmtree(self.partial, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def write_store(

@@ -1,0 +1,99 @@
+"""One writer at a time: an exclusive lock on an output, held for a whole run.
+
+``OutputLock(target)`` locks the hidden file ``.<name>.lock`` beside ``target`` (or, with
+``inside=True`` for an output folder, ``target/.lock``) with ``flock``:
+the operating system releases it when the holding process ends in any way (kill -9 included), so
+a lock left by a dead run is simply taken over; a live holder is named (pid, host, start time,
+command) in the error of the second run, which exits 2 before touching anything. The lock files
+stay (empty when released): deleting one while another process waits on it would let two runs
+in. Only rank 0 of a torchrun locks: all ranks of one run count as one writer.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import warnings
+from pathlib import Path
+
+from attgmae.core.errors import InputError
+
+
+class OutputLockedError(InputError):
+    """Another run is writing the same output."""
+
+
+def lock_file_of(target, inside: bool = False) -> Path:
+    target = Path(str(target).rstrip("/"))
+    return target / ".lock" if inside else target.parent / f".{target.name}.lock"
+
+
+class OutputLock:
+    def __init__(self, target, what: str = "output", inside: bool = False):
+        self.target = Path(str(target).rstrip("/"))
+        self.what = what
+        self.path = lock_file_of(self.target, inside)
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise OutputLockedError(
+                f"{self.target} is being written by another run ({holder}); wait for it to "
+                f"finish or stop it, or choose another {self.what}"
+            ) from None
+        except OSError as err:  # a file system without locks (some network mounts)
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            warnings.warn(
+                f"{self.path}: this file system has no file locks; two runs writing "
+                f"{self.target} at once would not be stopped",
+                stacklevel=2,
+            )
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)[:300],
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        if not holder:
+            return "a process that has not written its name yet"
+        return (
+            f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}: "
+            f"{holder.get('command', '')}"
+        )
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,244 @@
+"""GPU readiness, checked on the CPU: the GPU check cannot lose its figures or outrun its time,
+and the CUDA-only and multi-machine paths pick the right device, timeout, workers and precision."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attgmae.cli.maps import main as maps_main
+from attgmae.core import device as device_module
+from attgmae.core import distributed
+from attgmae.core.errors import InputError
+from attgmae.core.listing import list_images
+from attgmae.core.resources import plan_workers
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+MIB = 1 << 20
+
+
+# ---- the GPU check ----------------------------------------------------------------------------
+
+
+def test_a_killed_benchmark_leaves_its_figures(tmp_path):
+    """A step killed by its time limit (SIGKILL, no flushing at exit) keeps what it measured."""
+    code = (
+        "import time; from figures import figure; figure('first', 12.5, 'img/s', 10); "
+        "time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=BENCHMARKS,
+        env={**os.environ, "BENCH_OUT": str(tmp_path), "PYTHONUNBUFFERED": ""},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    line = proc.stdout.readline()  # arrives before the kill: stdout is line-buffered
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert time.monotonic() < deadline and line.startswith("FIGURE first: 12.5 img/s")
+    record = json.loads((tmp_path / "figures.jsonl").read_text().splitlines()[0])
+    assert record["name"] == "first" and record["value"] == 12.5 and record["passed"] is True
+
+
+def test_summary_names_every_target_and_its_result():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from summary import table
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    records = [
+        {"name": "a", "value": 5.0, "unit": "img/s", "target": 4.0, "better": "higher",
+         "passed": True},
+        {"name": "b", "value": 9.0, "unit": "s", "target": 6.0, "better": "lower", "passed": False},
+    ]
+    text, ok = table(records, expected=("a", "b", "c"))
+    assert not ok
+    rows = {line.split()[0]: line for line in text.splitlines()[1:]}
+    assert rows["a"].endswith("PASS") and rows["b"].endswith("FAIL")
+    assert rows["c"].endswith("NOT MEASURED")
+    assert table(records[:1], expected=("a",))[1]
+
+
+def test_the_whole_check_runs_small_on_the_cpu_within_its_budget(tmp_path):
+    """`DEVICE=cpu SMALL=1 bash benchmarks/gpu_check.sh`: every step passes, every step's figures
+    are on disk, and the summary closes the output."""
+    out = tmp_path / "out"
+    env = {**os.environ, "DEVICE": "cpu", "SMALL": "1", "OUT": str(out),
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    started = time.monotonic()
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=420)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    figures = (out / "figures.jsonl").read_text().splitlines()
+    assert {json.loads(line)["script"] for line in figures} == {"train", "generate", "eval"}
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert result.stdout.splitlines()[-len(summary) :] == summary  # the summary ends the output
+    assert "NOT MEASURED" in "\n".join(summary)  # the H200 targets, on a CPU
+    assert seconds < 360, f"the small check took {seconds:.0f} s"
+
+
+# ---- devices, ranks, timeouts ---------------------------------------------------------------
+
+
+@pytest.fixture
+def one_visible_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(device))
+    return calls
+
+
+def test_each_rank_takes_a_gpu_it_can_see(one_visible_gpu, monkeypatch):
+    """SLURM --gpus-per-task=1: local rank 3 sees one GPU, which is its cuda:0."""
+    cuda = device_module.resolve_device("cuda")
+    assert device_module.rank_device(cuda, local_rank=3, world_size=4) == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # torchrun: all GPUs of the node
+    assert device_module.rank_device(cuda, local_rank=3, world_size=4) == torch.device("cuda", 3)
+    one = torch.device("cuda", 1)
+    assert device_module.rank_device(one, local_rank=0, world_size=1) == one  # a plain run
+    with pytest.raises(InputError, match="shows 4 CUDA device"):
+        device_module.resolve_device("cuda:7")
+
+
+def test_a_single_process_makes_its_gpu_the_current_one(one_visible_gpu, monkeypatch):
+    """Pinned-memory threads and synchronize() follow the current device: set it, also without
+    torchrun, or they create a context on GPU 0."""
+    for name in ("WORLD_SIZE", "RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    info = distributed.init_distributed(torch.device("cuda", 0))
+    assert not info.distributed and one_visible_gpu == [torch.device("cuda", 0)]
+
+
+def test_process_group_waits_as_long_as_configured(monkeypatch):
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: seen.update(kw))
+    info = distributed.init_distributed(torch.device("cpu"))
+    assert info.world_size == 2 and info.backend == "gloo"
+    assert seen["timeout"].total_seconds() == 60 * 60  # NCCL's own default is 10 minutes
+    distributed.init_distributed(torch.device("cpu"), timeout_min=90)
+    assert seen["timeout"].total_seconds() == 90 * 60
+
+
+# ---- processes and shared memory ------------------------------------------------------------
+
+
+def test_workers_share_the_cores_of_each_rank():
+    plan = plan_workers(-1, -1, uses_pool=True, gpu=True, batch_bytes=MIB, cores=16, ranks=1,
+                        shm_free=None)
+    assert (plan.pool_workers, plan.loader_workers, plan.prefetch) == (8, 7, 4)  # + main = 16
+    plan = plan_workers(-1, -1, uses_pool=True, gpu=True, batch_bytes=MIB, cores=16, ranks=2,
+                        shm_free=None)
+    assert (plan.pool_workers, plan.loader_workers) == (4, 3)
+    plan = plan_workers(-1, -1, uses_pool=False, gpu=True, batch_bytes=MIB, cores=16, ranks=1,
+                        shm_free=None)
+    assert (plan.pool_workers, plan.loader_workers) == (0, 15)
+    plan = plan_workers(-1, -1, uses_pool=True, gpu=False, batch_bytes=MIB, cores=2, ranks=1,
+                        shm_free=None)
+    assert (plan.pool_workers, plan.loader_workers) == (0, 1)
+    assert "7 loader workers" in plan_workers(
+        -1, -1, uses_pool=True, gpu=True, batch_bytes=MIB, cores=16, ranks=1, shm_free=None
+    ).text
+
+
+def test_a_small_dev_shm_shrinks_automatic_workers_and_refuses_explicit_ones():
+    batch = 38 * MIB  # 256 images of 224 x 224 x 3 bytes
+    plan = plan_workers(-1, -1, uses_pool=True, gpu=True, batch_bytes=batch, cores=16, ranks=1,
+                        shm_free=512 * MIB)
+    assert plan.prefetch == 2 and plan.loader_workers == 5  # 5 x 2 x 38 MiB x 1.25 < 512 MiB
+    with pytest.raises(InputError, match=r"/dev/shm has 512 MiB free.*--shm-size"):
+        plan_workers(12, -1, uses_pool=True, gpu=True, batch_bytes=batch, cores=16, ranks=1,
+                     shm_free=512 * MIB)
+    with pytest.raises(InputError, match="--num_workers"):
+        plan_workers(-1, -1, uses_pool=True, gpu=True, batch_bytes=batch, cores=16, ranks=1,
+                     shm_free=64 * MIB)  # docker's default: not even one worker fits
+
+
+# ---- precision is part of a store's identity -------------------------------------------------
+
+
+def _generate(root, out, precision, extra=()):
+    return maps_main(["generate", str(root), "--out", str(out), "--methods", "dino",
+                      "--random_weights", "--device", "cpu", "--batch_size", "2",
+                      "--num_workers", "0", "--no_progress", "--chunk_rows", "2",
+                      "--shard_rows", "4", "--precision", precision, *extra])
+
+
+@pytest.fixture
+def four_images(example_root, tmp_path):
+    root = example_root / "train"
+    keys = [k for k in list_images(root) if k.endswith("0000.JPEG")]
+    file_list = tmp_path / "keys.txt"
+    file_list.write_text("\n".join(keys) + "\n")
+    return root, ["--file_list", str(file_list)]
+
+
+def test_an_fp32_store_is_not_complete_for_a_bf16_request(four_images, tmp_path, capsys):
+    """(And the other way round: the refusal comes before any forward, so the test runs the
+    cheap fp32 CPU forward only.)"""
+    root, listed = four_images
+    assert _generate(root, tmp_path / "m", "fp32", listed) == 0
+    assert _generate(root, tmp_path / "m", "bf16", listed) == 2
+    assert "other parameters" in capsys.readouterr().err
+    assert _generate(root, tmp_path / "m", "fp32", listed) == 0
+    assert "already complete" in capsys.readouterr().err
+
+
+def test_a_partial_fp32_store_is_not_resumed_in_bf16(four_images, tmp_path, monkeypatch, capsys):
+    """Kill after the first chunk (as a crash would), then resume with another precision."""
+    from attgmae.pipelines import generate_loop
+
+    root, listed = four_images
+    real_write = generate_loop.ChunkBuffer.write
+
+    def write_then_crash(self, writers):
+        real_write(self, writers)
+        raise KeyboardInterrupt  # what Ctrl-C in the middle of a run raises
+
+    monkeypatch.setattr(generate_loop.ChunkBuffer, "write", write_then_crash)
+    assert _generate(root, tmp_path / "m", "fp32", listed) == 130
+    monkeypatch.setattr(generate_loop.ChunkBuffer, "write", real_write)
+    assert (tmp_path / "m" / "dino.zarr.partial").is_dir()
+    assert _generate(root, tmp_path / "m", "bf16", listed) == 2
+    assert "interrupted run with other keys or parameters" in capsys.readouterr().err
+    assert _generate(root, tmp_path / "m", "fp32", listed) == 0  # the same precision resumes
+    assert "resuming: 2 of 4 images already done" in capsys.readouterr().err
+
+
+def test_training_reads_its_losses_every_print_freq_steps(make_truth_example, tmp_path,
+                                                          monkeypatch):  # fmt: skip
+    """Reading a loss waits for the device: once per --print_freq steps (and at an epoch's end),
+    not every step."""
+    from attgmae.cli.train import main as train_main
+
+    root, maps = make_truth_example(tmp_path, 6, 1)  # 24 training images: 6 steps of 4
+    reads = []
+    real_read = distributed.RunningMean.read
+    monkeypatch.setattr(
+        distributed.RunningMean, "read", lambda self: reads.append(self.count) or real_read(self)
+    )
+    argv = ["--data_path", str(root), "--maps", str(maps), "--model", "mae_vit_tiny_patch16",
+            "--epochs", "2", "--batch_size", "4", "--accum_iter", "1", "--num_workers", "0",
+            "--device", "cpu", "--output_dir", str(tmp_path / "out"), "--print_freq", "4",
+            "--ckpt_every_min", "0", "--warmup_epochs", "1"]
+    assert train_main(argv) == 0
+    assert reads == [4, 2, 4, 2]  # steps 1-4, 5-6 of each epoch
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.txt").read_text().splitlines()]
+    assert len(log) == 2 and all(np.isfinite(entry["train_loss"]) for entry in log)
