@@ -1,44 +1,35 @@
 """Pictures of maps and reconstructions.
 
-``upsample_map``: a 14x14 map over its whole image; ``reconstruction_panels``: original | masked |
-reconstruction | loss weights, one row per image.
+``reconstruction_panels``: original | masked | reconstruction | loss weights, one row per image,
+the weights in the figures' style (``attgmae.figures``: viridis, patch grid, fixed scale).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
+from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
 from attgmae.core.files import atomic_path
 from attgmae.data.transforms import denormalize_images
+from attgmae.figures import CMAP
 
 
-def upsample_map(grid_map: np.ndarray, height: int, width: int) -> np.ndarray:
-    """[14, 14] -> float32 [height, width], bilinear: the map covers the whole image."""
-    return cv2.resize(grid_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-# A dark-to-bright ramp (black, purple, orange, yellow) for the weight panel.
-_RAMP = np.array([[0, 0, 0], [90, 20, 120], [230, 90, 40], [250, 230, 80]], dtype=np.float32)
-
-
-def _heat(values: np.ndarray) -> np.ndarray:
-    """values float [...] in [0, 1] -> uint8 [..., 3] along _RAMP."""
-    pos = np.clip(values, 0, 1) * (len(_RAMP) - 1)
-    low = np.floor(pos).astype(int).clip(0, len(_RAMP) - 2)
-    frac = (pos - low)[..., None]
-    return (_RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac).astype(np.uint8)
+def _viridis(values: np.ndarray) -> np.ndarray:
+    """values float [...] in [0, 1] -> uint8 [..., 3] in viridis (the figures' colour map)."""
+    return (colormaps[CMAP](np.clip(values, 0, 1))[..., :3] * 255).round().astype(np.uint8)
 
 
 @torch.no_grad()
-def reconstruction_panels(model, images, noise, mask_ratio, loss_weights=None) -> np.ndarray:
+def reconstruction_panels(model, images, noise, mask_ratio, loss_weights=None,
+                          weight_range=None) -> np.ndarray:  # fmt: skip
     """uint8 [K*S, 4*S, 3]: for each image (ImageNet-normalized [K, 3, S, S]) the original,
     the visible patches (masked ones grey), the reconstruction pasted into the visible
-    patches, and the loss weights (scaled to their maximum; black = lowest)."""
+    patches, and the loss weights as their patch grid in viridis: on the fixed scale
+    ``weight_range`` (low, high), as the figures draw them, or else each image's own range."""
     was_training = model.training
     model.eval()
     _, pred, mask = model(images, mask_ratio, noise=noise)  # pred [K, L, p*p*3], mask [K, L]
@@ -61,11 +52,14 @@ def reconstruction_panels(model, images, noise, mask_ratio, loss_weights=None) -
         weights = torch.zeros(k, grid * grid)
     else:
         weights = loss_weights.float().cpu()
-        low = weights.min(dim=1, keepdim=True).values
-        high = weights.max(dim=1, keepdim=True).values
+        if weight_range is None:
+            low = weights.min(dim=1, keepdim=True).values
+            high = weights.max(dim=1, keepdim=True).values
+        else:
+            low, high = (torch.tensor(float(v)) for v in weight_range)
         weights = (weights - low) / (high - low).clamp_min(1e-12)
     weight_px = weights.reshape(k, grid, 1, grid, 1).expand(-1, -1, p, -1, p)
-    weight_rgb = _heat(weight_px.reshape(k, size, size).numpy())  # [K, S, S, 3]
+    weight_rgb = _viridis(weight_px.reshape(k, size, size).numpy())  # [K, S, S, 3]
 
     def to_uint8(x):  # [K, 3, S, S] float [0, 1] -> [K, S, S, 3]
         return (x.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)

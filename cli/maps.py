@@ -56,11 +56,21 @@ def build_parser():
     p.add_argument("store")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("show", help="PNG of image, M_norm, M_norm/tau, exp(M_norm/tau) per image")
+    p = sub.add_parser(
+        "show",
+        help="the paper's Figures 1-3: a store's maps and the loss weights they give, per image",
+        description="One --tau: image | M_norm | M_norm/tau | exp(M_norm/tau) (Fig. 1). Several: "
+        "the weights exp(M_norm/tau) at each (Fig. 2). --schedule: the weights along a run's own "
+        "tau schedule (Fig. 3). Maps as their 14x14 patch grids, viridis, one scale per figure.",
+    )
     p.add_argument("store")
     p.add_argument("--images", required=True, help="image root the store's keys are relative to")
     p.add_argument("--keys", nargs="+", required=True, help="keys to show (one row each)")
-    p.add_argument("--tau", type=float, default=0.75)
+    p.add_argument("--tau", type=float, nargs="+", default=[0.75], help="one tau, or several")
+    p.add_argument(
+        "--schedule", default=None, help="a run's checkpoint or config.json: its tau schedule"
+    )
+    p.add_argument("--overlay", action="store_true", help="draw the maps on the images")
     p.add_argument("-o", "--out", required=True, help="output PNG")
 
     p = sub.add_parser("make-example", help="write the built-in example image set with true masks")
@@ -124,7 +134,9 @@ def _inspect(args) -> int:
 def _show(args) -> int:
     from attgmae.pipelines.show import render_show  # matplotlib: only when drawing
 
-    out = render_show(args.store, args.images, args.keys, args.tau, args.out)
+    out = render_show(
+        args.store, args.images, args.keys, args.tau, args.out, args.schedule, args.overlay
+    )
     print(f"wrote {out}")
     return 0
 

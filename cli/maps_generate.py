@@ -127,9 +127,9 @@ def _add_generate(subparsers) -> None:
 def _add_compare(subparsers) -> None:
     p = subparsers.add_parser(
         "compare",
-        help="PNG grid: each image, then each store's map over it (the paper's Figure 4)",
-        description="One row per image: the image, then each store's 14x14 map upsampled and "
-        "overlaid on it.",
+        help="PNG grid: each image, then each store's map beside it (the paper's Figure 4)",
+        description="One row per image: the image, then each store's 14x14 map (its patch grid, "
+        "viridis, one 0..1 scale), on the image with --overlay.",
     )
     p.add_argument(
         "--stores", nargs="+", required=True, help="map stores (.zarr / .h5), one column each"
@@ -143,8 +143,9 @@ def _add_compare(subparsers) -> None:
     )
     p.add_argument("--num", type=int, default=6, help="rows when --keys is not given")
     p.add_argument("-o", "--out", required=True, help="output .png")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
-    p.add_argument("--cmap", default="jet", help="matplotlib colormap of the maps")
+    p.add_argument("--overlay", action="store_true", help="draw the maps on the images")
+    p.add_argument("--alpha", type=float, default=0.6, help="map opacity with --overlay")
+    p.add_argument("--cmap", default="viridis", help="matplotlib colormap of the maps")
 
 
 def generate_config(args):
@@ -192,6 +193,7 @@ def run(args) -> int:
         num=args.num,
         alpha=args.alpha,
         cmap=args.cmap,
+        overlay=args.overlay,
     )
     print(f"wrote {path}")
     return 0

@@ -41,9 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", choices=("store", "random", "none"), default=d.guidance,
                    help="store: maps from --maps; random: random maps (control); none: vanilla MAE")
     p.add_argument("--maps", help="map store (*.zarr or *.h5) keyed by paths under data_path/train")
-    p.add_argument("--tau", type=float, default=d.tau, help="temperature: weight exp(M_norm/tau)")
-    p.add_argument("--tau_end", type=float, default=None,
-                   help="if set, tau follows a half-cycle cosine from --tau to this over training")
+    p.add_argument("--tau", type=float, default=d.tau,
+                   help="temperature of the weights exp(M_norm/tau): the schedule's start, or the "
+                        "constant with --tau_schedule constant")
+    p.add_argument("--tau_end", type=float, default=d.tau_end,
+                   help="the cosine's end: tau falls from --tau to this over the whole run, "
+                        "as for the paper's main models")
+    p.add_argument("--tau_schedule", choices=("cosine", "constant"), default=d.tau_schedule,
+                   help="constant: --tau throughout (the masking-ratio ablation, Sec. G, uses "
+                        "--tau 0.75)")
     p.add_argument("--gamma", type=float, default=d.gamma, help="weight scale")
     p.add_argument("--missing_maps", choices=("error", "uniform"), default=d.missing_maps,
                    help="images without a map: stop before training, or train with uniform weights")

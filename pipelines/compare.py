@@ -1,8 +1,9 @@
 """`attg-maps compare`: the paper's Figure 4 for chosen images and several stores.
 
-One row per image: the image, then each store's 14x14 map upsampled (bilinear, the map covers the
-whole image) and overlaid on it, one column per store, on the common [0, 1] colour scale.
-A key a store does not hold, or holds as failed, shows the bare image with a note.
+One row per image: the image, then each store's 14x14 map as its patch grid over the image's
+extent, one column per store, on the common [0, 1] viridis scale (``attgmae.figures``; on the
+image with ``--overlay``). A key a store does not hold, or holds as failed, shows the bare image
+with a note.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from attgmae.core.constants import MAP_GRID
 from attgmae.core.errors import InputError
-from attgmae.core.files import atomic_path
 from attgmae.data.images import ImageDecodeError, decode_rgb
+from attgmae.figures import CMAP, compare_figure, save_figure
 from attgmae.store import STATUS_OK, open_store
-from attgmae.visualize import upsample_map
 
 
 def spread_keys(stores, num: int) -> list[str]:
@@ -56,7 +55,14 @@ def _store_maps(store, keys: list[str]) -> tuple[np.ndarray, list[str | None]]:
 
 
 def write_compare_grid(
-    store_paths, images_root, out_png, keys=None, num: int = 6, alpha: float = 0.5, cmap="jet"
+    store_paths,
+    images_root,
+    out_png,
+    keys=None,
+    num: int = 6,
+    alpha: float = 0.6,
+    cmap: str = CMAP,
+    overlay: bool = False,
 ) -> Path:
     """Write the comparison PNG (atomically) and return its path."""
     stores = [open_store(path) for path in store_paths]
@@ -70,39 +76,9 @@ def write_compare_grid(
             images.append(decode_rgb(Path(images_root) / key))  # uint8 [H, W, 3]
         except ImageDecodeError as err:
             raise InputError(f"image {key} under {images_root}: {err.reason}") from None
-
-    num_cols = 1 + len(stores)
-    fig = Figure(figsize=(2.4 * num_cols + 0.8, 2.0 * len(keys) + 0.6), layout="constrained")
-    axes = fig.subplots(len(keys), num_cols, squeeze=False)
-    shown = None
-    for row, (key, image) in enumerate(zip(keys, images)):
-        height, width = image.shape[:2]
-        axes[row, 0].imshow(image)
-        axes[row, 0].set_title(key, fontsize=7)
-        for col, (store, (maps, notes)) in enumerate(zip(stores, per_store), start=1):
-            ax = axes[row, col]
-            ax.imshow(image)
-            if notes[row] is None:
-                shown = ax.imshow(
-                    upsample_map(maps[row], height, width), cmap=cmap, alpha=alpha, vmin=0, vmax=1
-                )
-            else:
-                ax.text(
-                    0.5,
-                    0.5,
-                    notes[row],
-                    color="white",
-                    ha="center",
-                    va="center",
-                    transform=ax.transAxes,
-                    bbox={"facecolor": "black", "alpha": 0.6},
-                )
-            if row == 0:
-                ax.set_title(_column_title(store), fontsize=9)
-    for ax in axes.flat:
-        ax.axis("off")
-    if shown is not None:
-        fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="M_norm")
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    return Path(out_png)
+    columns = [
+        (_column_title(store), maps, notes) for store, (maps, notes) in zip(stores, per_store)
+    ]
+    title = f"M_norm of {len(stores)} map store(s): {', '.join(name for name, _, _ in columns)}"
+    fig = compare_figure(images, keys, columns, title, overlay, alpha, cmap)
+    return save_figure(fig, out_png)

@@ -1,54 +1,65 @@
-"""`attg-maps show`: the paper's Figure 1 for chosen images of a store.
+"""`attg-maps show`: the paper's Figures 1-3 for chosen images of a store.
 
-One row per image: the image, then M_norm, M_norm / tau and exp(M_norm / tau), each upsampled
-onto the image, all on one fixed colour scale from 0 to exp(1 / tau) so the columns compare.
+- one ``--tau``: Fig. 1, image | M_norm | M_norm / tau | exp(M_norm / tau);
+- several ``--tau``: Fig. 2, the weights exp(M_norm / tau) at each;
+- ``--schedule RUN``: Fig. 3, the weights along a training run's own tau schedule, read from its
+  checkpoint or config.json.
+Drawing is ``attgmae.figures``; here the store, the images and the schedule are read.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from attgmae.core.files import atomic_path
+from attgmae.checkpoint import load_checkpoint
+from attgmae.core.errors import InputError
 from attgmae.data.images import decode_rgb
+from attgmae.figures import save_figure, tau_figure, weight_figure
+from attgmae.guidance import TauSchedule
 from attgmae.store import open_store
-from attgmae.visualize import upsample_map
+
+SCHEDULE_POINTS = 5  # start, quarter, half, three quarters, end
 
 
-def render_show(store_path, images_root, keys, tau: float, out_png) -> Path:
+def read_tau_schedule(path) -> TauSchedule:
+    """A run's schedule from its checkpoint (``args``) or ``config.json``."""
+    path = Path(path)
+    if path.suffix == ".json":
+        args = json.loads(path.read_text())
+    else:
+        args = vars(load_checkpoint(path).get("args") or {})
+    if "tau_plan" in args:
+        return TauSchedule.from_dict(args["tau_plan"])
+    if "tau" not in args:
+        raise InputError(f"{path}: no tau recorded (not an attg-train checkpoint or config)")
+    # Runs written before the plan was recorded: a cosine over all epochs when tau_end is set.
+    return TauSchedule(args["tau"], args.get("tau_end"), 0.0, args.get("epochs", 1))
+
+
+def render_show(store_path, images_root, keys, taus, out_png, schedule=None,
+                overlay: bool = False) -> Path:  # fmt: skip
     store = open_store(store_path)
     maps_norm = store.get_batch(keys)  # [B, 14, 14]
-    vmax = float(np.exp(1.0 / tau))
-    columns = [
-        ("M_norm", lambda m: m),
-        (f"M_norm / tau (tau={tau:g})", lambda m: m / tau),
-        ("exp(M_norm / tau)", lambda m: np.exp(m / tau)),
-    ]
-    fig = Figure(figsize=(12, 2.4 * len(keys) + 0.6), layout="constrained")
-    axes = fig.subplots(len(keys), 4, squeeze=False)
-    shown = None
-    for row, (key, grid_map) in enumerate(zip(keys, maps_norm)):
-        image = decode_rgb(Path(images_root) / key)
-        height, width = image.shape[:2]
-        axes[row, 0].imshow(image)
-        axes[row, 0].set_title(key, fontsize=8)
-        for col, (title, transform) in enumerate(columns, start=1):
-            axes[row, col].imshow(image)
-            shown = axes[row, col].imshow(
-                upsample_map(transform(grid_map), height, width),
-                cmap="jet",
-                alpha=0.5,
-                vmin=0.0,
-                vmax=vmax,
-            )
-            if row == 0:
-                axes[row, col].set_title(title, fontsize=9)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(f"{store.method} maps ({Path(store_path).name})", fontsize=10)
-    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label=f"0 .. exp(1/tau) = {vmax:.2f}")
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    return Path(out_png)
+    images = [decode_rgb(Path(images_root) / key) for key in keys]
+    name = f"{store.method} maps of {Path(store_path).name}"
+    taus = [float(t) for t in np.atleast_1d(taus)]
+    if schedule is not None:
+        plan = read_tau_schedule(schedule)
+        end = plan.to_epoch if plan.end is not None else 1.0
+        epochs = np.linspace(0.0, end, SCHEDULE_POINTS)
+        taus = [plan.at(e) for e in epochs]
+        labels = [f"epoch {e:g}: tau {t:.3f}" for e, t in zip(epochs, taus)]
+        title = f"{name}: the loss weights along the run's schedule, {plan.describe()}"
+        fig = tau_figure(images, maps_norm, keys, taus, title, labels, overlay)
+    elif len(taus) == 1:
+        title = f"{name}: M_norm, M_norm / tau, loss weights exp(M_norm / tau) at tau {taus[0]:g}"
+        fig = weight_figure(images, maps_norm, keys, taus[0], title, overlay)
+    else:
+        title = (
+            f"{name}: the loss weights exp(M_norm / tau) at tau {', '.join(f'{t:g}' for t in taus)}"
+        )
+        fig = tau_figure(images, maps_norm, keys, taus, title, overlay=overlay)
+    return save_figure(fig, out_png)

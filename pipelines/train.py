@@ -41,7 +41,7 @@ from attgmae.core.files import write_json_atomic
 from attgmae.core.tensorboard import open_tensorboard
 from attgmae.data.transforms import crop_resize_maps, normalize_images
 from attgmae.eval.monitor import knn_top1
-from attgmae.guidance import loss_weights, tau_at
+from attgmae.guidance import loss_weights
 from attgmae.models import create_mae
 from attgmae.optim import lr_at, make_adamw, set_lr
 from attgmae.pipelines.train_config import (
@@ -49,11 +49,12 @@ from attgmae.pipelines.train_config import (
     check_model_fit,
     divergence_advice,
     resolve_amp,
+    tau_schedule,
     validate,
 )
 from attgmae.pipelines.train_data import build_train_data
 from attgmae.pipelines.train_launch import launch_info, locked_output
-from attgmae.visualize import reconstruction_panels, save_png, with_titles
+from attgmae.visualize import PANEL_TITLES, reconstruction_panels, save_png, with_titles
 
 
 class TrainError(AttgError):
@@ -72,6 +73,7 @@ class PretrainRun:
         self.info = info
         self.device = device
         self.amp = resolve_amp(cfg.amp, device)
+        self.tau_schedule = tau_schedule(cfg)
         self.out_dir = Path(cfg.output_dir) if cfg.output_dir else None
         self.iters_run = 0
         self.last_good_checkpoint: Path | None = None
@@ -118,7 +120,7 @@ class PretrainRun:
         data = self.data
         self.log(
             f"model {cfg.model} ({n_params / 1e6:.1f}M params), guidance {cfg.guidance}, "
-            f"tau {cfg.tau}{'->' + str(cfg.tau_end) if cfg.tau_end is not None else ''}, "
+            f"{self.tau_schedule.describe()}, "
             f"gamma {cfg.gamma}; effective batch {data.eff_batch_size} = {cfg.batch_size} x "
             f"{data.accum_iter} accum x {self.info.world_size} proc; lr {data.base_lr:.3g} "
             f"(blr {data.base_lr * 256 / data.eff_batch_size:.3g}); amp {self.amp}; "
@@ -163,6 +165,7 @@ class PretrainRun:
         args.eff_batch_size = self.data.eff_batch_size
         args.world_size = self.info.world_size
         args.maps_method = self.data.join.method if self.data.join is not None else None
+        args.tau_plan = self.tau_schedule.as_dict()  # the temperature along the run (Fig. 3)
         return args
 
     def checkpoint(self, epoch: int, step: int, lr: float, tau: float) -> dict:
@@ -223,7 +226,7 @@ class PretrainRun:
                     epoch_float, self.data.base_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs
                 )
                 set_lr(self.optimizer, lr)
-                tau = tau_at(epoch_float, cfg.epochs, cfg.tau, cfg.tau_end)
+                tau = self.tau_schedule.at(epoch_float)
             bad_keys.extend(k for k in batch["bad"] if k)
             images = normalize_images(batch["image"].to(self.device, non_blocking=True))
             noise = batch["noise"].to(self.device, non_blocking=True)
@@ -333,16 +336,17 @@ class PretrainRun:
         picks = np.linspace(0, len(self.data.dataset) - 1, count).round().astype(int)
         batch = default_collate([self.data.dataset[(int(i), 0)] for i in picks])
         images = normalize_images(batch["image"].to(self.device))
-        tau = tau_at(epoch + 1, self.cfg.epochs, self.cfg.tau, self.cfg.tau_end)
+        tau = self.tau_schedule.at(epoch + 1)
         weights = self.batch_weights(batch, tau)
+        # Weights on the figures' fixed scale: gamma (background) .. gamma * exp(1 / tau).
+        scale = (self.cfg.gamma, self.cfg.gamma * math.exp(1.0 / tau))
         panel = reconstruction_panels(
-            self.model_without_ddp,
-            images,
-            batch["noise"].to(self.device),
-            self.cfg.mask_ratio,
-            weights,
-        )
-        return save_png(with_titles(panel), self.out_dir / "vis" / f"recon-epoch{epoch:04d}.png")
+            self.model_without_ddp, images, batch["noise"].to(self.device), self.cfg.mask_ratio,
+            weights, scale,
+        )  # fmt: skip
+        titles = (*PANEL_TITLES[:3], f"weights {scale[0]:g}..{scale[1]:.2f} (tau {tau:.2f})")
+        path = self.out_dir / "vis" / f"recon-epoch{epoch:04d}.png"
+        return save_png(with_titles(panel, titles), path)
 
     def _due(self, every: int, epoch: int) -> bool:
         return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == self.cfg.epochs)

@@ -13,9 +13,11 @@ from attgmae.core.device import resolve_precision
 from attgmae.core.errors import InputError
 from attgmae.data.pretrain_dataset import GUIDANCE_MODES, MISSING_POLICIES
 from attgmae.data.transforms import AUGMENTATIONS
+from attgmae.guidance import TAU_END, TAU_START, TauSchedule
 from attgmae.models import MODEL_FACTORIES
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+TAU_SCHEDULES = ("cosine", "constant")
 PAPER_EFFECTIVE_BATCH = 512  # the paper's (supplementary Table 1)
 
 
@@ -40,8 +42,9 @@ class TrainConfig:
     norm_pix_loss: bool = True
     guidance: str = "store"
     maps: str | None = None
-    tau: float = 0.75
-    tau_end: float | None = None
+    tau: float = TAU_START  # the schedule's start, or the constant
+    tau_end: float | None = TAU_END  # the cosine's end (ignored when constant)
+    tau_schedule: str = "cosine"  # "cosine" (the paper's main models) | "constant" (Sec. G)
     gamma: float = 1.0
     missing_maps: str = "error"
     aug: str = "rrc"
@@ -88,6 +91,10 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--amp must be one of {AMP_MODES}")
     if cfg.tau <= 0 or (cfg.tau_end is not None and cfg.tau_end <= 0):
         problems.append("--tau and --tau_end must be > 0")
+    if cfg.tau_schedule not in TAU_SCHEDULES:
+        problems.append(f"--tau_schedule must be one of {TAU_SCHEDULES}")
+    elif cfg.tau_schedule == "cosine" and cfg.tau_end is None:
+        problems.append("--tau_schedule cosine needs --tau_end (or --tau_schedule constant)")
     if not cfg.gamma > 0:  # 0 trains on a zero loss, a negative gamma climbs it
         problems.append(f"--gamma must be > 0 (the weight of a background patch), got {cfg.gamma}")
     if not 0.0 < cfg.mask_ratio < 1.0:  # 0 masks nothing: the loss would be 0 / 0
@@ -150,3 +157,10 @@ def divergence_advice(cfg: TrainConfig, tau: float) -> str:
                 "(the paper uses 0.5-1.0) or lower --gamma."
             )
     return "Lower --blr, prefer --amp bf16 over fp16, or check the inputs."
+
+
+def tau_schedule(cfg: TrainConfig) -> TauSchedule:
+    """The run's temperature: the cosine spans the whole run, warmup included."""
+    if cfg.tau_schedule == "constant":
+        return TauSchedule(cfg.tau)
+    return TauSchedule(cfg.tau, cfg.tau_end, 0.0, cfg.epochs)

@@ -347,7 +347,8 @@ def test_a_diverged_loss_names_tau_and_gamma_when_the_weights_explode(example_ro
 
     argv = ["--data_path", str(example_root), "--guidance", "random", "--model",
             "mae_vit_tiny_patch16", "--epochs", "1", "--device", "cpu", "--num_workers", "0",
-            "--batch_size", "8", "--output_dir", str(tmp_path / "run"), "--tau", "0.001"]
+            "--batch_size", "8", "--output_dir", str(tmp_path / "run"), "--tau", "0.001",
+            "--tau_schedule", "constant"]
     assert train_main(argv) == 1
     err = capsys.readouterr().err
     assert "gamma * exp(1 / tau)" in err and "tau 0.001" in err and "raise --tau" in err

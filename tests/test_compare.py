@@ -45,28 +45,27 @@ def test_grid_has_a_row_per_key_and_a_column_per_store(stores, tmp_path, capsys)
     assert h3 > 2.5 * h1 * 0.8 and w3 > w1  # three rows instead of one, one more column
 
 
-def test_overlay_follows_the_map(stores, tmp_path):
-    """The ramp is blue on the left and red on the right of the image; the mirror the reverse."""
+def test_each_map_follows_its_image(stores, tmp_path):
+    """Viridis, one 0..1 scale: the ramp is dark (0) on the left of its panel and yellow (1) on
+    the right; the mirror the reverse."""
     root, keys, left, right = stores
     out = tmp_path / "grid.png"
     assert main(["compare", "--stores", str(left), str(right), "--images", str(root),
-                 "--keys", keys[0], "-o", str(out), "--alpha", "1.0"]) == 0
+                 "--keys", keys[0], "-o", str(out)]) == 0
     pixels = _pixels(out)
-    # the three panels sit side by side; find the overlaid ones by their saturated colours
-    reddish = (pixels[..., 0] > 180) & (pixels[..., 2] < 80)
-    bluish = (pixels[..., 2] > 180) & (pixels[..., 0] < 80)
-    columns_red = np.flatnonzero(reddish.any(axis=0))
-    columns_blue = np.flatnonzero(bluish.any(axis=0))
     width = pixels.shape[1]
-    # ramp panel (second third): blue before red; mirror panel (last third): red before blue
-    second = slice(width // 3, 2 * width // 3)
-    red2 = columns_red[(columns_red >= second.start) & (columns_red < second.stop)]
-    blue2 = columns_blue[(columns_blue >= second.start) & (columns_blue < second.stop)]
-    assert len(red2) and len(blue2) and blue2.mean() < red2.mean()
-    third = slice(2 * width // 3, width)
-    red3 = columns_red[(columns_red >= third.start) & (columns_red < third.stop)]
-    blue3 = columns_blue[(columns_blue >= third.start) & (columns_blue < third.stop)]
-    assert len(red3) and len(blue3) and red3.mean() < blue3.mean()
+    panels = pixels[:, : int(0.88 * width)]  # the colour bar (right) shows both ends too
+    yellow = (panels[..., 0] > 200) & (panels[..., 1] > 200) & (panels[..., 2] < 120)
+    dark = (panels[..., 0] < 90) & (panels[..., 1] < 40) & (panels[..., 2] > 60)
+    columns_yellow = np.flatnonzero(yellow.any(axis=0))
+    columns_dark = np.flatnonzero(dark.any(axis=0))
+    middle = (columns_yellow.min() + columns_yellow.max()) / 2  # between the two map panels
+    ramp_yellow = columns_yellow[columns_yellow < middle]
+    ramp_dark = columns_dark[columns_dark < middle]
+    mirror_yellow = columns_yellow[columns_yellow > middle]
+    mirror_dark = columns_dark[columns_dark > middle]
+    assert len(ramp_yellow) and len(ramp_dark) and ramp_dark.mean() < ramp_yellow.mean()
+    assert len(mirror_yellow) and len(mirror_dark) and mirror_yellow.mean() < mirror_dark.mean()
 
 
 def test_default_keys_and_missing_maps(stores, tmp_path):
