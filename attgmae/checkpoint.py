@@ -3,14 +3,17 @@
 A checkpoint is a dict with the official keys ``model`` (state_dict, official names),
 ``optimizer``, ``epoch`` (the last *completed* epoch), ``scaler`` and ``args`` (an
 ``argparse.Namespace`` holding ``model``, the factory name), plus ``resume``: what exact
-continuation needs (epoch in progress, iterations done in it, global step, tau, lr, RNG state).
+continuation needs (epoch in progress, samples done in it, global step, lr, RNG state, and what
+else a run adds: tau for pretraining, the running loss sums of the epoch for ``attgmae.engine``).
+Used by ``attg-train`` (pretraining) and by the supervised runs of ``attgmae.engine``.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -55,26 +58,57 @@ def find_resume_checkpoint(output_dir) -> Path | None:
     last = output_dir / LAST_NAME
     if last.is_file():
         return last
+    numbered = _numbered_checkpoints(output_dir)
+    return numbered[0] if numbered else None
+
+
+def _numbered_checkpoints(output_dir: Path) -> list[Path]:
+    """``checkpoint-N.pth`` files of ``output_dir``, highest N first."""
     numbered = []
     for entry in output_dir.iterdir():
         match = _EPOCH_NAME.match(entry.name)
         if match:
             numbered.append((int(match.group(1)), entry))
-    return max(numbered)[1] if numbered else None
+    return [path for _, path in sorted(numbered, reverse=True)]
+
+
+def load_latest_checkpoint(
+    output_dir, trusted: bool = False, warn: Callable[[str], None] = print
+) -> tuple[Path, dict] | None:
+    """The newest readable checkpoint of ``output_dir`` -> (path, checkpoint), None if none.
+
+    ``checkpoint-last.pth`` first; when it cannot be read (a disk filled up, a copy cut short)
+    ``warn`` says so and the highest readable ``checkpoint-N.pth`` is used instead.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    last = output_dir / LAST_NAME
+    candidates = ([last] if last.is_file() else []) + _numbered_checkpoints(output_dir)
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path, trusted)
+        except CheckpointError as err:
+            warn(f"warning: skipping unreadable checkpoint ({err})")
+    return None
 
 
 def training_checkpoint(model, optimizer, scaler, args, *, epoch: int, samples_seen: int,
-                        global_step: int, lr: float, tau: float, device) -> dict:  # fmt: skip
+                        global_step: int, lr: float, tau: float | None = None, device,
+                        extra: dict | None = None) -> dict:  # fmt: skip
     """The official MAE checkpoint of a run ``samples_seen`` samples (all ranks) into ``epoch``,
-    plus ``resume``: what an exact continuation needs (schedules, RNG state)."""
+    plus ``resume``: what an exact continuation needs (schedules, RNG state, and ``extra``: what
+    else the run needs to continue exactly, e.g. its running sums)."""
     resume = {
         "epoch": epoch,
         "samples_seen": samples_seen,
         "global_step": global_step,
         "lr": lr,
-        "tau": tau,
         "torch_rng": torch.get_rng_state(),
+        **(extra or {}),
     }
+    if tau is not None:
+        resume["tau"] = tau
     if torch.device(device).type == "cuda":
         resume["cuda_rng"] = torch.cuda.get_rng_state(device)
     return {
@@ -94,6 +128,7 @@ class ResumePoint:
     epoch: int | None  # the epoch to continue in (None: the checkpoint does not say)
     samples_seen: int = 0  # samples of that epoch already trained on, all ranks together
     global_step: int = 0  # optimizer steps so far
+    state: dict = field(default_factory=dict)  # the checkpoint's whole ``resume`` entry
 
 
 def restore_training(ckpt: dict, path, model_name: str, model, optimizer, scaler,
@@ -105,10 +140,17 @@ def restore_training(ckpt: dict, path, model_name: str, model, optimizer, scaler
     same_model = MODEL_FACTORIES.get(saved_model) is MODEL_FACTORIES.get(model_name)
     if saved_model is not None and not same_model:  # (aliases like *_dec512d8b are equal)
         raise InputError(f"{path} holds a {saved_model}, not --model {model_name}")
+    return restore_state(ckpt, path, model, optimizer, scaler, device, f"--model {model_name}")
+
+
+def restore_state(ckpt: dict, path, model, optimizer, scaler, device,
+                  model_label: str = "the model") -> ResumePoint:  # fmt: skip
+    """Load a checkpoint's weights (strictly), optimizer, scaler and RNG state; InputError
+    naming ``path`` and ``model_label`` when the weights do not fit ``model``."""
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
-        raise InputError(f"{path}: weights do not fit --model {model_name} ({err})") from None
+        raise InputError(f"{path}: weights do not fit {model_label} ({err})") from None
     point = ResumePoint(epoch=None)
     if "optimizer" in ckpt and "epoch" in ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -117,6 +159,7 @@ def restore_training(ckpt: dict, path, model_name: str, model, optimizer, scaler
             scaler.load_state_dict(ckpt["scaler"])
     state = ckpt.get("resume")
     if state:
+        point.state = state
         point.epoch = int(state["epoch"])
         point.global_step = int(state.get("global_step", 0))
         point.samples_seen = int(state.get("samples_seen", 0))
@@ -128,15 +171,24 @@ def restore_training(ckpt: dict, path, model_name: str, model, optimizer, scaler
 
 
 def save_checkpoint(ckpt: dict, out_dir, numbered_epoch: int | None = None) -> Path:
-    """Write ``checkpoint-last.pth`` (and ``checkpoint-{epoch}.pth`` when asked, the same bytes
-    hard-linked rather than written twice); returns the last checkpoint's path."""
+    """Write ``checkpoint-last.pth`` (and ``checkpoint-{epoch}.pth`` when asked); returns the last
+    checkpoint's path. Two names are two files, never one linked file: damage to one (a disk
+    that fills, a copy cut short) cannot reach the other, which ``--auto_resume`` falls back to."""
     last = Path(out_dir) / LAST_NAME
     if numbered_epoch is None:
         return save_atomic(ckpt, last)
     numbered = save_atomic(ckpt, Path(out_dir) / epoch_name(numbered_epoch))
     with atomic_path(last) as tmp:
-        try:
-            os.link(numbered, tmp)  # no second write of a multi-GB file
-        except OSError:
-            torch.save(ckpt, tmp)
+        shutil.copyfile(numbered, tmp)  # the same bytes, without serializing again
     return last
+
+
+def prune_checkpoints(out_dir, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` highest ``checkpoint-N.pth`` of ``out_dir`` (0: keep all);
+    ``checkpoint-last.pth`` always stays. Returns the deleted paths."""
+    if keep <= 0:
+        return []
+    old = _numbered_checkpoints(Path(out_dir))[keep:]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old

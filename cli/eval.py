@@ -1,21 +1,80 @@
-"""`attg-eval`: judge a frozen encoder — weighted k-NN (DINO) and linear / few-shot probing (MAE).
+"""`attg-eval`: judge an encoder — k-NN (DINO), linear / few-shot probing, fine-tuning (MAE).
 
 attg-eval knn --checkpoint CKPT [CKPT ...] --data_path ROOT   (ROOT holds train/ and val/)
 attg-eval linprobe --checkpoint CKPT --data_path ROOT [--shots N | --percent P] [--seeds ...]
+attg-eval finetune --checkpoint CKPT --data_path ROOT [--preset in1k-vit-l] [--subset_file F]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from attgmae.cli._args import add_subparsers, config_from_args, make_parser, run_main
 from attgmae.core.constants import TRUST_FLAG
 from attgmae.core.errors import InputError
+from attgmae.pipelines.finetune import run_finetune
+from attgmae.pipelines.finetune_config import PRESETS, FinetuneConfig, preset_values
 from attgmae.pipelines.knn import KnnConfig, run_knn_compare
 from attgmae.pipelines.linprobe import LinprobeConfig, run_linprobe, run_seeds
 
+# attg-eval finetune's flags besides --checkpoint, --data_path and --preset: (name, type,
+# help). Each default lives in FinetuneConfig; a flag given overrides the preset's value.
+_FINETUNE_FLAGS = [
+    ("output_dir", str, "checkpoints, log.txt, finetune.json and .png go here"),
+    ("model", str, "architecture name when the checkpoint does not record it (sets the heads)"),
+    ("timm_model", str, "any timm architecture by name; --checkpoint holds its weights"),
+    ("num_heads", int, "attention heads (overrides the name and width tables)"),
+    ("checkpoint_key", str, "entry of a DINO/iBOT training checkpoint: teacher or student"),
+    ("input_size", int, "image size"),
+    ("drop_path", float, "stochastic depth rate"),
+    ("epochs", int, "training epochs"),
+    ("warmup_epochs", int, "linear lr warmup epochs"),
+    ("batch_size", int, "images per process and micro-batch"),
+    ("accum_iter", int, "micro-batches per optimizer step (unset: 1, or --eff_batch_size's)"),
+    ("eff_batch_size", int, "batch_size x accum_iter x processes; sets --accum_iter"),
+    ("blr", float, "base lr: lr = blr x effective batch / 256"),
+    ("lr", float, "absolute lr (overrides --blr)"),
+    ("min_lr", float, "lr at the end of the cosine"),
+    ("layer_decay", float, "layer-wise lr decay (ELECTRA/BEiT)"),
+    ("weight_decay", float, "AdamW weight decay (not on 1-D parameters, cls_token, pos_embed)"),
+    ("clip_grad", float, "max gradient norm (unset: no clipping)"),
+    ("aa", str, "RandAugment policy (timm name); none: off"),
+    ("color_jitter", float, "colour jitter (only acts without RandAugment)"),
+    ("smoothing", float, "label smoothing"),
+    ("reprob", float, "random erasing probability"),
+    ("remode", str, "random erasing mode"),
+    ("recount", int, "random erasing count"),
+    ("mixup", float, "mixup alpha (on when > 0)"),
+    ("cutmix", float, "cutmix alpha (on when > 0)"),
+    ("mixup_prob", float, "probability of mixup or cutmix per batch"),
+    ("mixup_switch_prob", float, "probability of cutmix when both are on"),
+    ("mixup_mode", str, "batch, pair or elem"),
+    ("subset_file", str, "train only on the images listed (ImageNet 1%% / 10%% files)"),
+    ("percent", float, "train on P%% of each class (seeded)"),
+    ("shots", int, "train on N images per class (seeded)"),
+    ("seed", int, "subset, sample order, augmentation and mixup seed"),
+    ("device", str, "auto (cuda when available), cuda, cuda:N, cpu"),
+    ("amp", str, "auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32"),
+    ("num_workers", int, "DataLoader workers per process"),
+    ("resume", str, "checkpoint to continue from (default: OUTPUT_DIR's newest)"),
+    ("save_every", int, "keep checkpoint-N.pth every N epochs (and the last)"),
+    ("ckpt_every_steps", int, "also write checkpoint-last.pth every N optimizer steps"),
+    ("print_freq", int, "iterations between progress lines"),
+    ("stop_after_iters", int, "leave after N iterations, as a killed run would (tests)"),
+]
+_FINETUNE_SWITCHES = [  # (flag, dest, value, help)
+    ("--force_model", "force_model", True, "use --model's head count even if it contradicts"),
+    (TRUST_FLAG, "trust_checkpoint", True, "unpickle the checkpoint in full (trusted files)"),
+    ("--cls_token", "global_pool", "token", "classify the CLS token (MAE's --cls_token)"),
+    ("--no_pin_mem", "pin_mem", False, "do not pin CPU memory in the DataLoader"),
+    ("--compile", "compile", True, "torch.compile the model"),
+    ("--no_auto_resume", "auto_resume", False, "start over even if OUTPUT_DIR has checkpoints"),
+    ("--eval_only", "eval_only", True, "evaluate the checkpoint as it is (MAE's --eval)"),
+]
 
-def _add_common(p, default_batch, default_out):
+
+def _add_common(p, default_batch, default_out, default_precision="auto"):
     p.add_argument("--data_path", required=True, help="image root holding train/ and val/")
     p.add_argument("--output_dir", default=default_out, help="where results go")
     p.add_argument(
@@ -26,6 +85,11 @@ def _add_common(p, default_batch, default_out):
     )
     p.add_argument("--num_heads", type=int, default=None, help="attention heads (overrides)")
     p.add_argument(
+        "--force_model",
+        action="store_true",
+        help="take the head count from --model even if it contradicts the checkpoint",
+    )
+    p.add_argument(
         "--pool",
         choices=("cls", "avg"),
         default="cls",
@@ -35,8 +99,13 @@ def _add_common(p, default_batch, default_out):
     p.add_argument(
         "--precision",
         choices=("auto", "bf16", "fp32"),
-        default="auto",
-        help="encoder forward: auto = bf16 autocast on CUDA, fp32 on CPU",
+        default=default_precision,
+        help="encoder forward: fp32; bf16 autocast; auto = bf16 on CUDA, fp32 on CPU",
+    )
+    p.add_argument(
+        "--checkpoint_key",
+        default=None,
+        help="entry of a DINO/iBOT training checkpoint: teacher (default) or student",
     )
     p.add_argument("--batch_size", type=int, default=default_batch)
     p.add_argument("--num_workers", type=int, default=8)
@@ -80,7 +149,8 @@ def build_parser():
         help="values of k (those above the training set size are skipped)",
     )
     p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T)")
-    _add_common(p, default_batch=128, default_out="output_eval")
+    # fp32 by default: DINO's k-NN extracts features in fp32 (docs/evaluation.md: the bf16 gap)
+    _add_common(p, default_batch=128, default_out="output_eval", default_precision="fp32")
 
     p = sub.add_parser("linprobe", help="linear probing (MAE protocol), few-shot, several seeds")
     p.add_argument("--checkpoint", required=True)
@@ -129,7 +199,34 @@ def build_parser():
     )
     p.add_argument("--log_every", type=int, default=50, help="steps between log lines")
     _add_common(p, default_batch=512, default_out="output_linprobe")
+    _add_finetune(sub)
     return parser
+
+
+def _add_finetune(sub) -> None:
+    """Defaults are suppressed: the namespace holds only the flags given, so they override the
+    preset, which overrides FinetuneConfig's defaults."""
+    d = FinetuneConfig(checkpoint="", data_path="")
+    p = sub.add_parser(
+        "finetune",
+        help="end-to-end fine-tuning (MAE protocol), also on ImageNet 1%% / 10%% subsets",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument(
+        "--checkpoint",
+        "--finetune",
+        required=True,
+        help="pretrained weights: ours, MAE (pretrained or fine-tuned), DINO, iBOT, BEiT, "
+        "SimMIM, timm ViT weights, or a timm model's weights with --timm_model",
+    )
+    p.add_argument("--data_path", required=True, help="image root holding train/ and val/")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a published recipe (docs)")
+    for name, kind, text in _FINETUNE_FLAGS:
+        p.add_argument(f"--{name}", type=kind, help=f"{text} [default: {getattr(d, name)}]")
+    p.add_argument("--global_pool", choices=("avg", "token"), help="avg [default] or token")
+    p.add_argument("--cutmix_minmax", type=float, nargs=2, help="cutmix box ratio range")
+    for flag, dest, value, text in _FINETUNE_SWITCHES:
+        p.add_argument(flag, dest=dest, action="store_const", const=value, help=text)
 
 
 def _knn(args) -> int:
@@ -152,8 +249,18 @@ def _linprobe(args) -> int:
     return 0
 
 
+def finetune_config(args) -> FinetuneConfig:
+    """The flags given, over the preset's values, over FinetuneConfig's defaults."""
+    preset = getattr(args, "preset", None)
+    given = argparse.Namespace(**{**preset_values(preset, vars(args)), **vars(args)})
+    return config_from_args(FinetuneConfig, given, preset=preset)
+
+
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "finetune":
+        run_finetune(finetune_config(args))
+        return 0
     return _knn(args) if args.command == "knn" else _linprobe(args)
 
 

@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aug", choices=("rrc", "resize"), default=d.aug,
                    help="rrc: RandomResizedCrop(scale 0.2-1, bicubic) + flip (MAE); "
                         "resize: resize to input_size + flip (paper A.2)")
-    p.add_argument("--num_workers", type=int, default=d.num_workers)
+    p.add_argument(
+        "--num_workers", type=int, default=d.num_workers,
+        help="loader processes per rank (official MAE default 10; 0: in the main process)",
+    )
     add_switch(p, "pin_mem", d.pin_mem, "pin CPU memory in the DataLoader (CUDA)")
     p.add_argument("--skip_bad_images", action="store_true",
                    help="skip (and count in bad_images.txt) images that cannot be decoded")
@@ -42,14 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store: maps from --maps; random: random maps (control); none: vanilla MAE")
     p.add_argument("--maps", help="map store (*.zarr or *.h5) keyed by paths under data_path/train")
     p.add_argument("--tau", type=float, default=d.tau,
-                   help="temperature of the weights exp(M_norm/tau): the schedule's start, or the "
-                        "constant with --tau_schedule constant")
+                   help="temperature of the weights exp(M_norm/tau): the cosine's start (default "
+                        "1.0), or the constant with --tau_schedule constant (default 0.75)")
     p.add_argument("--tau_end", type=float, default=d.tau_end,
                    help="the cosine's end: tau falls from --tau to this over the whole run, "
                         "as for the paper's main models")
     p.add_argument("--tau_schedule", choices=("cosine", "constant"), default=d.tau_schedule,
-                   help="constant: --tau throughout (the masking-ratio ablation, Sec. G, uses "
-                        "--tau 0.75)")
+                   help="cosine (the paper's main models); constant: --tau throughout (the "
+                        "masking-ratio ablation of Sec. G, tau 0.75)")
     p.add_argument("--gamma", type=float, default=d.gamma, help="weight scale")
     p.add_argument("--missing_maps", choices=("error", "uniform"), default=d.missing_maps,
                    help="images without a map: stop before training, or train with uniform weights")
@@ -79,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     # run
     p.add_argument("--output_dir", default=d.output_dir, help="checkpoints, log.txt, vis/")
     p.add_argument("--log_dir", default=None, help="TensorBoard folder (default output_dir)")
-    p.add_argument("--device", default=d.device, help="cuda or cpu")
+    p.add_argument(
+        "--device", default=d.device, help="auto (CUDA when available), cpu, cuda, cuda:N"
+    )
     p.add_argument("--amp", choices=AMP_MODES, default=d.amp,
                    help="auto: bf16 autocast on CUDA, fp32 on CPU; fp16 uses a grad scaler")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -89,10 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--resume may hold Python objects beyond tensors: unpickle it in full "
                         "(only for files from a source you trust)")
     p.add_argument("--auto_resume", action="store_true",
-                   help="resume from the newest checkpoint in output_dir if there is one")
+                   help="resume from the newest readable checkpoint in output_dir, if any")
     p.add_argument("--start_epoch", type=int, default=d.start_epoch)
     p.add_argument("--save_every", type=int, default=d.save_every,
                    help="keep checkpoint-{epoch}.pth every this many epochs (and the last)")
+    p.add_argument("--keep_checkpoints", type=int, default=d.keep_checkpoints,
+                   help="keep only the newest N checkpoint-{epoch}.pth (0: all; 3.95 GB each "
+                        "for ViT-L); checkpoint-last.pth always stays")
     p.add_argument("--ckpt_every_min", type=float, default=d.ckpt_every_min,
                    help="also refresh checkpoint-last.pth during an epoch this often (0: never)")
     p.add_argument("--ckpt_every_steps", type=int, default=0,

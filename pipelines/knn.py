@@ -40,6 +40,8 @@ class KnnConfig:
     label: str | None = None  # name in the outputs; default: the checkpoint's file stem
     model: str | None = None  # architecture name when the checkpoint does not say
     num_heads: int | None = None
+    force_model: bool = False  # take the heads from --model even if it contradicts
+    checkpoint_key: str | None = None  # DINO/iBOT training checkpoints: teacher (default)
     nb_knn: list[int] = field(default_factory=lambda: list(DEFAULT_NB_KNN))
     temperature: float = 0.07
     pool: str = "cls"
@@ -47,7 +49,7 @@ class KnnConfig:
     batch_size: int = 128
     num_workers: int = 4
     features_dir: str | None = None  # default: <output_dir>/features
-    precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    precision: str = "fp32"  # as DINO extracts features; bf16 (or auto) is faster
     input_size: int = 224
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     trust_checkpoint: bool = False  # the checkpoint may be unpickled in full
@@ -63,7 +65,14 @@ def run_knn(cfg: KnnConfig, log=print) -> dict:
 
     sha256 = file_sha256(cfg.checkpoint)
     model, info = load_encoder(
-        cfg.checkpoint, cfg.model, cfg.num_heads, cfg.input_size, sha256, cfg.trust_checkpoint
+        cfg.checkpoint,
+        cfg.model,
+        cfg.num_heads,
+        cfg.input_size,
+        sha256,
+        cfg.trust_checkpoint,
+        checkpoint_key=cfg.checkpoint_key,
+        force_model=cfg.force_model,
     )
     model.to(device)
     log(f"encoder: {info.source_format} {info.spec} from {cfg.checkpoint} (sha256 {sha256[:12]})")

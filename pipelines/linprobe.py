@@ -62,6 +62,8 @@ class LinprobeConfig:
     output_dir: str = "output_linprobe"
     model: str | None = None
     num_heads: int | None = None
+    force_model: bool = False  # take the heads from --model even if it contradicts
+    checkpoint_key: str | None = None  # DINO/iBOT training checkpoints: teacher (default)
     pool: str = "cls"
     epochs: int = 90
     warmup_epochs: int = 10
@@ -149,7 +151,14 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
 
     sha256 = file_sha256(cfg.checkpoint)
     encoder, info = load_encoder(
-        cfg.checkpoint, cfg.model, cfg.num_heads, cfg.input_size, sha256, cfg.trust_checkpoint
+        cfg.checkpoint,
+        cfg.model,
+        cfg.num_heads,
+        cfg.input_size,
+        sha256,
+        cfg.trust_checkpoint,
+        checkpoint_key=cfg.checkpoint_key,
+        force_model=cfg.force_model,
     )
     encoder.to(device)
     train = image_split(cfg.data_path, "train")

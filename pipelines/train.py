@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import time
 from dataclasses import asdict
@@ -19,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
 
 from attgmae.checkpoint import (
-    find_resume_checkpoint,
     load_checkpoint,
+    load_latest_checkpoint,
+    prune_checkpoints,
     restore_training,
     save_checkpoint,
     training_checkpoint,
@@ -35,11 +34,13 @@ from attgmae.core.distributed import (
     barrier,
     cleanup,
     init_distributed,
+    sum_across_ranks,
 )
 from attgmae.core.errors import AttgError
 from attgmae.core.files import write_json_atomic
 from attgmae.core.tensorboard import open_tensorboard
 from attgmae.data.transforms import crop_resize_maps, normalize_images
+from attgmae.engine.history import EpochLog
 from attgmae.eval.monitor import knn_top1
 from attgmae.guidance import loss_weights
 from attgmae.models import create_mae
@@ -54,11 +55,16 @@ from attgmae.pipelines.train_config import (
 )
 from attgmae.pipelines.train_data import build_train_data
 from attgmae.pipelines.train_launch import launch_info, locked_output
-from attgmae.visualize import PANEL_TITLES, reconstruction_panels, save_png, with_titles
+from attgmae.pipelines.train_vis import write_reconstruction_png
 
 
 class TrainError(AttgError):
     """A run that failed (a diverged loss, out of memory): exit code 1."""
+
+
+def _zero_sums() -> dict:
+    """An epoch's running sums over its iterations (and its undecodable images so far)."""
+    return {"loss": 0.0, "lr": 0.0, "tau": 0.0, "iterations": 0, "bad_keys": []}
 
 
 class _StopRequested(Exception):
@@ -116,6 +122,7 @@ class PretrainRun:
         self.start_epoch = cfg.start_epoch
         self.start_step = 0
         self.global_step = 0
+        self.resumed_sums = _zero_sums()
         n_params = sum(p.numel() for p in self.model_without_ddp.parameters())
         data = self.data
         self.log(
@@ -129,12 +136,16 @@ class PretrainRun:
 
     def _resume(self) -> None:
         cfg = self.cfg
-        path = cfg.resume or None
-        if path is None and cfg.auto_resume and self.out_dir is not None:
-            path = find_resume_checkpoint(self.out_dir)
-        if path is None:
+        if cfg.resume:
+            path, ckpt = cfg.resume, load_checkpoint(cfg.resume, cfg.trust_checkpoint)
+        elif cfg.auto_resume and self.out_dir is not None:
+            # checkpoint-last.pth, or with a warning the newest readable checkpoint-N.pth
+            found = load_latest_checkpoint(self.out_dir, cfg.trust_checkpoint, warn=self.log)
+            if found is None:
+                return
+            path, ckpt = found
+        else:
             return
-        ckpt = load_checkpoint(path, cfg.trust_checkpoint)
         model, optimizer = self.model_without_ddp, self.optimizer
         point = restore_training(ckpt, path, cfg.model, model, optimizer, self.scaler, self.device)
         self.start_epoch = point.epoch if point.epoch is not None else self.start_epoch
@@ -143,6 +154,8 @@ class PretrainRun:
         self.start_step = point.samples_seen // self.info.world_size // cfg.batch_size
         if self.start_step >= self.data.iters_per_epoch:  # (a larger batch than before)
             self.start_epoch, self.start_step = self.start_epoch + 1, 0
+        if self.start_step:  # the epoch's running sums so far: its log line covers all of it
+            self.resumed_sums = {**_zero_sums(), **point.state.get("sums", {})}
         self.last_good_checkpoint = Path(path)
         where = f"epoch {self.start_epoch}" + (
             f", iteration {self.start_step}" if self.start_step else ""
@@ -168,8 +181,9 @@ class PretrainRun:
         args.tau_plan = self.tau_schedule.as_dict()  # the temperature along the run (Fig. 3)
         return args
 
-    def checkpoint(self, epoch: int, step: int, lr: float, tau: float) -> dict:
-        """State after ``step`` iterations of ``epoch`` (step 0 of epoch+1 = epoch finished)."""
+    def checkpoint(self, epoch: int, step: int, lr: float, tau: float, sums=None) -> dict:
+        """State after ``step`` iterations of ``epoch`` (step 0 of epoch+1 = epoch finished), with
+        the epoch's running ``sums`` when it is unfinished."""
         return training_checkpoint(
             self.model_without_ddp,
             self.optimizer,
@@ -181,12 +195,18 @@ class PretrainRun:
             lr=lr,
             tau=tau,
             device=self.device,
+            extra={"sums": dict(sums)} if sums else None,
         )
 
     def save(self, ckpt: dict, numbered_epoch: int | None) -> None:
-        """Write checkpoint-last.pth (and checkpoint-{epoch}.pth when asked), on rank 0."""
+        """Write checkpoint-last.pth (and checkpoint-{epoch}.pth when asked, keeping the newest
+        --keep_checkpoints of those), on rank 0."""
         if self.info.is_main and self.out_dir is not None:
             self.last_good_checkpoint = save_checkpoint(ckpt, self.out_dir, numbered_epoch)
+            if numbered_epoch is not None:
+                keep = self.cfg.keep_checkpoints
+                for path in prune_checkpoints(self.out_dir, keep):
+                    self.log(f"removed {path.name} (--keep_checkpoints {keep})")
 
     # ------------------------------------------------------------------ one step
     def batch_weights(self, batch: dict, tau: float) -> torch.Tensor | None:
@@ -209,13 +229,15 @@ class PretrainRun:
         self.optimizer.zero_grad(set_to_none=True)
         start_step, self.start_step = self.start_step, 0
         self.data.sampler.set_epoch(epoch, start=start_step * cfg.batch_size)
-        loss_sum, loss_count, bad_keys = 0.0, 0, []
+        # the epoch's running sums: carried in mid-epoch checkpoints, so a resumed epoch's log
+        # line averages all of its iterations
+        sums, self.resumed_sums = (self.resumed_sums if start_step else _zero_sums()), _zero_sums()
+        bad_keys = []
         lr = tau = float("nan")
         epoch_t0 = window_t0 = time.perf_counter()
         window = RunningMean(self.device, self.info)  # losses since the last read
         window_first = start_step
         last_save = time.monotonic()
-        lr_sum, tau_sum = 0.0, 0.0
         for it, batch in enumerate(self.data.loader, start=start_step):
             if it % self.data.accum_iter == 0 or it == start_step:
                 # The schedule point of this accumulation group's first iteration: a run resumed
@@ -249,9 +271,9 @@ class PretrainRun:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
-            lr_sum += lr
-            tau_sum += tau
-            loss_count += 1
+            sums["lr"] += lr
+            sums["tau"] += tau
+            sums["iterations"] += 1
             self.iters_run += 1
             save_due = (
                 update
@@ -268,7 +290,7 @@ class PretrainRun:
                         self._diverged_message(window_sum, epoch, window_first, it, lr, tau)
                     )
                 window_first = it + 1
-                loss_sum += window_sum
+                sums["loss"] += window_sum
                 seconds = time.perf_counter() - window_t0
                 img_per_s = window_iters * cfg.batch_size * self.info.world_size / seconds
                 self.log(
@@ -283,18 +305,22 @@ class PretrainRun:
                     self.log_writer.add_scalar("tau", tau, x)
                 window_t0 = time.perf_counter()
             if save_due:
-                self.save(self.checkpoint(epoch, it + 1, lr, tau), None)
+                # the undecodable images so far go into the checkpoint, held by rank 0 alone
+                gathered = self._all_bad(bad_keys)
+                sums["bad_keys"] = sums["bad_keys"] + gathered
+                bad_keys = []
+                self.save(self.checkpoint(epoch, it + 1, lr, tau, sums), None)
                 last_save = time.monotonic()
             if cfg.stop_after_iters and self.iters_run >= cfg.stop_after_iters:
                 raise _StopRequested
         seconds = time.perf_counter() - epoch_t0
         done = self.data.iters_per_epoch - start_step
-        bad_keys = self._gather_bad(bad_keys)
-        count = max(loss_count, 1)
+        bad_keys = self._gather_bad(sums["bad_keys"] + self._all_bad(bad_keys))
+        count = max(sums["iterations"], 1)
         return {  # loss and lr averaged over the epoch's iterations, as official MAE logs them
-            "loss": loss_sum / count,
-            "lr": lr_sum / count,
-            "tau": tau_sum / count,
+            "loss": sums["loss"] / count,
+            "lr": sums["lr"] / count,
+            "tau": sums["tau"] / count,
             "last_lr": lr,
             "last_tau": tau,
             "img_per_s": done * cfg.batch_size * self.info.world_size / max(seconds, 1e-9),
@@ -302,16 +328,28 @@ class PretrainRun:
         }
 
     def _mid_epoch_save_due(self, it: int, last_save: float) -> bool:
+        """Every rank must agree (a save reads the losses, a collective): the step rule is the
+        same everywhere; the clock rule is read at metric lines only, and rank 0's clock rules."""
         cfg = self.cfg
         if cfg.ckpt_every_steps and (it + 1) % cfg.ckpt_every_steps == 0:
             return True
-        return cfg.ckpt_every_min > 0 and time.monotonic() - last_save > cfg.ckpt_every_min * 60
+        if cfg.ckpt_every_min <= 0 or (it + 1) % cfg.print_freq:
+            return False
+        due = self.info.is_main and time.monotonic() - last_save > cfg.ckpt_every_min * 60
+        if self.info.distributed:
+            due = sum_across_ranks([float(due)], self.info)[0] > 0
+        return due
 
-    def _gather_bad(self, bad_keys: list[str]) -> list[str]:
+    def _all_bad(self, bad_keys: list[str]) -> list[str]:
+        """Every rank's undecodable images, on rank 0 (the other ranks get [])."""
         if self.info.distributed:
             gathered = [None] * self.info.world_size
             torch.distributed.all_gather_object(gathered, bad_keys)
             bad_keys = [k for part in gathered for k in part]
+        return bad_keys if self.info.is_main else []
+
+    def _gather_bad(self, bad_keys: list[str]) -> list[str]:
+        """Record the epoch's undecodable images (rank 0: all ranks' ones) in bad_images.txt."""
         if bad_keys and self.info.is_main and self.out_dir is not None:
             self.bad_images.extend(bad_keys)
             with open(self.out_dir / "bad_images.txt", "a", encoding="utf-8") as f:
@@ -329,24 +367,8 @@ class PretrainRun:
             f"--resume from that checkpoint to continue."
         )
 
-    # ------------------------------------------------------------------ epoch extras
-    def visualize(self, epoch: int) -> Path:
-        """PNG of original | masked | reconstruction | loss weights for fixed images."""
-        count = min(self.cfg.vis_count, len(self.data.dataset))
-        picks = np.linspace(0, len(self.data.dataset) - 1, count).round().astype(int)
-        batch = default_collate([self.data.dataset[(int(i), 0)] for i in picks])
-        images = normalize_images(batch["image"].to(self.device))
-        tau = self.tau_schedule.at(epoch + 1)
-        weights = self.batch_weights(batch, tau)
-        # Weights on the figures' fixed scale: gamma (background) .. gamma * exp(1 / tau).
-        scale = (self.cfg.gamma, self.cfg.gamma * math.exp(1.0 / tau))
-        panel = reconstruction_panels(
-            self.model_without_ddp, images, batch["noise"].to(self.device), self.cfg.mask_ratio,
-            weights, scale,
-        )  # fmt: skip
-        titles = (*PANEL_TITLES[:3], f"weights {scale[0]:g}..{scale[1]:.2f} (tau {tau:.2f})")
-        path = self.out_dir / "vis" / f"recon-epoch{epoch:04d}.png"
-        return save_png(with_titles(panel, titles), path)
+    def _writes_outputs(self) -> bool:
+        return self.info.is_main and self.out_dir is not None
 
     def _due(self, every: int, epoch: int) -> bool:
         return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == self.cfg.epochs)
@@ -358,6 +380,8 @@ class PretrainRun:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.out_dir / "config.json", vars(self.resolved_args()))
         result = {"epochs_done": 0, "stopped": False, "log": []}
+        # log.txt keeps one line per epoch: lines of epochs this run redoes are dropped
+        history = EpochLog(self.out_dir, self.start_epoch) if self._writes_outputs() else None
         t0 = time.time()
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
@@ -368,16 +392,15 @@ class PretrainRun:
                 self.save(self.checkpoint(epoch + 1, 0, last_lr, last_tau), numbered)
                 log_stats = {f"train_{k}": v for k, v in stats.items()}
                 log_stats["epoch"] = epoch
-                if self.info.is_main and self.out_dir is not None:
+                if history is not None:
                     if self._due(cfg.vis_every, epoch):
-                        log_stats["vis"] = str(self.visualize(epoch))
+                        log_stats["vis"] = str(write_reconstruction_png(self, epoch))
                     if self._due(cfg.knn_every, epoch):
                         top1 = knn_top1(self.model_without_ddp, cfg.knn_data, self.device)
                         log_stats["knn_top1"] = float(top1)
                         if self.log_writer is not None:
                             self.log_writer.add_scalar("knn_top1", log_stats["knn_top1"], epoch)
-                    with open(self.out_dir / "log.txt", "a", encoding="utf-8") as f:
-                        f.write(json.dumps(log_stats) + "\n")
+                    history.append(log_stats)
                     if self.log_writer is not None:
                         self.log_writer.flush()
                 barrier(self.info)

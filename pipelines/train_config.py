@@ -13,7 +13,7 @@ from attgmae.core.device import resolve_precision
 from attgmae.core.errors import InputError
 from attgmae.data.pretrain_dataset import GUIDANCE_MODES, MISSING_POLICIES
 from attgmae.data.transforms import AUGMENTATIONS
-from attgmae.guidance import TAU_END, TAU_START, TauSchedule
+from attgmae.guidance import TAU_CONSTANT, TAU_END, TAU_START, TauSchedule
 from attgmae.models import MODEL_FACTORIES
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -42,7 +42,7 @@ class TrainConfig:
     norm_pix_loss: bool = True
     guidance: str = "store"
     maps: str | None = None
-    tau: float = TAU_START  # the schedule's start, or the constant
+    tau: float | None = None  # the cosine's start (1.0) or the constant (0.75) when None
     tau_end: float | None = TAU_END  # the cosine's end (ignored when constant)
     tau_schedule: str = "cosine"  # "cosine" (the paper's main models) | "constant" (Sec. G)
     gamma: float = 1.0
@@ -55,7 +55,7 @@ class TrainConfig:
     num_workers: int = 10
     pin_mem: bool = True
     seed: int = 0
-    device: str = "cuda"
+    device: str = "auto"  # CUDA when available, as every other command
     amp: str = "auto"
     compile: bool = False
     dist_url: str = "env://"
@@ -63,6 +63,7 @@ class TrainConfig:
     world_size: int | None = None  # checked against the launcher's, when given (official flag)
     local_rank: int | None = None  # from torch.distributed.launch's --local_rank, when given
     save_every: int = 20
+    keep_checkpoints: int = 0  # keep only the newest N checkpoint-{epoch}.pth (0: all)
     ckpt_every_min: float = 30.0
     ckpt_every_steps: int = 0
     stop_after_iters: int = 0
@@ -89,7 +90,7 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--aug must be one of {AUGMENTATIONS}")
     if cfg.amp not in AMP_MODES:
         problems.append(f"--amp must be one of {AMP_MODES}")
-    if cfg.tau <= 0 or (cfg.tau_end is not None and cfg.tau_end <= 0):
+    if (cfg.tau is not None and cfg.tau <= 0) or (cfg.tau_end is not None and cfg.tau_end <= 0):
         problems.append("--tau and --tau_end must be > 0")
     if cfg.tau_schedule not in TAU_SCHEDULES:
         problems.append(f"--tau_schedule must be one of {TAU_SCHEDULES}")
@@ -109,6 +110,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("--knn_every needs --knn_data ROOT (with train/ and val/)")
     if cfg.save_every < 1 or cfg.print_freq < 1 or cfg.vis_count < 1:
         problems.append("--save_every, --print_freq and --vis_count must be >= 1")
+    if cfg.keep_checkpoints < 0:
+        problems.append("--keep_checkpoints must be >= 0 (0 keeps every checkpoint)")
     if problems:
         raise InputError("; ".join(problems))
 
@@ -162,5 +165,5 @@ def divergence_advice(cfg: TrainConfig, tau: float) -> str:
 def tau_schedule(cfg: TrainConfig) -> TauSchedule:
     """The run's temperature: the cosine spans the whole run, warmup included."""
     if cfg.tau_schedule == "constant":
-        return TauSchedule(cfg.tau)
-    return TauSchedule(cfg.tau, cfg.tau_end, 0.0, cfg.epochs)
+        return TauSchedule(TAU_CONSTANT if cfg.tau is None else cfg.tau)
+    return TauSchedule(TAU_START if cfg.tau is None else cfg.tau, cfg.tau_end, 0.0, cfg.epochs)

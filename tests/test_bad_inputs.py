@@ -354,6 +354,29 @@ def test_a_diverged_loss_names_tau_and_gamma_when_the_weights_explode(example_ro
     assert "gamma * exp(1 / tau)" in err and "tau 0.001" in err and "raise --tau" in err
 
 
+def test_a_truncated_last_checkpoint_falls_back_to_the_newest_readable_one(
+    example_root, tmp_path, capsys
+):
+    from attgmae.checkpoint import load_checkpoint
+    from attgmae.cli.train import main as train_main
+
+    out = tmp_path / "run"
+    argv = ["--data_path", str(example_root), "--guidance", "random", "--model",
+            "mae_vit_tiny_patch16", "--input_size", "64", "--device", "cpu", "--num_workers",
+            "0", "--batch_size", "8", "--accum_iter", "1", "--output_dir", str(out),
+            "--save_every", "1", "--auto_resume"]  # fmt: skip
+    assert train_main([*argv, "--epochs", "2"]) == 0
+    last, second = out / "checkpoint-last.pth", out / "checkpoint-1.pth"
+    assert not last.samefile(second)  # two names, two files: damage to one spares the other
+    last.write_bytes(last.read_bytes()[:1000])  # a disk that filled up, a copy cut short
+    capsys.readouterr()
+    assert train_main([*argv, "--epochs", "3"]) == 0
+    err = capsys.readouterr().out
+    assert "skipping unreadable checkpoint" in err and "checkpoint-last.pth" in err
+    assert f"resumed from {second}" in err
+    assert load_checkpoint(last)["epoch"] == 2  # trained on from epoch 2, not from scratch
+
+
 # ---- imports that are not maps ---------------------------------------------------------------
 
 

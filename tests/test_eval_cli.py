@@ -359,3 +359,49 @@ def test_a_corrupt_image_is_named(tmp_path, example_root, checkpoints, capsys):
         == 2
     )
     assert "aaa_truncated.JPEG" in capsys.readouterr().err
+
+
+def test_a_model_contradicting_the_checkpoint_stops_knn_unless_forced(
+    tmp_path, example_root, checkpoints, capsys
+):
+    argv = [
+        "knn",
+        "--checkpoint",
+        str(checkpoints["guided"][0]),
+        "--data_path",
+        str(example_root),
+        "--output_dir",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--input_size",
+        "64",
+        "--nb_knn",
+        "3",
+    ]
+    assert main([*argv, "--model", "mae_vit_base_patch16"]) == 2
+    err = capsys.readouterr().err
+    assert "--model mae_vit_base_patch16 contradicts" in err and "mae_vit_tiny_patch16" in err
+    assert main([*argv, "--num_heads", "5"]) == 2
+    assert "5 attention heads (from --num_heads 5) do not divide the width 192" in (
+        capsys.readouterr().err
+    )
+    assert main([*argv, "--model", "mae_vit_base_patch16", "--force_model"]) == 0
+    assert (
+        json.loads((tmp_path / "knn_guided.json").read_text())["encoder"]["spec"]["num_heads"] == 12
+    )
+
+
+def test_knn_extracts_in_fp32_by_default_as_dino():
+    from attgmae.cli.eval import build_parser
+    from attgmae.pipelines.knn import KnnConfig
+
+    parse = build_parser().parse_args
+    knn = parse(["knn", "--checkpoint", "c.pth", "--data_path", "d"])
+    assert knn.precision == "fp32" == KnnConfig("c.pth", "d").precision
+    assert parse(["knn", "--checkpoint", "c.pth", "--data_path", "d", "--precision", "bf16"]
+                 ).precision == "bf16"  # fmt: skip
+    # the linear probe keeps MAE's mixed precision on CUDA
+    assert parse(["linprobe", "--checkpoint", "c.pth", "--data_path", "d"]).precision == "auto"

@@ -176,3 +176,40 @@ def test_load_vit_for_fine_tuning_adds_a_head_and_fc_norm(tmp_path, mae):
     assert 0 < model.head.weight.std() < 1e-4
     token, _ = load_vit(path, num_classes=10)  # CLS pooling keeps the pretrained final norm
     assert torch.equal(token.norm.weight, mae.norm.weight)
+
+
+def test_a_model_name_that_contradicts_the_checkpoint_is_an_error(tmp_path, mae):
+    """--model used to set the heads silently (12 for a base name on a tiny checkpoint)."""
+    from attgmae.models.encoder import ArchitectureError
+
+    ours = tmp_path / "checkpoint-1.pth"
+    torch.save({"model": mae.state_dict(), "args": {"model": "mae_vit_tiny_patch16"}}, ours)
+    with pytest.raises(ArchitectureError) as err:
+        load_encoder(ours, "mae_vit_base_patch16")
+    message = str(err.value)
+    assert "--model mae_vit_base_patch16 contradicts" in message
+    assert "records the model mae_vit_tiny_patch16" in message and "192 wide" in message
+    assert "--force_model" in message
+    forced, info = load_encoder(ours, "mae_vit_base_patch16", force_model=True)
+    assert info.spec.num_heads == forced.blocks[0].attn.num_heads == 12
+    _, info = load_encoder(ours, "vit_tiny_patch16")  # the same size under another name
+    assert info.spec.num_heads == 3
+    bare = tmp_path / "vit.pth"
+    torch.save(mae.state_dict(), bare)  # nothing recorded: the weights' shape decides
+    with pytest.raises(ArchitectureError, match="192 wide .a large ViT: 1024"):
+        load_encoder(bare, "vit_large_patch16")
+    with pytest.raises(ArchitectureError, match="its patches are 16 px"):
+        load_encoder(bare, "vit_tiny_patch8")
+
+
+def test_impossible_architecture_numbers_are_clear_errors(tmp_path, mae):
+    from attgmae.models.encoder import ArchitectureError
+
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": mae.state_dict()}, path)
+    with pytest.raises(ArchitectureError, match=r"5 attention heads \(from --num_heads 5\) do not"):
+        load_encoder(path, num_heads=5)
+    with pytest.raises(ArchitectureError, match="0 attention heads"):
+        load_encoder(path, num_heads=0)
+    with pytest.raises(ArchitectureError, match="input size 100 is not a multiple of the patch"):
+        load_encoder(path, img_size=100)

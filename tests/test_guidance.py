@@ -95,3 +95,19 @@ def test_random_map_is_normalized_noise():
     assert m.shape == (14, 14) and m.dtype == np.float32
     assert m.min() == 0.0 and m.max() == pytest.approx(1.0)
     assert not np.array_equal(m, fresh_random_map(np.random.default_rng(1)))
+
+
+def test_default_recipe_is_the_scheduled_main_method():
+    from attgmae.pipelines.train_config import TrainConfig, tau_schedule
+
+    scheduled = tau_schedule(TrainConfig("data", epochs=800))
+    # from mild guidance (Fig. 1's range is reached late) to Fig. 2's sharpest, over the whole run
+    assert scheduled.at(0.0) == 1.0 and scheduled.at(800.0) == pytest.approx(0.7)
+    assert scheduled.at(20.0) < 1.0  # tau already moves during the 40 warmup epochs
+    assert scheduled.as_dict()["kind"] == "cosine"
+    # one flag away: the Sec. G ablation's constant 0.75
+    ablation = tau_schedule(TrainConfig("data", epochs=800, tau_schedule="constant"))
+    assert ablation.at(0.0) == ablation.at(800.0) == 0.75
+    assert tau_schedule(TrainConfig("data", tau_schedule="constant", tau=0.5)).at(3.0) == 0.5
+    other = tau_schedule(TrainConfig("data", epochs=10, tau=0.9, tau_end=0.6))
+    assert other.at(10.0) == pytest.approx(0.6)

@@ -70,6 +70,23 @@ def test_guided_run_writes_official_checkpoints_log_and_png(data, tmp_path):
     png = Image.open(log[-1]["vis"])
     assert png.size == (4 * 64, 18 + 2 * 64)  # title strip, original | masked | recon | weights
     assert json.loads((out / "config.json").read_text())["guidance"] == "store"
+    # TensorBoard (the test extra installs it): loss, lr and tau at every metric line
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out)).Reload()
+    assert {"train_loss", "lr", "tau"} <= set(events.Tags()["scalars"])
+    taus = [e.value for e in events.Scalars("tau")]
+    assert len(taus) == 2 and taus[0] > taus[1]  # one line per epoch here; the cosine falls
+
+
+def test_without_tensorboard_training_logs_to_log_txt_only(monkeypatch, tmp_path):
+    import sys
+
+    from attgmae.core.tensorboard import open_tensorboard
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    assert open_tensorboard(tmp_path) is None
+    assert not list(tmp_path.iterdir())
 
 
 def test_missing_maps_stop_before_training_or_train_uniform(data, tmp_path, capsys):
@@ -143,6 +160,27 @@ def test_killed_mid_epoch_resumes_on_the_same_schedules(data, tmp_path, capsys):
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     assert read_log(straight)[1]["train_loss"] != read_log(straight)[0]["train_loss"]
+    # the resumed epoch's log line covers all of its iterations, as the uninterrupted run's
+    a_log, b_log = read_log(straight), read_log(killed)
+    assert [e["epoch"] for e in b_log] == [0, 1]
+    for a_line, b_line in zip(a_log, b_log):
+        assert b_line["train_lr"] == a_line["train_lr"]
+        assert b_line["train_tau"] == a_line["train_tau"]
+        assert b_line["train_loss"] == pytest.approx(a_line["train_loss"], rel=1e-6)
+
+
+def test_one_log_line_per_epoch_and_fewer_checkpoints_kept(data, tmp_path, capsys):
+    root, maps = data
+    out = tmp_path / "out"
+    base = ["--data_path", root, "--maps", maps, "--output_dir", out, "--batch_size", 8,
+            "--save_every", 1, *FAST]
+    assert run([*base, "--epochs", 3, "--keep_checkpoints", 2], capsys)[0] == 0
+    # the two newest numbered checkpoints stay, and checkpoint-last
+    assert sorted(p.name for p in out.glob("checkpoint-*.pth")) == [
+        "checkpoint-1.pth", "checkpoint-2.pth", "checkpoint-last.pth"]
+    # resumed from an older checkpoint, the epochs it redoes replace their lines
+    assert run([*base, "--epochs", 3, "--resume", out / "checkpoint-1.pth"], capsys)[0] == 0
+    assert [e["epoch"] for e in read_log(out)] == [0, 1, 2]
 
 
 def test_resume_inside_an_accumulation_group_keeps_the_schedules(data, tmp_path, capsys):

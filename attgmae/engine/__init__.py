@@ -1,1 +1,34 @@
-"""attgmae.engine: the supervised run machinery shared by fine-tuning and the dense tasks."""
+"""attgmae.engine: the supervised run machinery shared by fine-tuning and the dense tasks.
+
+- ``seeding``: every random draw of a sample from ``(seed, epoch, index)`` (``SeededSamples``,
+  with ``EpochSampler``'s ``(index, epoch)`` items), so resumed and multi-process runs draw the
+  same samples;
+- ``config``: ``RunConfig``, the run's settings, and their checks;
+- ``history``: ``log.txt``, one JSON line per epoch across resumes;
+- ``run``: ``SupervisedRun`` (DDP, bf16, accumulation, per-iteration lr with ``lr_scale``,
+  checkpoints, exact resume; ``resume`` picks the checkpoint); ``launch``:
+  ``distributed_session`` (torchrun / SLURM set-up).
+
+A library: no command-line parsing; errors are ``InputError`` (bad input) or ``RunFailed``.
+"""
+
+from attgmae.engine.config import RunConfig, validate_run
+from attgmae.engine.history import EpochLog
+from attgmae.engine.launch import distributed_session
+from attgmae.engine.run import RunFailed, Step, SupervisedRun, to_device
+from attgmae.engine.seeding import EpochSampler, SeededSamples, seed_everything, stable_seed
+
+__all__ = [
+    "EpochLog",
+    "EpochSampler",
+    "RunConfig",
+    "RunFailed",
+    "SeededSamples",
+    "Step",
+    "SupervisedRun",
+    "distributed_session",
+    "seed_everything",
+    "stable_seed",
+    "to_device",
+    "validate_run",
+]

@@ -58,3 +58,24 @@ def plot_probe(curves: dict, path, title: str = "linear probe") -> Path:
     if curves:
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_finetune(history: list[dict], path, title: str = "fine-tuning") -> Path:
+    """history [{"epoch", "train_loss", "test_acc1", "test_acc5", "test_loss"}, ...] (log.txt's
+    records) -> validation top-1 / top-5 (left) and train / validation loss (right) per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(9, 3.5))
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    marker = "." if len(epochs) < 30 else None
+    for key, label in (("test_acc1", "val top-1"), ("test_acc5", "val top-5")):
+        acc_ax.plot(epochs, [h.get(key) for h in history], "-", marker=marker, label=label)
+    for key, label in (("train_loss", "train loss"), ("test_loss", "val loss")):
+        loss_ax.plot(epochs, [h.get(key) for h in history], "-", marker=marker, label=label)
+    acc_ax.set_ylabel("accuracy (%)")
+    loss_ax.set_ylabel("loss")
+    for ax in (acc_ax, loss_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

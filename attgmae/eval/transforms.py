@@ -4,6 +4,10 @@
   validation (MAE) protocol.
 - ``probe_train_transform``: MAE's linear-probe augmentation, RandomResizedCrop(224, bicubic)
   with MAE's single-draw crop (as TF/BYOL: no retry loop, the box clipped to the image) + flip.
+- ``finetune_train_transform``: MAE's fine-tuning augmentation (DeiT's), timm's
+  ``create_transform``: RandomResizedCrop(bicubic) + flip + RandAugment + RandomErasing.
+- ``finetune_eval_transform``: MAE's fine-tuning validation, Resize(input / 0.875, bicubic) +
+  CenterCrop(input) up to 224 px inputs, Resize(input) + CenterCrop(input) above.
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ from __future__ import annotations
 import math
 
 import torch
+from PIL import Image
+from timm.data import create_transform
+from timm.data.auto_augment import RandAugment
+from timm.data.auto_augment import posterize as timm_posterize
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
@@ -60,3 +68,50 @@ def probe_train_transform(input_size: int = 224):
             *_to_normalized_tensor(),
         ]
     )
+
+
+def finetune_train_transform(
+    input_size: int = 224,
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1",
+    color_jitter: float | None = None,
+    re_prob: float = 0.25,
+    re_mode: str = "pixel",
+    re_count: int = 1,
+):
+    """PIL image -> augmented normalized tensor [3, S, S], as MAE's ``build_transform(is_train)``
+    (timm draws from Python's ``random`` and torch: seed them per sample for exact resumes).
+    ``auto_augment`` None: no RandAugment; ``color_jitter`` only acts without it (timm)."""
+    augment = create_transform(
+        input_size=input_size,
+        is_training=True,
+        color_jitter=color_jitter,
+        auto_augment=auto_augment,
+        interpolation="bicubic",
+        re_prob=re_prob,
+        re_mode=re_mode,
+        re_count=re_count,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+    for step in augment.transforms:
+        for op in step.ops if isinstance(step, RandAugment) else ():
+            if op.aug_fn is timm_posterize:
+                op.aug_fn = posterize_zero_bits_black
+    return augment
+
+
+def posterize_zero_bits_black(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's posterize, also for 0 bits: RandAugment's PosterizeIncreasing keeps 0 bits at its
+    highest magnitudes (``rand-m9-mstd0.5-inc1`` reaches them), which older Pillow, as used by
+    the published recipe, turned into a black image (every value masked away) and Pillow 13
+    refuses with a ValueError."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return timm_posterize(img, bits_to_keep, **kwargs)
+
+
+def finetune_eval_transform(input_size: int = 224):
+    """MAE's fine-tuning validation transform: the 224/256 center crop up to 224 px inputs, the
+    whole resized image (crop ratio 1) above."""
+    crop_ratio = 224 / 256 if input_size <= 224 else 1.0
+    return eval_transform(input_size, int(input_size / crop_ratio))

@@ -1,0 +1,58 @@
+"""What a supervised run needs to know, one field per setting, and its checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attgmae.core.device import PRECISIONS
+from attgmae.core.errors import InputError
+
+
+@dataclass
+class RunConfig:
+    """The settings of ``SupervisedRun``; a pipeline fills it from its own config."""
+
+    epochs: int
+    lr: float  # peak (absolute) lr, reached after the warmup; groups scale it by ``lr_scale``
+    output_dir: str | None = None  # None: no checkpoints, no log.txt (tests, benchmarks)
+    warmup_epochs: float = 0.0  # linear warmup from 0, then half-cycle cosine to min_lr
+    min_lr: float = 0.0
+    batch_size: int = 64  # per process and micro-batch
+    accum_iter: int = 1  # micro-batches per optimizer step
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    amp: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
+    clip_grad: float | None = None  # max gradient norm; None: no clipping
+    seed: int = 0
+    num_workers: int = 8
+    pin_mem: bool = True
+    compile: bool = False  # torch.compile the model for training
+    save_every: int = 20  # also keep checkpoint-N.pth every N epochs (and after the last)
+    ckpt_every_steps: int = 0  # also write checkpoint-last.pth every N iterations (mid-epoch)
+    print_freq: int = 20  # iterations between progress lines
+    resume: str | None = None  # a checkpoint to continue from
+    auto_resume: bool = True  # continue from output_dir's newest readable checkpoint
+    trust_checkpoint: bool = False  # the resumed checkpoint may be unpickled in full
+    stop_after_iters: int = 0  # leave (as a killed run would) after N iterations; for tests
+
+
+def validate_run(cfg: RunConfig) -> None:
+    """Every inconsistent setting at once, as one InputError (exit code 2)."""
+    problems = []
+    if cfg.epochs < 1:
+        problems.append(f"epochs must be >= 1, got {cfg.epochs}")
+    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
+        problems.append(f"warmup_epochs {cfg.warmup_epochs} must lie in [0, epochs {cfg.epochs}]")
+    if cfg.lr <= 0 or cfg.min_lr < 0:
+        problems.append(f"lr must be > 0 and min_lr >= 0, got {cfg.lr} and {cfg.min_lr}")
+    if cfg.batch_size < 1 or cfg.accum_iter < 1:
+        problems.append("batch_size and accum_iter must be >= 1")
+    if cfg.amp not in PRECISIONS:
+        problems.append(f"amp must be one of {', '.join(PRECISIONS)}, got {cfg.amp!r}")
+    if cfg.clip_grad is not None and cfg.clip_grad <= 0:
+        problems.append(f"clip_grad must be > 0 (or unset), got {cfg.clip_grad}")
+    if cfg.save_every < 1 or cfg.print_freq < 1:
+        problems.append("save_every and print_freq must be >= 1")
+    if cfg.ckpt_every_steps < 0 or cfg.stop_after_iters < 0 or cfg.num_workers < 0:
+        problems.append("ckpt_every_steps, stop_after_iters and num_workers must be >= 0")
+    if problems:
+        raise InputError("; ".join(problems))

@@ -1,0 +1,24 @@
+"""Where a run's process stands: torchrun / SLURM rank, its device, the process group."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from attgmae.core.device import rank_device, resolve_device
+from attgmae.core.distributed import DistInfo, cleanup, env_dist_info, init_distributed
+
+
+@contextmanager
+def distributed_session(device_name: str = "auto") -> Iterator[tuple[DistInfo, torch.device]]:
+    """(DistInfo, this rank's device) of a process launched by torchrun or SLURM, or alone;
+    the process group is joined on entry and left on exit (also after an error)."""
+    _, world_size, local_rank = env_dist_info()
+    device = rank_device(resolve_device(device_name), local_rank, world_size)
+    info = init_distributed(device)
+    try:
+        yield info, device
+    finally:
+        cleanup(info)

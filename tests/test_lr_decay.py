@@ -1,0 +1,71 @@
+"""param_groups_lrd gives MAE's layer-decay groups on ViT-B/16 and ViT-L/16 (built on the meta
+device: no memory, no init cost), checked against the definition written out independently."""
+
+import re
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from attgmae.core.errors import InputError
+from attgmae.eval import param_groups_lrd
+
+
+def vit(depth: int, width: int, heads: int, **kwargs) -> VisionTransformer:
+    with torch.device("meta"):
+        return VisionTransformer(
+            patch_size=16, embed_dim=width, depth=depth, num_heads=heads, num_classes=1000, **kwargs
+        )
+
+
+def reference_groups(model, weight_decay, no_decay_names, layer_decay):
+    """The definition, parameter by parameter: the embeddings are layer 0, block i is layer
+    i + 1, the rest (norms, head) layer depth + 1; lr scale = layer_decay ** (depth + 1 - layer);
+    no weight decay on vectors and the listed names. Groups: one per (layer, decay), in order of
+    first appearance -> [(names, lr_scale, weight_decay)]."""
+    depth = len(model.blocks)
+    groups = {}
+    for name, param in model.named_parameters():
+        block = re.fullmatch(r"blocks\.(\d+)\..+", name)
+        if name in ("cls_token", "pos_embed") or re.match(r"patch_embed\.", name):
+            layer = 0
+        elif block:
+            layer = int(block.group(1)) + 1
+        else:
+            layer = depth + 1
+        decay = 0.0 if param.dim() < 2 or name in no_decay_names else weight_decay
+        key = (layer, decay)
+        groups.setdefault(key, ([], layer_decay ** (depth + 1 - layer), decay))[0].append(name)
+    return list(groups.values())
+
+
+@pytest.mark.parametrize(
+    "depth, width, heads, layer_decay, pool",
+    [(12, 768, 12, 0.65, "avg"), (24, 1024, 16, 0.75, "avg"), (12, 768, 12, 0.75, "token")],
+)
+def test_groups_equal_maes_definition(depth, width, heads, layer_decay, pool):
+    model = vit(depth, width, heads, global_pool=pool)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = model.no_weight_decay()
+    groups = param_groups_lrd(model, 0.05, no_weight_decay_list=no_decay, layer_decay=layer_decay)
+    got = [([names[id(p)] for p in g["params"]], g["lr_scale"], g["weight_decay"]) for g in groups]
+    assert got == reference_groups(model, 0.05, no_decay, layer_decay)
+    assert len(groups) == 2 * (depth + 2)  # decayed and not, per layer
+    by_name = {names[id(p)]: g for g in groups for p in g["params"]}
+    assert by_name["head.weight"]["lr_scale"] == 1.0
+    assert by_name[f"blocks.{depth - 1}.attn.qkv.weight"]["lr_scale"] == layer_decay
+    assert by_name["patch_embed.proj.weight"]["lr_scale"] == layer_decay ** (depth + 1)
+    assert by_name["pos_embed"]["weight_decay"] == 0.0  # listed by timm's no_weight_decay
+    assert by_name["blocks.0.mlp.fc1.weight"]["weight_decay"] == 0.05
+
+
+def test_frozen_parameters_are_left_out_and_models_without_blocks_need_no_decay():
+    model = vit(2, 192, 3)
+    model.pos_embed.requires_grad_(False)
+    groups = param_groups_lrd(model)
+    assert all(p is not model.pos_embed for g in groups for p in g["params"])
+    mlp = nn.Sequential(nn.Linear(4, 4))
+    assert [g["lr_scale"] for g in param_groups_lrd(mlp, layer_decay=1.0)] == [1.0, 1.0]
+    with pytest.raises(InputError, match="layer decay 0.75 needs a ViT"):
+        param_groups_lrd(mlp)
