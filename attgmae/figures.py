@@ -75,20 +75,8 @@ def weight_figure(images, maps_norm, keys, tau: float, title: str, overlay: bool
         (f"M_norm / tau  (tau = {tau:g})", lambda m: m / tau),
         ("exp(M_norm / tau)", lambda m: np.exp(m / tau)),
     ]
-    fig, axes = _grid(len(keys), 1 + len(columns), title)
-    _image_column(axes, images, keys)
-    shown = None
-    for row, (image, grid_map) in enumerate(zip(images, maps_norm)):
-        for col, (name, transform) in enumerate(columns, start=1):
-            shown = _draw_map(axes[row, col], image, transform(grid_map), 0.0, top, overlay)
-            axes[0, col].set_title(name, fontsize=9)
-    fig.colorbar(
-        shown,
-        ax=axes[:, 1:].ravel().tolist(),
-        shrink=0.8,
-        label=f"0 .. exp(1/tau) = {top:.2f}",
-    )
-    return fig
+    return _transformed_maps(images, maps_norm, keys, columns, title, (0.0, top), overlay,
+                             f"0 .. exp(1/tau) = {top:.2f}")  # fmt: skip
 
 
 def tau_figure(
@@ -99,19 +87,22 @@ def tau_figure(
     taus = [float(t) for t in taus]
     labels = labels or [f"tau = {t:g}" for t in taus]
     top = float(np.exp(1.0 / min(taus)))
-    fig, axes = _grid(len(keys), 1 + len(taus), title)
+    columns = [(label, lambda m, t=tau: np.exp(m / t)) for tau, label in zip(taus, labels)]
+    return _transformed_maps(images, maps_norm, keys, columns, title, (1.0, top), overlay,
+                             f"weight: 1 .. {top:.2f}")  # fmt: skip
+
+
+def _transformed_maps(images, maps_norm, keys, columns, title, scale, overlay, bar_label):
+    """Rows of image | each column's transform of the map, on one colour ``scale`` (low, top).
+    columns: [(title, map -> values)]."""
+    fig, axes = _grid(len(keys), 1 + len(columns), title)
     _image_column(axes, images, keys)
     shown = None
     for row, (image, grid_map) in enumerate(zip(images, maps_norm)):
-        for col, (tau, label) in enumerate(zip(taus, labels), start=1):
-            shown = _draw_map(axes[row, col], image, np.exp(grid_map / tau), 1.0, top, overlay)
-            axes[0, col].set_title(label, fontsize=9)
-    fig.colorbar(
-        shown,
-        ax=axes[:, 1:].ravel().tolist(),
-        shrink=0.8,
-        label=f"weight: 1 .. {top:.2f}",
-    )
+        for col, (name, transform) in enumerate(columns, start=1):
+            shown = _draw_map(axes[row, col], image, transform(grid_map), *scale, overlay)
+            axes[0, col].set_title(name, fontsize=9)
+    fig.colorbar(shown, ax=axes[:, 1:].ravel().tolist(), shrink=0.8, label=bar_label)
     return fig
 
 

@@ -24,6 +24,7 @@ EXPECTED = (
     "stage1 all methods",
     "eval features ViT-L/16 bf16",
     "eval k-NN 1.28M x 1024 vs 50k",
+    "finetune step ViT-large/16 compiled",
 )
 
 

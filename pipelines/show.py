@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from attgmae.checkpoint import load_checkpoint
 from attgmae.core.errors import InputError
+from attgmae.core.torchfile import load_torch_file
 from attgmae.data.images import decode_rgb
 from attgmae.figures import save_figure, tau_figure, weight_figure
 from attgmae.guidance import TauSchedule
@@ -30,7 +30,9 @@ def read_tau_schedule(path) -> TauSchedule:
     if path.suffix == ".json":
         args = json.loads(path.read_text())
     else:
-        args = vars(load_checkpoint(path).get("args") or {})
+        ckpt = load_torch_file(path)  # (not attgmae.checkpoint: no need to import the models)
+        args = ckpt.get("args") if isinstance(ckpt, dict) else None
+        args = vars(args) if hasattr(args, "__dict__") else dict(args or {})
     if "tau_plan" in args:
         return TauSchedule.from_dict(args["tau_plan"])
     if "tau" not in args:

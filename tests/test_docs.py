@@ -61,3 +61,37 @@ def test_runnable_examples_run(page, tmp_path):
                           text=True, timeout=300)  # fmt: skip
     tail = (done.stdout + done.stderr)[-4000:]
     assert done.returncode == 0, f"{page}: the examples failed (exit {done.returncode}):\n{tail}"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_links_between_pages_point_at_existing_pages_and_headings():
+    broken = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for target, anchor in re.findall(r"\]\(([\w./-]+\.md)(?:#([\w-]+))?\)", text):
+            linked = (page.parent / target).resolve()
+            if not linked.is_file():
+                broken.append(f"{page.name}: {target} does not exist")
+                continue
+            headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M)
+            if anchor and anchor not in {_anchor(h) for h in headings}:
+                broken.append(f"{page.name}: {target}#{anchor} names no heading")
+    assert not broken, "\n".join(broken)
+
+
+def test_tests_named_in_the_docs_exist():
+    """`test_file.py::test_name` and `::test_name` (same file as the last one named) must exist."""
+    missing = []
+    for page in PAGES:
+        current = None
+        for file, name in re.findall(r"(test_\w+\.py)?::(test_\w+)", page.read_text("utf-8")):
+            current = file or current
+            source = REPO / "tests" / current
+            if not source.is_file() or f"def {name}(" not in source.read_text("utf-8"):
+                missing.append(f"{page.name}: {current}::{name}")
+    assert not missing, "\n".join(missing)
