@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.datasets as datasets
-from PIL import Image
 from figures import figure
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from attgmae.engine import EpochSampler, RunConfig, SeededSamples, SupervisedRun

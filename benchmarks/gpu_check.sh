@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU check in one short run (one H200: about 330 s of steps), for a session lent a
+# The whole GPU check in one short run (one H200: about 390 s of steps), for a session lent a
 # GPU machine. From the repository root there, through the device tool with `carry: [".whl"]`:
 #   bash benchmarks/gpu_check.sh                      # CUDA, full settings
 #   DEVICE=cpu SMALL=1 bash benchmarks/gpu_check.sh   # the same steps, tiny, to test the script
@@ -81,6 +81,8 @@ if [ "$SMALL" = 1 ]; then
   step eval 60 $PY benchmarks/eval.py --device "$DEVICE" --small
   step finetune 60 $PY benchmarks/finetune.py --device "$DEVICE" --steps 1 --batch_size 2 \
     --loader_images 48 --workers 1
+  step dense 60 $PY benchmarks/dense.py --device "$DEVICE" --steps 1 --batch_size 2 \
+    --skip_data
 else
   # Most important first: stage 2 (guided ViT-L/16, compiled), stage 1, evaluation.
   step train 110 $PY benchmarks/train.py --device cuda --model mae_vit_large_patch16 --batch_size 256 \
@@ -90,6 +92,8 @@ else
   step eval 55 $PY benchmarks/eval.py --device cuda --full
   step finetune 50 $PY benchmarks/finetune.py --device cuda --model large --batch_size 64 \
     --steps 10 --compile --loader_images 2048 --workers 15
+  step dense 60 $PY benchmarks/dense.py --device cuda --model large --steps 10 \
+    --loader_images 512 --workers 15
 fi
 
 echo "== summary after $((SECONDS - start)) s, $failed failed step(s)" | tee -a "$LOG"

@@ -25,6 +25,7 @@ EXPECTED = (
     "eval features ViT-L/16 bf16",
     "eval k-NN 1.28M x 1024 vs 50k",
     "finetune step ViT-large/16 compiled",
+    "dense convnext step ViT-large/16 512px eager",
 )
 
 

@@ -1,8 +1,10 @@
 """`attg-eval`: judge an encoder — k-NN (DINO), linear / few-shot probing, fine-tuning (MAE).
 
 attg-eval knn --checkpoint CKPT [CKPT ...] --data_path ROOT   (ROOT holds train/ and val/)
-attg-eval linprobe --checkpoint CKPT --data_path ROOT [--shots N | --percent P] [--seeds ...]
+attg-eval linprobe --checkpoint CKPT --data_path ROOT [--shots N | --percent P | --subset_file F]
 attg-eval finetune --checkpoint CKPT --data_path ROOT [--preset in1k-vit-l] [--subset_file F]
+attg-eval segment --checkpoint CKPT --dataset ade20k|nyuv2|folder --data_path ROOT
+attg-eval taskonomy --checkpoint CKPT [CKPT ...] --data_path ROOT [--tasks depth edges ...]
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from attgmae.pipelines.finetune import run_finetune
 from attgmae.pipelines.finetune_config import PRESETS, FinetuneConfig, preset_values
 from attgmae.pipelines.knn import KnnConfig, run_knn_compare
 from attgmae.pipelines.linprobe import LinprobeConfig, run_linprobe, run_seeds
+from attgmae.pipelines.segment import run_segment
+from attgmae.pipelines.segment_config import INFERENCE_MODES, RECIPE_FIELDS, SegmentConfig
+from attgmae.pipelines.taskonomy import run_taskonomy_compare
+from attgmae.pipelines.taskonomy_config import TaskonomyConfig
 
 # attg-eval finetune's flags besides --checkpoint, --data_path and --preset: (name, type,
 # help). Each default lives in FinetuneConfig; a flag given overrides the preset's value.
@@ -177,13 +183,32 @@ def build_parser():
     shots.add_argument(
         "--percent", type=float, default=None, help="P%% of each class's training images"
     )
-    p.add_argument("--seed", type=int, default=0, help="subset and training seed")
+    shots.add_argument(  # a group's flags get no automatic second spelling: both named here
+        "--subset_file",
+        "--subset-file",
+        dest="subset_file",
+        default=None,
+        help="train on the images listed, one file name (or class/name) a line: the ImageNet "
+        "1%% / 10%% lists (SimCLR's 1percent.txt / 10percent.txt)",
+    )
+    p.add_argument(
+        "--small_subset",
+        choices=("cycle", "partial"),
+        default="cycle",
+        help="a subset smaller than --eff_batch_size: cycle = every epoch one step on exactly "
+        "eff_batch_size samples cycled through it (the paper's A.8); partial = one step on "
+        "the subset once (its samples only)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="head init, training order and per-class subset"
+    )
     p.add_argument(
         "--seeds",
         type=int,
         nargs="+",
         default=None,
-        help="one run per seed in OUTPUT_DIR/seed_<s>, then mean and std",
+        help="one run per seed in OUTPUT_DIR/seed_<s>, then mean and std (with "
+        "--subset_file the subset is the same for every seed)",
     )
     p.add_argument(
         "--cached_features",
@@ -200,6 +225,7 @@ def build_parser():
     p.add_argument("--log_every", type=int, default=50, help="steps between log lines")
     _add_common(p, default_batch=512, default_out="output_linprobe")
     _add_finetune(sub)
+    _add_dense(sub)
     return parser
 
 
@@ -227,6 +253,90 @@ def _add_finetune(sub) -> None:
     p.add_argument("--cutmix_minmax", type=float, nargs=2, help="cutmix box ratio range")
     for flag, dest, value, text in _FINETUNE_SWITCHES:
         p.add_argument(flag, dest=dest, action="store_const", const=value, help=text)
+
+
+# attg-eval segment / taskonomy flags besides --checkpoint and --data_path: (name, type, nargs,
+# help). Each default lives in SegmentConfig / TaskonomyConfig; None there = the recipe's.
+_DENSE_FLAGS = [
+    ("output_dir", str, None, "checkpoints, log.txt, results JSON and PNGs go here"),
+    ("model", str, None, "architecture name when the checkpoint does not record it"),
+    ("num_heads", int, None, "attention heads (overrides the name and width tables)"),
+    ("checkpoint_key", str, None, "entry of a DINO/iBOT training checkpoint"),
+    ("input_size", int, None, "training crop and evaluation size (a multiple of 16)"),
+    ("drop_path", float, None, "encoder stochastic depth rate"),
+    ("epochs", int, None, "training epochs"),
+    ("warmup_epochs", int, None, "lr warmup epochs"),
+    ("batch_size", int, None, "images per process and micro-batch (unset: eff_batch_size / procs)"),
+    ("accum_iter", int, None, "micro-batches per optimizer step (sets the effective batch)"),
+    ("eff_batch_size", int, None, "batch_size x accum_iter x processes"),
+    ("lr", float, None, "absolute peak lr"),
+    ("warmup_lr", float, None, "lr at the start of the warmup"),
+    ("min_lr", float, None, "lr at the end of the cosine"),
+    ("weight_decay", float, None, "AdamW weight decay (not on 1-D parameters, cls, pos_embed)"),
+    ("layer_decay", float, None, "layer-wise lr decay"),
+    ("clip_grad", float, None, "max gradient norm (unset: no clipping)"),
+    ("eval_every", int, None, "validate after epochs 0, N, 2N, ... and the last"),
+    ("num_vis", int, None, "images in the image | prediction | target PNG"),
+    ("seed", int, None, "sample order, augmentation and head init seed"),
+    ("device", str, None, "auto (cuda when available), cuda, cuda:N, cpu"),
+    ("amp", str, None, "auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32"),
+    ("num_workers", int, None, "DataLoader workers per process"),
+    ("resume", str, None, "checkpoint to continue from (default: OUTPUT_DIR's newest)"),
+    ("save_every", int, None, "keep checkpoint-N.pth every N epochs (and the last)"),
+    ("ckpt_every_steps", int, None, "also write checkpoint-last.pth every N optimizer steps"),
+    ("print_freq", int, None, "iterations between progress lines"),
+    ("stop_after_iters", int, None, "leave after N iterations, as a killed run would (tests)"),
+]
+_SEGMENT_FLAGS = [
+    ("dataset", str, None, "layout of --data_path: ade20k, nyuv2 or folder (docs/dense.md)"),
+    ("num_classes", int, None, "folder layout without classes.txt: the number of classes"),
+    ("head_dim", int, None, "ConvNeXt head: linear width per token (MultiMAE decoder_dim)"),
+    ("head_preds_per_patch", int, None, "ConvNeXt head: predictions per token (a square)"),
+    ("head_depth", int, None, "ConvNeXt head: blocks"),
+    ("inference", str, None, f"validation inference: {' or '.join(INFERENCE_MODES)}"),
+    ("slide_stride", int, None, "sliding window step (default: 2/3 of input_size)"),
+]
+_TASKONOMY_FLAGS = [
+    ("tasks", str, "+", "depth edges keypoints2d keypoints3d occlusion (or folder names)"),
+    ("labels", str, "+", "a name per checkpoint (default: file stems, else folder names)"),
+    ("dpt_feature_dim", int, None, "DPT head: fusion channels"),
+    ("dpt_layer_dims", int, 4, "DPT head: channels of the four reassembled stages"),
+    ("block_indices", int, 4, "the four encoder blocks DPT reads (default: quarter ends)"),
+    ("max_train_images", int, None, "training images used"),
+    ("max_val_images", int, None, "validation images used"),
+    ("max_test_images", int, None, "test images used (default: all)"),
+]
+_DENSE_SWITCHES = [  # (flag, dest, value, help)
+    ("--force_model", "force_model", True, "use --model's head count even if it contradicts"),
+    (TRUST_FLAG, "trust_checkpoint", True, "unpickle the checkpoint in full (trusted files)"),
+    ("--no_pin_mem", "pin_mem", False, "do not pin CPU memory in the DataLoader"),
+    ("--compile", "compile", True, "torch.compile the model"),
+    ("--no_auto_resume", "auto_resume", False, "start over even if OUTPUT_DIR has checkpoints"),
+]
+
+
+def _add_dense(sub) -> None:
+    """``segment`` and ``taskonomy``; as finetune, only the flags given reach the config."""
+    commands = (
+        ("segment", SegmentConfig, _SEGMENT_FLAGS, None, "semantic segmentation (Table 6)"),
+        ("taskonomy", TaskonomyConfig, _TASKONOMY_FLAGS, "+", "Taskonomy transfer (Tables 3, 7)"),
+    )
+    for command, config, own, checkpoints, text in commands:
+        d = config(checkpoint="", data_path="")
+        p = sub.add_parser(command, help=text, argument_default=argparse.SUPPRESS)
+        p.add_argument("--checkpoint", required=True, nargs=checkpoints, help="pretrained weights")
+        p.add_argument("--data_path", required=True, help="dataset root (docs/dense.md)")
+        for name, kind, nargs, help_text in _DENSE_FLAGS + own:
+            default = "the recipe's" if name in RECIPE_FIELDS else getattr(d, name, None)
+            shown = f" [default: {default}]" if default is not None else ""
+            p.add_argument(f"--{name}", type=kind, nargs=nargs, help=help_text + shown)
+        switches = _DENSE_SWITCHES
+        if command == "segment":
+            switches = switches + [
+                ("--reduce_zero_label", "reduce_zero_label", True, "folder: 0 ignored, v -> v-1")
+            ]
+        for flag, dest, value, help_text in switches:
+            p.add_argument(flag, dest=dest, action="store_const", const=value, help=help_text)
 
 
 def _knn(args) -> int:
@@ -260,6 +370,13 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "finetune":
         run_finetune(finetune_config(args))
+        return 0
+    if args.command == "segment":
+        run_segment(config_from_args(SegmentConfig, args))
+        return 0
+    if args.command == "taskonomy":
+        cfg = config_from_args(TaskonomyConfig, args, checkpoint=args.checkpoint[0])
+        run_taskonomy_compare(cfg, args.checkpoint, getattr(args, "labels", None))
         return 0
     return _knn(args) if args.command == "knn" else _linprobe(args)
 

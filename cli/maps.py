@@ -8,6 +8,7 @@ import sys
 from attgmae.cli import maps_generate
 from attgmae.cli._args import add_subparsers, make_parser, run_main
 from attgmae.data.example import write_example
+from attgmae.data.example_taskonomy import write_example_taskonomy
 from attgmae.store.exporting import export_store
 from attgmae.store.importing import import_maps
 from attgmae.store.verify import describe_store, verify_store
@@ -78,6 +79,11 @@ def build_parser():
     p.add_argument("--train_per_class", type=int, default=25)
     p.add_argument("--val_per_class", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--taskonomy",
+        action="store_true",
+        help="write the synthetic Taskonomy-layout set instead (for attg-eval taskonomy)",
+    )
 
     maps_generate.add_parsers(sub)
     return parser
@@ -142,6 +148,10 @@ def _show(args) -> int:
 
 
 def _make_example(args) -> int:
+    if args.taskonomy:
+        root = write_example_taskonomy(args.root, seed=args.seed)
+        print(f"wrote the synthetic Taskonomy set to {root} (docs/dense.md: its layout)")
+        return 0
     root = write_example(args.root, args.train_per_class, args.val_per_class, args.seed)
     print(f"wrote the example image set to {root} (train/, val/, masks/, labels/, classes.txt)")
     return 0

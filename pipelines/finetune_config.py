@@ -30,13 +30,15 @@ PRESETS: dict[str, dict] = {
     "in1k-vit-l": dict(_MAE_FULL, epochs=50, blr=1e-3, layer_decay=0.75, drop_path=0.2),
     # MAE, FINETUNE.md, ViT-Huge: 8 nodes x 8 GPUs x batch 16 = 1024, 50 epochs, --blr 1e-3
     # --layer_decay 0.75 --weight_decay 0.05 --drop_path 0.3 --reprob 0.25 --mixup 0.8 --cutmix 1.0.
-    "in1k-vit-h": dict(_MAE_FULL, batch_size=16, epochs=50, blr=1e-3, layer_decay=0.75,
-                       drop_path=0.3),  # fmt: skip
+    "in1k-vit-h": dict(
+        _MAE_FULL, batch_size=16, epochs=50, blr=1e-3, layer_decay=0.75, drop_path=0.3
+    ),  # fmt: skip
     # Sec. A.6, 1%: crop and flip only (no RandAugment, random erasing, mixup or cutmix).
     "lowshot-1pct": dict(_LOWSHOT, percent=1.0, aa="none", reprob=0.0, mixup=0.0, cutmix=0.0),
     # Sec. A.6, 10%: MAE's augmentations (RandAugment, random erasing, mixup, cutmix).
-    "lowshot-10pct": dict(_LOWSHOT, percent=10.0, aa="rand-m9-mstd0.5-inc1", reprob=0.25,
-                          mixup=0.8, cutmix=1.0),  # fmt: skip
+    "lowshot-10pct": dict(
+        _LOWSHOT, percent=10.0, aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0
+    ),  # fmt: skip
 }
 # A preset's own subset gives way to one named on the command line.
 SUBSET_FIELDS = ("subset_file", "percent", "shots")

@@ -4,7 +4,6 @@ this rank's share of the validation images."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,8 +11,8 @@ from torch.utils.data import DataLoader
 
 from attgmae.core.distributed import DistInfo
 from attgmae.eval.features import ImageSplit, LabelledImages, image_split, make_loader
-from attgmae.eval.fewshot import fewshot_indices
-from attgmae.eval.subsets import read_subset_file, subset_indices
+from attgmae.eval.fewshot import subset_sha256
+from attgmae.eval.fewshot import training_subset as choose_training_subset
 from attgmae.eval.transforms import finetune_eval_transform, finetune_train_transform
 from attgmae.pipelines.finetune_config import FinetuneConfig
 
@@ -32,17 +31,19 @@ class FinetuneData:
 
     @property
     def subset_sha256(self) -> str:
-        return hashlib.sha256(np.ascontiguousarray(self.subset, dtype=np.int64)).hexdigest()
+        return subset_sha256(self.subset)
 
 
 def training_subset(cfg: FinetuneConfig, train: ImageSplit) -> np.ndarray:
     """Sorted rows of ``train`` to fine-tune on (see the module docstring)."""
-    if cfg.subset_file:
-        names = read_subset_file(cfg.subset_file)
-        return subset_indices(train.keys, names, source=cfg.subset_file)
-    if cfg.percent is not None or cfg.shots is not None:
-        return fewshot_indices(train.labels, shots=cfg.shots, percent=cfg.percent, seed=cfg.seed)
-    return np.arange(len(train.keys), dtype=np.int64)
+    return choose_training_subset(
+        train.keys,
+        train.labels,
+        subset_file=cfg.subset_file,
+        shots=cfg.shots,
+        percent=cfg.percent,
+        seed=cfg.seed,
+    )
 
 
 def build_finetune_data(cfg: FinetuneConfig, info: DistInfo, device) -> FinetuneData:

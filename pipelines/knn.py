@@ -27,7 +27,7 @@ from attgmae.eval.features import (
 )
 from attgmae.eval.knn import DEFAULT_CHUNK_BYTES, knn_classify_multi, vote_columns
 from attgmae.eval.report import plot_knn
-from attgmae.models.encoder import load_encoder
+from attgmae.models.encoder import load_encoder_as_configured
 
 DEFAULT_NB_KNN = (5, 10, 20, 100, 200)
 
@@ -64,16 +64,7 @@ def run_knn(cfg: KnnConfig, log=print) -> dict:
     started = time.perf_counter()
 
     sha256 = file_sha256(cfg.checkpoint)
-    model, info = load_encoder(
-        cfg.checkpoint,
-        cfg.model,
-        cfg.num_heads,
-        cfg.input_size,
-        sha256,
-        cfg.trust_checkpoint,
-        checkpoint_key=cfg.checkpoint_key,
-        force_model=cfg.force_model,
-    )
+    model, info = load_encoder_as_configured(cfg, sha256)
     model.to(device)
     log(f"encoder: {info.source_format} {info.spec} from {cfg.checkpoint} (sha256 {sha256[:12]})")
 
@@ -142,7 +133,7 @@ def run_knn(cfg: KnnConfig, log=print) -> dict:
         "software": software_versions(python=True),
     }
     json_path = write_json_atomic(out_dir / f"knn_{label}.json", result)
-    png_path = plot_knn({label: by_k}, out_dir / f"knn_{label}.png", title=f"k-NN: {label}")
+    png_path = plot_knn({label: by_k}, out_dir / f"knn_{label}.png", temperature=cfg.temperature)
     log(f"results: {json_path}  plot: {png_path}")
     return result
 
@@ -176,6 +167,6 @@ def run_knn_compare(cfg: KnnConfig, checkpoints, labels=None, log=print) -> list
             r["label"]: {row["k"]: (row["top1"], row["top5"]) for row in r["results"]}
             for r in results
         }
-        plot_knn(by_label, out / "knn_compare.png", title="k-NN")
+        plot_knn(by_label, out / "knn_compare.png", temperature=cfg.temperature)
         log(f"comparison: {out / 'knn_compare.json'}  {out / 'knn_compare.png'}")
     return results

@@ -7,6 +7,12 @@ optimizer, epoch, config; written atomically), ``linprobe.json`` (every number) 
 resumes (``auto_resume``) or resumes from ``resume``. Several seeds: one sub-directory
 ``seed_<s>`` each, and ``fewshot_summary.json`` / ``fewshot.png`` with mean and std.
 
+The training subset is every image, a list file (``subset_file``, fixed: the seeds then vary
+only the head's initialisation and the training order) or a seeded per-class sample (``shots``
+/ ``percent``). A subset smaller than one effective batch is cycled (``small_subset="cycle"``,
+the paper's A.8): every epoch is one optimizer step on exactly ``eff_batch_size`` samples at the
+full-batch lr; ``attgmae.eval.linprobe`` says why an epoch is then one step.
+
 Validation features never change (frozen encoder, deterministic center crop), so they are
 computed once per run (and cached in ``features_dir``) rather than every epoch; the head is
 evaluated on them after every epoch. ``cached_features`` trains on cached center-crop features
@@ -17,7 +23,6 @@ protocol, documented as such in the result).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import statistics
 import time
@@ -25,9 +30,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from attgmae.core.device import resolve_device, use_device
 from attgmae.core.errors import InputError
@@ -38,20 +41,25 @@ from attgmae.core.torchfile import load_torch_file
 from attgmae.eval.features import (
     ImageSplit,
     LabelledImages,
-    autocast_for,
     check_data_root,
     extraction_options,
     image_split,
     split_features,
 )
-from attgmae.eval.fewshot import fewshot_indices
+from attgmae.eval.fewshot import subset_sha256, training_subset
 from attgmae.eval.lars import LARS
-from attgmae.eval.linprobe import LinearProbeHead, epoch_batches, evaluate
+from attgmae.eval.linprobe import (
+    SMALL_SUBSET_MODES,
+    CachedFeatureBatches,
+    ImageFeatureBatches,
+    LinearProbeHead,
+    epoch_batches,
+    evaluate,
+)
 from attgmae.eval.linprobe import train_one_epoch as train_head_one_epoch
 from attgmae.eval.report import plot_probe
 from attgmae.eval.transforms import probe_train_transform
-from attgmae.models.encoder import features as encoder_features
-from attgmae.models.encoder import load_encoder
+from attgmae.models.encoder import load_encoder_as_configured
 from attgmae.optim import lr_at
 
 
@@ -75,8 +83,10 @@ class LinprobeConfig:
     min_lr: float = 0.0
     weight_decay: float = 0.0
     momentum: float = 0.9
+    subset_file: str | None = None  # ImageNet 1% / 10% list: one image name (or key) a line
     shots: int | None = None
     percent: float | None = None
+    small_subset: str = "cycle"  # a subset < eff_batch_size: "cycle" (A.8) or "partial"
     seed: int = 0
     cached_features: bool = False
     features_dir: str | None = None  # default: <output_dir>/features
@@ -95,43 +105,6 @@ def _save_torch(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _digest(indices: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
-
-
-class ImageFeatureBatches:
-    """Training micro-batches as features of augmented images through the frozen encoder."""
-
-    def __init__(self, encoder, dataset, device, cfg):
-        self.encoder, self.dataset, self.device, self.cfg = encoder, dataset, device, cfg
-
-    def epoch(self, batches):
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=[b.tolist() for b in batches],
-            num_workers=self.cfg.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        for imgs, targets, _ in loader:
-            with torch.no_grad(), autocast_for(self.device, self.cfg.precision):
-                feats = encoder_features(
-                    self.encoder, imgs.to(self.device, non_blocking=True), self.cfg.pool
-                )
-            yield feats.float(), targets
-
-
-class CachedFeatureBatches:
-    """Training micro-batches drawn from features computed once (no augmentation)."""
-
-    def __init__(self, feats, labels, device):
-        self.feats, self.labels = feats.to(device), labels.to(device)
-
-    def epoch(self, batches):
-        for batch in batches:
-            rows = torch.as_tensor(batch, device=self.feats.device)
-            yield self.feats[rows], self.labels[rows]
-
-
 def _find_resume(cfg: LinprobeConfig, out_dir: Path):
     if cfg.resume:
         return Path(cfg.resume)
@@ -139,9 +112,43 @@ def _find_resume(cfg: LinprobeConfig, out_dir: Path):
     return last if cfg.auto_resume and last.is_file() else None
 
 
+def _subset_text(cfg: LinprobeConfig, num_used: int) -> str:
+    """The training subset in words, for figure titles."""
+    if cfg.subset_file:
+        return f"{num_used} images listed in {Path(cfg.subset_file).name}"
+    if cfg.shots is not None:
+        return f"{cfg.shots} shot(s) per class ({num_used} images)"
+    if cfg.percent is not None:
+        return f"{cfg.percent:g}% of each class ({num_used} images)"
+    return f"all {num_used} training images"
+
+
+def _sampling(cfg: LinprobeConfig, num_used: int, eff_batch: int) -> tuple[str, str]:
+    """(name, description) of how an epoch's samples are drawn (``epoch_batches``)."""
+    if num_used >= eff_batch:
+        steps = num_used // eff_batch
+        return "whole", (
+            f"{steps} optimizer step(s) of {eff_batch} samples per epoch, a seeded permutation "
+            f"cut into whole effective batches, the last {num_used - steps * eff_batch} unused "
+            "(MAE's drop_last)"
+        )
+    if cfg.small_subset == "cycle":
+        return "cycle", (
+            f"1 optimizer step of {eff_batch} samples per epoch, cycled through the {num_used} "
+            f"training images (each pass a permutation seeded with (seed, pass)): the gradient "
+            "of a full effective batch at its lr (the paper's A.8)"
+        )
+    return "partial", (
+        f"1 optimizer step of the {num_used} training images per epoch (fewer than "
+        f"{eff_batch}), at the lr of {eff_batch} (not the paper's A.8)"
+    )
+
+
 def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     if cfg.warmup_epochs > cfg.epochs:
         raise InputError(f"--warmup_epochs {cfg.warmup_epochs} exceeds --epochs {cfg.epochs}")
+    if cfg.small_subset not in SMALL_SUBSET_MODES:
+        raise InputError(f"--small_subset {cfg.small_subset}: choose one of {SMALL_SUBSET_MODES}")
     check_data_root(cfg.data_path, cfg.checkpoint)
     device = use_device(resolve_device(cfg.device))
     out_dir = Path(cfg.output_dir)
@@ -149,37 +156,34 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     features_dir = Path(cfg.features_dir) if cfg.features_dir else out_dir / "features"
     started = time.perf_counter()
 
-    sha256 = file_sha256(cfg.checkpoint)
-    encoder, info = load_encoder(
-        cfg.checkpoint,
-        cfg.model,
-        cfg.num_heads,
-        cfg.input_size,
-        sha256,
-        cfg.trust_checkpoint,
-        checkpoint_key=cfg.checkpoint_key,
-        force_model=cfg.force_model,
-    )
-    encoder.to(device)
     train = image_split(cfg.data_path, "train")
     val = image_split(cfg.data_path, "val", train.class_names)
     num_classes = len(train.class_names)
-
-    if cfg.shots is not None or cfg.percent is not None:
-        subset = fewshot_indices(train.labels, shots=cfg.shots, percent=cfg.percent, seed=cfg.seed)
-    else:
-        subset = np.arange(len(train.keys))
+    subset = training_subset(
+        train.keys,
+        train.labels,
+        subset_file=cfg.subset_file,
+        shots=cfg.shots,
+        percent=cfg.percent,
+        seed=cfg.seed,
+    )
+    fingerprint = {  # what a resumed run must share with the run it continues
+        "checkpoint_sha256": file_sha256(cfg.checkpoint),
+        "subset_sha256": subset_sha256(subset),
+        "subset_file_sha256": file_sha256(cfg.subset_file) if cfg.subset_file else None,
+    }
+    sha256 = fingerprint["checkpoint_sha256"]
+    encoder, info = load_encoder_as_configured(cfg, sha256)
+    encoder.to(device)
     accum_iter = cfg.accum_iter or max(1, round(cfg.eff_batch_size / cfg.batch_size))
     eff_batch = cfg.batch_size * accum_iter
     lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
-    # drop_last as MAE when the set holds a whole effective batch (only whole effective batches
-    # per epoch); a few-shot subset smaller than that keeps every sample (one partial group per
-    # epoch, still at the full-batch lr).
-    drop_last = len(subset) // cfg.batch_size >= accum_iter
+    sampling, sampling_text = _sampling(cfg, len(subset), eff_batch)
+    fingerprint["sampling"] = sampling
     log(
         f"train images: {len(subset)} of {len(train.keys)}, val: {len(val.keys)}, "
         f"classes: {num_classes}; micro-batch {cfg.batch_size} x accum {accum_iter} = "
-        f"effective batch {eff_batch}; lr {lr:.4g} (blr {cfg.blr})"
+        f"effective batch {eff_batch}; lr {lr:.4g} (blr {cfg.blr}); {sampling_text}"
     )
 
     common = extraction_options(cfg, sha256, device, features_dir, log)
@@ -194,7 +198,14 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         del encoder
     else:
         dataset = LabelledImages(train, probe_train_transform(cfg.input_size), subset)
-        source = ImageFeatureBatches(encoder, dataset, device, cfg)
+        source = ImageFeatureBatches(
+            encoder,
+            dataset,
+            device,
+            pool=cfg.pool,
+            precision=cfg.precision,
+            num_workers=cfg.num_workers,
+        )
 
     # Seeded here, not earlier: whether features came from the cache (no loader drew from the
     # global RNG) must not change the head's initial weights.
@@ -207,10 +218,15 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     resume_path = _find_resume(cfg, out_dir)
     if resume_path is not None:
         state = load_torch_file(resume_path)
-        if state["checkpoint_sha256"] != sha256 or state["subset_sha256"] != _digest(subset):
+        # Written before sampling was recorded: small subsets were then drawn as "partial".
+        state.setdefault("sampling", "whole" if sampling == "whole" else "partial")
+        keys = ("checkpoint_sha256", "subset_sha256", "sampling")
+        changed = [key for key in keys if state.get(key) != fingerprint[key]]
+        if changed:
             raise InputError(
-                f"{resume_path} belongs to another encoder or training subset; "
-                f"use another --output_dir or pass --no_auto_resume"
+                f"{resume_path} belongs to another encoder, training subset or --small_subset "
+                f"({', '.join(changed)} differ); use another --output_dir or pass "
+                "--no_auto_resume"
             )
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
@@ -227,8 +243,8 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
             cfg.batch_size,
             seed=cfg.seed,
             epoch=epoch,
-            drop_last=drop_last,
             accum_iter=accum_iter,
+            small_subset=cfg.small_subset,
         )
         train_stats = train_head_one_epoch(
             head,
@@ -260,8 +276,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
             "epoch": epoch,
             "config": asdict(cfg),
             "history": history,
-            "checkpoint_sha256": sha256,
-            "subset_sha256": _digest(subset),
+            **fingerprint,
         }
         _save_torch(checkpoint, out_dir / "checkpoint-last.pth")
         if epoch == cfg.epochs - 1:
@@ -287,10 +302,12 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         "num_val": len(val.keys),
         "num_classes": num_classes,
         "fewshot": {
+            "subset_file": cfg.subset_file,
+            "subset_file_sha256": fingerprint["subset_file_sha256"],
             "shots": cfg.shots,
             "percent": cfg.percent,
             "seed": cfg.seed,
-            "subset_sha256": _digest(subset),
+            "subset_sha256": fingerprint["subset_sha256"],
         },
         "protocol_details": {
             "head": "BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01)",
@@ -299,6 +316,8 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
             "blr": cfg.blr,
             "effective_batch": eff_batch,
             "accum_iter": accum_iter,
+            "sampling": sampling,
+            "epoch_definition": sampling_text,
             "schedule": f"{cfg.warmup_epochs} warmup epochs, half-cycle cosine per iteration",
             "epochs": cfg.epochs,
             "train_features": (
@@ -317,7 +336,12 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         "software": software_versions(python=True),
     }
     write_json_atomic(out_dir / "linprobe.json", result)
-    plot_probe({f"seed {cfg.seed}": acc1}, out_dir / "linprobe.png")
+    plot_probe(
+        {f"seed {cfg.seed}": acc1},
+        out_dir / "linprobe.png",
+        f"Linear probe (MAE protocol) of {Path(cfg.checkpoint).name}: val top-1 per epoch\n"
+        f"{_subset_text(cfg, len(subset))}, effective batch {eff_batch}, seed {cfg.seed}",
+    )
     log(
         f"final val top-1 {result['final']['acc1']:.2f} (best {result['best_acc1']:.2f}); "
         f"results: {out_dir / 'linprobe.json'}"
@@ -326,10 +350,14 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
 
 
 def run_seeds(cfg: LinprobeConfig, seeds, log=print) -> dict:
-    """One probe per seed (subset and training order), then mean and std of the final top-1."""
+    """One probe per seed, then mean and std of the final top-1. A seed draws the head's
+    initialisation, the training order and a per-class subset; a --subset_file subset is the
+    same for every seed."""
     seeds = [int(s) for s in seeds]
     out_dir = Path(cfg.output_dir)
     features_dir = cfg.features_dir or str(out_dir / "features")  # shared by the seeds
+    if cfg.subset_file:
+        log(f"{cfg.subset_file} fixes the subset: the seeds vary the head's init and the order")
     runs = []
     for seed in seeds:
         log(f"--- seed {seed} ---")
@@ -353,7 +381,19 @@ def run_seeds(cfg: LinprobeConfig, seeds, log=print) -> dict:
     summary = {
         "protocol": "linprobe-seeds",
         "checkpoint_sha256": runs[0]["checkpoint_sha256"],
-        "fewshot": {"shots": cfg.shots, "percent": cfg.percent},
+        "fewshot": {
+            "subset_file": cfg.subset_file,
+            "shots": cfg.shots,
+            "percent": cfg.percent,
+            "subset_sha256": [r["fewshot"]["subset_sha256"] for r in runs],
+        },
+        "seeds_vary": (
+            "head initialisation and training order (the subset file fixes the subset)"
+            if cfg.subset_file
+            else "head initialisation, training order and the per-class subset"
+            if cfg.shots is not None or cfg.percent is not None
+            else "head initialisation and training order"
+        ),
         "seeds": seeds,
         "final_acc1": final1,
         "final_acc5": final5,
@@ -367,6 +407,9 @@ def run_seeds(cfg: LinprobeConfig, seeds, log=print) -> dict:
     plot_probe(
         {f"seed {s}": [h["test_acc1"] for h in r["history"]] for s, r in zip(seeds, runs)},
         out_dir / "fewshot.png",
+        f"Linear probe (MAE protocol) of {Path(cfg.checkpoint).name}: val top-1 per epoch\n"
+        f"{_subset_text(cfg, runs[0]['num_train_used'])}, seeds {', '.join(map(str, seeds))}: "
+        f"{summary['acc1_mean']:.2f} +- {summary['acc1_std']:.2f}",
     )
     log(f"top-1 over seeds {seeds}: {summary['acc1_mean']:.2f} +- {summary['acc1_std']:.2f}")
     return summary

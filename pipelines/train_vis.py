@@ -28,5 +28,7 @@ def write_reconstruction_png(run, epoch: int) -> Path:
         run.model_without_ddp, images, batch["noise"].to(run.device), cfg.mask_ratio, weights,
         scale,
     )  # fmt: skip
-    titles = (*PANEL_TITLES[:3], f"weights {scale[0]:g}..{scale[1]:.2f} (tau {tau:.2f})")
+    guide = run.data.join.method if run.data.join is not None else cfg.guidance  # maps: whose
+    titles = (f"epoch {epoch}: original", *PANEL_TITLES[1:3],
+              f"{guide} weights {scale[0]:g}..{scale[1]:.2f}, tau {tau:.2f}")  # fmt: skip
     return save_png(with_titles(panel, titles), run.out_dir / "vis" / f"recon-epoch{epoch:04d}.png")

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from attgmae.data.example import write_example
+
+# Default output folders of the commands, relative to where they run: a test must never leave one
+# in the checkout (it passes --output_dir tmp_path).
+_DEFAULT_OUTPUTS = ("output_dir", "output_eval", "output_linprobe", "output_finetune")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_outputs_left_in_the_checkout():
+    root = Path(__file__).resolve().parents[1]
+    before = {name for name in _DEFAULT_OUTPUTS if (root / name).exists()}
+    yield
+    left = {name for name in _DEFAULT_OUTPUTS if (root / name).exists()} - before
+    assert not left, f"a test wrote {sorted(left)} into the checkout; give it a tmp_path"
 
 
 @pytest.fixture(scope="session")

@@ -256,6 +256,39 @@ def test_a_second_writer_is_named_and_refused_and_a_dead_ones_lock_taken_over(
     assert maps_main(["import", str(source), str(out)]) == 0
 
 
+def test_a_killed_runs_forked_workers_do_not_keep_its_output_locked(tmp_path):
+    import os
+    import signal
+    import time
+
+    from attgmae.core.lock import OutputLock
+
+    holder = (
+        "import os, sys, time\n"
+        "from attgmae.core.lock import OutputLock\n"
+        "OutputLock(sys.argv[1]).acquire()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print(child, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    target = tmp_path / "maps.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(target)], stdout=subprocess.PIPE)
+    child = int(proc.stdout.readline())
+    try:
+        with pytest.raises(Exception, match="being written by another run"):
+            OutputLock(target).acquire()
+        proc.send_signal(signal.SIGKILL)  # the run dies; its forked worker lives on
+        proc.wait(timeout=30)
+        time.sleep(0.1)
+        os.kill(child, 0)  # (still alive)
+        OutputLock(target).acquire().release()  # the output is free at once
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 def test_generate_and_train_hold_their_outputs(example_root, tmp_path, holder, capsys):
     from attgmae.cli.train import main as train_main
 

@@ -4,6 +4,7 @@ import argparse
 import hashlib
 import json
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from PIL import Image, ImageOps
 
 from attgmae.cli.eval import main
+from attgmae.core.errors import InputError
 from attgmae.eval.features import LabelledImages, image_split, l2_normalize
 from attgmae.eval.knn import knn_classifier
 from attgmae.eval.monitor import knn_top1
@@ -405,3 +407,109 @@ def test_knn_extracts_in_fp32_by_default_as_dino():
                  ).precision == "bf16"  # fmt: skip
     # the linear probe keeps MAE's mixed precision on CUDA
     assert parse(["linprobe", "--checkpoint", "c.pth", "--data_path", "d"]).precision == "auto"
+
+
+def test_a_cycled_fewshot_probe_resumes_to_the_same_head(tmp_path, example_root, checkpoints):
+    # 2 shots x 4 classes = 8 images < effective batch 12: every epoch is one step on exactly
+    # 12 samples cycled through the 8 (the paper's A.8), resumable from (seed, epoch) alone.
+    common = dict(
+        checkpoint=str(checkpoints["guided"][0]),
+        data_path=str(example_root),
+        shots=2,
+        epochs=3,
+        warmup_epochs=1,
+        batch_size=4,
+        eff_batch_size=12,
+        cached_features=True,
+        device="cpu",
+        num_workers=0,
+        input_size=64,
+        features_dir=str(tmp_path / "features"),
+        log_every=0,
+    )
+    quiet = lambda msg: None  # noqa: E731
+    straight = run_linprobe(LinprobeConfig(output_dir=str(tmp_path / "straight"), **common), quiet)
+    assert straight["protocol_details"]["sampling"] == "cycle"
+    assert straight["protocol_details"]["lr"] == pytest.approx(0.1 * 12 / 256)
+    assert [(h["train_steps"], h["train_samples"]) for h in straight["history"]] == [(1, 12)] * 3
+
+    def crash_after_epoch_0(msg):
+        if msg.startswith("epoch 1:"):
+            raise KeyboardInterrupt  # killed before epoch 1 was saved
+
+    killed = LinprobeConfig(output_dir=str(tmp_path / "killed"), **common)
+    with pytest.raises(KeyboardInterrupt):
+        run_linprobe(killed, log=crash_after_epoch_0)
+    with pytest.raises(InputError, match="sampling"):  # another scheme does not continue it
+        run_linprobe(LinprobeConfig(**{**asdict(killed), "small_subset": "partial"}), quiet)
+    run_linprobe(killed, log=quiet)
+    a = torch.load(tmp_path / "straight" / "checkpoint-2.pth")["head"]
+    b = torch.load(tmp_path / "killed" / "checkpoint-2.pth")["head"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # The former behaviour, kept by name: one step on the 8 images once per epoch.
+    partial_run = LinprobeConfig(
+        **{**common, "output_dir": str(tmp_path / "partial"), "small_subset": "partial"}
+    )
+    steps = [
+        (h["train_steps"], h["train_samples"]) for h in run_linprobe(partial_run, quiet)["history"]
+    ]
+    assert steps == [(1, 8)] * 3
+
+
+def test_linprobe_on_a_subset_file_with_seeds(tmp_path, example_root, checkpoints, capsys):
+    keys = image_split(example_root, "train").keys
+    listed = tmp_path / "1percent.txt"
+    # SimCLR's format (a file name a line), plus a key and a comment.
+    listed.write_text("\n".join([keys[0].split("/")[-1], keys[7].split("/")[-1], keys[13],
+                                 "# comment", keys[20].split("/")[-1]]) + "\n")  # fmt: skip
+    out = tmp_path / "listed"
+    argv = [
+        "linprobe",
+        "--checkpoint",
+        str(checkpoints["guided"][0]),
+        "--data_path",
+        str(example_root),
+        "--output_dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--batch_size",
+        "4",
+        "--eff_batch_size",
+        "8",
+        "--input_size",
+        "64",
+        "--epochs",
+        "1",
+        "--warmup_epochs",
+        "0",
+        "--cached_features",
+        "--log_every",
+        "0",
+    ]
+    assert main([*argv, "--subset-file", str(listed), "--seeds", "0", "1"]) == 0
+    runs = [json.loads((out / f"seed_{s}" / "linprobe.json").read_text()) for s in (0, 1)]
+    file_sha = hashlib.sha256(listed.read_bytes()).hexdigest()
+    for run in runs:
+        assert run["num_train_used"] == 4 and run["fewshot"]["subset_file"] == str(listed)
+        assert run["fewshot"]["subset_file_sha256"] == file_sha
+        assert run["protocol_details"]["sampling"] == "cycle"  # 4 images < 8
+    assert runs[0]["fewshot"]["subset_sha256"] == runs[1]["fewshot"]["subset_sha256"]
+    ckpt = torch.load(out / "seed_0" / "checkpoint-last.pth")
+    assert ckpt["subset_file_sha256"] == file_sha
+    summary = json.loads((out / "fewshot_summary.json").read_text())
+    assert summary["seeds_vary"].startswith("head initialisation and training order")
+    for png in (out / "fewshot.png", out / "seed_1" / "linprobe.png"):
+        with Image.open(png) as image:
+            assert image.format == "PNG"
+    capsys.readouterr()
+    listed.write_text(f"{keys[0].split('/')[-1]}\nn09999999_1.JPEG\n")
+    assert main([*argv, "--subset_file", str(listed), "--output_dir", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert f"--subset_file {listed}" in err and "n09999999_1.JPEG" in err
+    assert "not in the training set" in err
+    with pytest.raises(SystemExit):  # argparse: not allowed with --shots
+        main([*argv, "--subset_file", str(listed), "--shots", "2"])

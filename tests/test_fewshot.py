@@ -1,9 +1,12 @@
-"""The few-shot sampler: balanced, reproducible, nested."""
+"""The few-shot sampler: balanced, reproducible, nested; the training subset a probe uses."""
+
+import hashlib
 
 import numpy as np
 import pytest
 
-from attgmae.eval.fewshot import fewshot_indices
+from attgmae.core.errors import InputError
+from attgmae.eval.fewshot import fewshot_indices, subset_sha256, training_subset
 
 
 @pytest.fixture
@@ -51,3 +54,28 @@ def test_bad_requests(labels):
         fewshot_indices(labels, shots=1, percent=1)
     with pytest.raises(ValueError, match="percent"):
         fewshot_indices(labels, percent=0)
+
+
+KEYS = ["cat/cat_1.JPEG", "cat/cat_2.JPEG", "dog/dog_1.JPEG", "dog/dog_2.JPEG", "dog/dog_3.JPEG"]
+LABELS = np.array([0, 0, 1, 1, 1])
+
+
+def test_training_subset_from_a_list_file_of_names_or_keys(tmp_path):
+    listed = tmp_path / "1percent.txt"
+    listed.write_text("dog_3.JPEG\ncat/cat_2.JPEG\n")  # a SimCLR-style name, and a key
+    picked = training_subset(KEYS, LABELS, subset_file=listed, seed=0)
+    assert picked.tolist() == [1, 4]
+    assert np.array_equal(picked, training_subset(KEYS, LABELS, subset_file=listed, seed=9))
+    assert training_subset(KEYS, LABELS).tolist() == [0, 1, 2, 3, 4]
+    assert np.bincount(LABELS[training_subset(KEYS, LABELS, shots=1, seed=2)]).tolist() == [1, 1]
+    listed.write_text("dog_3.JPEG\nbird_1.JPEG\n")
+    with pytest.raises(InputError, match=r"--subset_file .*1percent.txt: 1 of 2 listed .*bird_1"):
+        training_subset(KEYS, LABELS, subset_file=listed)
+    with pytest.raises(InputError, match="at most one of --subset_file, --shots and --percent"):
+        training_subset(KEYS, LABELS, subset_file=listed, shots=1)
+
+
+def test_subset_digest_is_the_sha256_of_the_int64_indices():
+    want = hashlib.sha256(np.array([1, 4], dtype="<i8").tobytes()).hexdigest()
+    assert subset_sha256(np.array([1, 4], dtype=np.int32)) == want
+    assert subset_sha256([1, 3]) != want

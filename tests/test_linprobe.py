@@ -40,29 +40,104 @@ def test_schedule_warmup_then_half_cosine():
 
 
 def test_epoch_batches_reproducible_and_never_single():
-    a = epoch_batches(21, 4, seed=3, epoch=2, drop_last=False)
-    b = epoch_batches(21, 4, seed=3, epoch=2, drop_last=False)
+    a = epoch_batches(21, 4, seed=3, epoch=2, accum_iter=6, small_subset="partial")
+    b = epoch_batches(21, 4, seed=3, epoch=2, accum_iter=6, small_subset="partial")
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert [len(x) for x in a] == [4, 4, 4, 4, 5]  # the single tail sample joins the last batch
     assert sorted(np.concatenate(a).tolist()) == list(range(21))
-    c = epoch_batches(21, 4, seed=3, epoch=3, drop_last=False)
+    c = epoch_batches(21, 4, seed=3, epoch=3, accum_iter=6, small_subset="partial")
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
-    assert [len(x) for x in epoch_batches(22, 4, seed=0, epoch=0, drop_last=True)] == [4] * 5
+    assert [len(x) for x in epoch_batches(22, 4, seed=0, epoch=0)] == [4] * 5
     with pytest.raises(ValueError, match="at least 2"):
-        epoch_batches(1, 4, seed=0, epoch=0, drop_last=False)
+        epoch_batches(1, 4, seed=0, epoch=0)
     with pytest.raises(ValueError, match="--batch_size 1"):
-        epoch_batches(100, 1, seed=0, epoch=0, drop_last=True)
+        epoch_batches(100, 1, seed=0, epoch=0)
+    with pytest.raises(ValueError, match="--small_subset sometimes"):
+        epoch_batches(5, 4, seed=0, epoch=0, accum_iter=2, small_subset="sometimes")
 
 
 def test_drop_last_keeps_whole_effective_batches_as_mae():
     # MAE makes floor(N / effective batch) steps per epoch, each on a full effective batch
     # (ImageNet at 512 x 8: 312 steps, the 6 micro-batches of a 313th group are not used).
-    batches = epoch_batches(47, 4, seed=0, epoch=0, drop_last=True, accum_iter=3)
-    assert [len(b) for b in batches] == [4] * 9  # 11 full micro-batches -> 3 whole groups
-    assert len(set(np.concatenate(batches).tolist())) == 36
-    # Fewer full micro-batches than a group: the full ones are kept (one partial step).
-    few = epoch_batches(9, 4, seed=0, epoch=0, drop_last=True, accum_iter=3)
-    assert [len(b) for b in few] == [4, 4]
+    for mode in ("cycle", "partial"):  # a set of at least one effective batch ignores the mode
+        batches = epoch_batches(47, 4, seed=0, epoch=0, accum_iter=3, small_subset=mode)
+        assert [len(b) for b in batches] == [4] * 9  # 11 full micro-batches -> 3 whole groups
+        assert len(set(np.concatenate(batches).tolist())) == 36
+    exact = epoch_batches(12, 4, seed=0, epoch=0, accum_iter=3)
+    assert sorted(np.concatenate(exact).tolist()) == list(range(12))  # N == eff: one step
+
+
+def test_cycled_epochs_are_one_effective_batch_from_the_seeded_passes():
+    num, batch, accum = 10, 4, 6  # N = 10 < eff = 24
+    epochs = [epoch_batches(num, batch, seed=3, epoch=e, accum_iter=accum) for e in range(5)]
+    for batches in epochs:
+        assert [len(b) for b in batches] == [batch] * accum  # exactly eff samples, full batches
+        counts = np.bincount(np.concatenate(batches), minlength=num)
+        assert counts.sum() == 24 and 1 <= counts.min() and counts.max() <= 4  # 2.4x on average
+    # Epoch after epoch the samples walk one stream of passes, each pass a permutation seeded
+    # with (seed, pass): resuming at any epoch needs nothing but (seed, epoch).
+    stream = np.concatenate([np.concatenate(b) for b in epochs])  # 120 samples = 12 passes
+    assert np.bincount(stream).tolist() == [12] * num  # over the run, every sample equally often
+    for p in range(12):
+        want = np.random.default_rng([3, p]).permutation(num)
+        assert np.array_equal(stream[p * num : (p + 1) * num], want)
+    again = epoch_batches(num, batch, seed=3, epoch=3, accum_iter=accum)
+    assert all(np.array_equal(x, y) for x, y in zip(again, epochs[3]))
+    other = epoch_batches(num, batch, seed=4, epoch=3, accum_iter=accum)
+    assert not all(np.array_equal(x, y) for x, y in zip(other, epochs[3]))
+
+
+class _GradRecorder(torch.optim.SGD):
+    """Records each step's gradients (and leaves the weights unchanged at lr 0)."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+        self.grads = []
+
+    def step(self, closure=None):
+        self.grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("probe_head", [False, True])
+def test_a_cycled_step_is_the_mean_gradient_over_its_effective_batch(probe_head):
+    g = torch.Generator().manual_seed(5)
+    num, batch, accum, dim = 10, 4, 6, 5  # 24 samples cycled through 10 per step
+    feats, labels = torch.randn(num, dim, generator=g), torch.randint(0, 3, (num,), generator=g)
+    batches = epoch_batches(num, batch, seed=1, epoch=1, accum_iter=accum)
+    torch.manual_seed(0)
+    head = LinearProbeHead(dim, 3) if probe_head else nn.Linear(dim, 3)
+    recorder = _GradRecorder(head.parameters())
+    stats = train_one_epoch(
+        head,
+        ((feats[b], labels[b]) for b in batches),
+        [len(b) for b in batches],
+        recorder,
+        epoch=1,
+        accum_iter=accum,
+        lr_at=lambda e: 0.0,
+        device="cpu",
+    )
+    assert stats["steps"] == len(recorder.grads) == 1 and stats["samples"] == 24
+    # Directly: the 24 samples of epoch 1 are stream positions 24..47 (passes 2, 3 and 4).
+    stream = np.concatenate([np.random.default_rng([1, p]).permutation(num) for p in range(5)])
+    rows = stream[24:48]
+    assert np.array_equal(np.concatenate(batches), rows)
+    head.zero_grad()
+    if probe_head:  # BatchNorm normalises each micro-batch of 4 on its own, as in training
+        loss = sum(
+            nn.functional.cross_entropy(head(feats[r]), labels[r], reduction="sum")
+            for r in np.split(rows, accum)
+        ) / len(rows)
+    else:
+        loss = nn.functional.cross_entropy(head(feats[rows]), labels[rows])  # mean over 24
+    loss.backward()
+    for got, param in zip(recorder.grads[0], head.parameters()):
+        assert torch.allclose(got, param.grad, atol=1e-6)
+    # The mean over the subset once (the "partial" alternative) is a different gradient.
+    head.zero_grad()
+    nn.functional.cross_entropy(head(feats), labels).backward()
+    assert not torch.allclose(recorder.grads[0][-1], list(head.parameters())[-1].grad, atol=1e-4)
 
 
 def _grad_step(sizes, accum_iter, feats, labels):

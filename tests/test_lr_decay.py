@@ -10,6 +10,7 @@ from torch import nn
 
 from attgmae.core.errors import InputError
 from attgmae.eval import param_groups_lrd
+from attgmae.models.dense_model import DenseModel
 
 
 def vit(depth: int, width: int, heads: int, **kwargs) -> VisionTransformer:
@@ -69,3 +70,32 @@ def test_frozen_parameters_are_left_out_and_models_without_blocks_need_no_decay(
     assert [g["lr_scale"] for g in param_groups_lrd(mlp, layer_decay=1.0)] == [1.0, 1.0]
     with pytest.raises(InputError, match="layer decay 0.75 needs a ViT"):
         param_groups_lrd(mlp)
+
+
+def test_a_model_with_its_own_layer_ids_is_cut_by_them():
+    """DenseModel (encoder under a dense head) numbers its layers as MultiMAE: embeddings 0,
+    encoder block i -> i + 1, the head num_layers + 1; blocks the head never reads are gone."""
+    head = nn.Conv2d(768, 5, 1)
+    head.block_indices = (5,)  # the head reads block 5: blocks 6..11 are pruned
+    model = DenseModel(vit(12, 768, 12), head)
+    assert model.num_layers == 6
+    no_decay = {f"encoder.{n}" for n in model.encoder.no_weight_decay()}
+    groups = param_groups_lrd(model, 0.05, no_decay, layer_decay=0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_name = {names[id(p)]: g for g in groups for p in g["params"]}
+    assert set(by_name) == set(names.values())
+    for name, group in by_name.items():
+        block = re.match(r"encoder\.blocks\.(\d+)\.", name)
+        if name.startswith(("encoder.cls_token", "encoder.pos_embed", "encoder.patch_embed")):
+            layer = 0
+        elif block:
+            layer = int(block.group(1)) + 1
+        else:
+            layer = 7
+        assert group["lr_scale"] == 0.5 ** (7 - layer), name
+        vector = name in no_decay or name.endswith("bias") or "norm" in name
+        assert group["weight_decay"] == (0.0 if vector else 0.05), name
+    assert by_name["head.weight"]["lr_scale"] == 1.0
+    assert by_name["encoder.blocks.5.mlp.fc2.weight"]["lr_scale"] == 0.5
+    assert by_name["encoder.pos_embed"]["lr_scale"] == 0.5**7
+    assert len(groups) == 2 * 8  # 8 layers, decayed and not

@@ -218,12 +218,15 @@ def test_bad_flags_are_clear_errors(data, tmp_path, capsys):
     root, _ = data
     code, err = run(["--data_path", root, "--output_dir", tmp_path, *FAST], capsys)
     assert code == 2 and "--maps" in err
-    code, err = run(["--data_path", root, "--guidance", "none", "--mask_ratio", 0, *FAST],
+    out = ["--output_dir", tmp_path / "out"]  # (a run that stops early may leave its lock file)
+    code, err = run(["--data_path", root, "--guidance", "none", "--mask_ratio", 0, *FAST, *out],
                     capsys)
     assert code == 2 and "--mask_ratio" in err  # nothing masked: the loss would be 0 / 0
-    code, err = run(["--data_path", root, "--guidance", "none", *FAST, "--input_size", 72], capsys)
+    code, err = run(["--data_path", root, "--guidance", "none", *FAST, "--input_size", 72, *out],
+                    capsys)
     assert code == 2 and "--input_size 72 is not a multiple" in err and "e.g. 64" in err
-    code, err = run(["--data_path", root, "--guidance", "none", "--save_every", 0, *FAST], capsys)
+    code, err = run(["--data_path", root, "--guidance", "none", "--save_every", 0, *FAST, *out],
+                    capsys)
     assert code == 2 and "--save_every" in err
     code, err = run(["--data-path", tmp_path / "nowhere", "--guidance", "none",  # kebab too
                      "--output-dir", tmp_path, *FAST], capsys)

@@ -33,6 +33,25 @@ def lock_file_of(target, inside: bool = False) -> Path:
     return target / ".lock" if inside else target.parent / f".{target.name}.lock"
 
 
+# The lock files this process holds. A forked child (a DataLoader worker) shares the open file
+# and with it the lock: killed with -9, the run's orphaned workers would hold its output locked
+# until they notice. Each child closes its copies at once (the parent's lock stays: a flock is
+# released only when every copy is closed, or by LOCK_UN).
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 class OutputLock:
     def __init__(self, target, what: str = "output", inside: bool = False):
         self.target = Path(str(target).rstrip("/"))
@@ -71,6 +90,7 @@ class OutputLock:
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         os.fsync(fd)
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     @staticmethod
@@ -87,10 +107,11 @@ class OutputLock:
         )
 
     def release(self) -> None:
-        if self._fd is not None:
+        if self._fd is not None and self._fd in _HELD:  # (not in a forked child)
+            _HELD.discard(self._fd)
             os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing releases the flock
-            self._fd = None
+        self._fd = None
 
     def __enter__(self) -> OutputLock:
         return self.acquire()

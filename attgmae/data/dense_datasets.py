@@ -127,6 +127,8 @@ def _ade_names(ade_root: Path) -> tuple[str, ...]:
 
 def _pair_by_stem(image_dir: Path, label_dir: Path, what: str):
     """Images under ``image_dir`` and their ``<same relative path>.png`` under ``label_dir``."""
+    if not image_dir.is_dir():
+        raise InputError(f"{image_dir} is not a directory: expected the {what}")
     keys = list_images(image_dir)
     if not keys:
         raise InputError(f"no images under {image_dir} ({what})")

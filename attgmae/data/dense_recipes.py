@@ -66,3 +66,30 @@ def recipe_for(dataset: str, **overrides) -> DenseRecipe:
     if recipe is None:
         raise ValueError(f"no dense recipe for {dataset!r}")
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# Where each dataset's settings come from (recorded in every result).
+RECIPE_SOURCES = {
+    "ade20k": {
+        "paper": "AttG supplementary Table 6: batch 16, lr 3e-4, warmup lr 1e-6, 3 warmup "
+        "epochs, 64 epochs, AdamW",
+        "multimae": "cfgs/finetune/semseg/ade/ft_ade_64e_mae-b_rgb.yaml; "
+        "run_finetuning_semseg.py defaults (weight decay, AdamW betas and eps)",
+    },
+    "nyuv2": {
+        "paper": "AttG supplementary Table 6: batch 16, lr 3e-4, warmup lr 1e-6, 3 warmup "
+        "epochs, 64 epochs, AdamW",
+        "multimae": "cfgs/finetune/semseg/nyu/ft_nyu_200e_mae-b_rgb.yaml; "
+        "run_finetuning_semseg.py defaults (weight decay, AdamW betas and eps)",
+    },
+    "folder": {
+        "paper": "ADE20k's: AttG supplementary Table 6",
+        "multimae": "ADE20k's: cfgs/finetune/semseg/ade/ft_ade_64e_mae-b_rgb.yaml",
+    },
+    "taskonomy": {
+        "paper": "AttG supplementary Table 7: batch 8, lr 3e-4, warmup lr 1e-6, 3 warmup "
+        "epochs, 64 epochs, AdamW",
+        "multimae": "cfgs/finetune/taskonomy/rgb2<task>-1k/ft_rgb2<task>_mae-b.yaml; "
+        "run_finetuning_taskonomy.py defaults (weight decay, AdamW betas and eps)",
+    },
+}

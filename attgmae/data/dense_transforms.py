@@ -10,6 +10,8 @@ augmentation, ``aug_name: simple``), on an image uint8 [H, W, 3] and its label m
   ``input_size`` (image grey 128, label ignored); a uniform random ``input_size`` square crop.
 - evaluation: resize so the longer side is ``input_size``; pad the bottom and right to an
   ``input_size`` square the same way. Scores are computed at that resolution, padding ignored.
+  (For sliding-window inference, ``eval_fit="shortest"``: resize so the shorter side is
+  ``input_size``, no padding; the windows then cover the longer side.)
 
 MultiMAE resizes twice (longest side, then the jitter factor); we resize once by the product
 (one interpolation instead of two). Images: bilinear with antialiasing (MultiMAE's albumentations
@@ -98,6 +100,7 @@ class SegmentationTransform:
     scale_range: tuple[float, float] = (0.1, 2.0)  # large-scale jitter
     flip_p: float = 0.5
     jitter_p: float = 0.5
+    eval_fit: str = "longest"  # evaluation: "longest" side to input_size + pad, or "shortest"
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
         """image uint8 [H, W, 3], label uint8 [H, W] (training ids, 255 ignored) ->
@@ -106,6 +109,10 @@ class SegmentationTransform:
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # [3, H, W]
         lab = torch.from_numpy(np.ascontiguousarray(label, dtype=np.uint8))[None]  # [1, H, W]
         height, width = lab.shape[-2:]
+        if not self.train and self.eval_fit == "shortest":
+            scale = size / min(height, width)
+            out_size = (max(size, round(height * scale)), max(size, round(width * scale)))
+            return resize_image(img, out_size).contiguous(), resize_nearest(lab, out_size)[0].long()
         if not self.train:
             out_size = _longest_side_size(height, width, size)
             img, lab = pad_bottom_right(

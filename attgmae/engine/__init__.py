@@ -3,7 +3,8 @@
 - ``seeding``: every random draw of a sample from ``(seed, epoch, index)`` (``SeededSamples``,
   with ``EpochSampler``'s ``(index, epoch)`` items), so resumed and multi-process runs draw the
   same samples;
-- ``config``: ``RunConfig``, the run's settings, and their checks;
+- ``config``: ``RunConfig``, the run's settings, their checks, the lr schedule
+  (``scheduled_lr``) and when to evaluate (``evaluation_due``);
 - ``history``: ``log.txt``, one JSON line per epoch across resumes;
 - ``run``: ``SupervisedRun`` (DDP, bf16, accumulation, per-iteration lr with ``lr_scale``,
   checkpoints, exact resume; ``resume`` picks the checkpoint); ``launch``:
@@ -12,7 +13,7 @@
 A library: no command-line parsing; errors are ``InputError`` (bad input) or ``RunFailed``.
 """
 
-from attgmae.engine.config import RunConfig, validate_run
+from attgmae.engine.config import RunConfig, evaluation_due, scheduled_lr, validate_run
 from attgmae.engine.history import EpochLog
 from attgmae.engine.launch import distributed_session
 from attgmae.engine.run import RunFailed, Step, SupervisedRun, to_device
@@ -27,6 +28,8 @@ __all__ = [
     "Step",
     "SupervisedRun",
     "distributed_session",
+    "evaluation_due",
+    "scheduled_lr",
     "seed_everything",
     "stable_seed",
     "to_device",

@@ -6,10 +6,12 @@ of a permutation seeded by epoch) -> on the device -> ``batch_hook(batch, step)`
 RNGs seeded from ``(seed, epoch, iteration)``) -> ``loss_fn(model, batch, step)`` under autocast
 (RNGs seeded from ``(seed, epoch, iteration, rank)``: drop path) -> backward of loss / accum_iter,
 DDP syncing only on the last micro-batch of a step -> optional gradient clipping -> AdamW step.
-The lr is set at the first micro-batch of every step from the fractional epoch (``lr_at``:
-linear warmup, then half-cycle cosine), times each group's ``lr_scale`` (layer decay).
+The lr is set at the first micro-batch of every step from the fractional epoch
+(``scheduled_lr``: linear warmup from ``warmup_lr``, then half-cycle cosine), times each
+group's ``lr_scale`` (layer decay).
 
-After every epoch: ``evaluate(model)`` -> metrics, one JSON line in ``log.txt`` (``EpochLog``),
+After every epoch: ``evaluate(model)`` -> metrics (every ``eval_every`` epochs and after the
+last; ``run.epoch`` says which epoch it follows), one JSON line in ``log.txt`` (``EpochLog``),
 ``checkpoint-last.pth`` (and ``checkpoint-N.pth`` every ``save_every`` epochs and after the
 last; also ``checkpoint-last.pth`` every ``ckpt_every_steps`` optimizer steps). Checkpoints are
 official MAE dicts plus ``resume`` (``attgmae.checkpoint``), written atomically by rank 0. A run
@@ -38,7 +40,7 @@ from attgmae.core.device import resolve_precision
 from attgmae.core.distributed import DistInfo, barrier, sum_across_ranks
 from attgmae.core.errors import AttgError, InputError
 from attgmae.core.tensorboard import open_tensorboard
-from attgmae.engine.config import RunConfig, validate_run
+from attgmae.engine.config import RunConfig, evaluation_due, scheduled_lr, validate_run
 from attgmae.engine.history import EpochLog
 from attgmae.engine.resume import check_fingerprint, find_checkpoint
 from attgmae.engine.seeding import (
@@ -49,7 +51,7 @@ from attgmae.engine.seeding import (
     seed_everything,
     stable_seed,
 )
-from attgmae.optim import lr_at, set_lr
+from attgmae.optim import set_lr
 
 
 class RunFailed(AttgError):
@@ -156,6 +158,7 @@ class SupervisedRun:
         self.n_parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
+        self.epoch = 0  # the epoch being trained (or just trained, during ``evaluate``)
         self.resumed_sums = _zero_sums()
         self.last_good_checkpoint: Path | None = None
         self.iters_run = 0
@@ -253,7 +256,7 @@ class SupervisedRun:
             if it % accum == 0 or it == start:
                 group_start = it - it % accum  # a resume may land inside a group
                 progress = epoch + group_start / iters
-                lr = lr_at(progress, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
+                lr = scheduled_lr(cfg, progress)
                 set_lr(self.optimizer, lr)
             step = Step(epoch, it, epoch + it / iters)
             batch = to_device(batch, self.device)
@@ -316,8 +319,10 @@ class SupervisedRun:
         try:
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 t0 = time.perf_counter()
+                self.epoch = epoch
                 train = self.train_one_epoch(epoch)
-                metrics = self.evaluate(self.model) if self.evaluate is not None else {}
+                due = self.evaluate is not None and evaluation_due(self.cfg, epoch)
+                metrics = self.evaluate(self.model) if due else {}
                 record = {
                     "train_loss": train["loss"],
                     "train_lr": train["lr"],

@@ -6,13 +6,20 @@
 Each class draws from its own generator seeded with ``(seed, class index)``, so a class's pick
 does not depend on the other classes, and a smaller subset with the same seed is contained in a
 larger one (the first N of the same permutation).
+
+``training_subset`` picks what a probe trains on: every image, the images a list file names
+(``attgmae.eval.subsets``: the standard ImageNet 1% / 10% lists, a fixed subset whatever the
+seed) or the seeded per-class sample above; ``subset_sha256`` fingerprints the pick.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from attgmae.core.errors import InputError
+from attgmae.eval.subsets import read_subset_file, subset_indices
 
 
 def fewshot_indices(
@@ -42,3 +49,29 @@ def fewshot_indices(
     if not picked:
         raise InputError("no labelled images to pick from")
     return np.sort(np.concatenate(picked))
+
+
+def training_subset(
+    keys,
+    labels,
+    *,
+    subset_file=None,
+    shots: int | None = None,
+    percent: float | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Sorted int64 indices into ``keys`` / ``labels`` (the training split): those listed in
+    ``subset_file``, else a per-class sample (``shots`` or ``percent``), else all of them."""
+    if sum(x is not None for x in (subset_file, shots, percent)) > 1:
+        raise InputError("give at most one of --subset_file, --shots and --percent")
+    if subset_file is not None:
+        names = read_subset_file(subset_file)
+        return subset_indices(keys, names, source=f"--subset_file {subset_file}")
+    if shots is not None or percent is not None:
+        return fewshot_indices(labels, shots=shots, percent=percent, seed=seed)
+    return np.arange(len(keys), dtype=np.int64)
+
+
+def subset_sha256(indices) -> str:
+    """sha256 of the indices as little-endian int64: equal picks, equal digests."""
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()

@@ -1,20 +1,34 @@
-"""Linear probing on a frozen encoder (the MAE protocol): the head, the schedule, one epoch.
+"""Linear probing on a frozen encoder (the MAE protocol): the head, the batches, one epoch.
 
 Head: BatchNorm1d(D, affine=False, eps=1e-6) then Linear(D, C), weight trunc-normal std 0.01,
 bias 0 (MAE, following MoCo v3). LARS (momentum 0.9, no weight decay), lr = blr * effective
 batch / 256 (blr 0.1), linear warmup then half-cycle cosine, set per iteration from the
 fractional epoch (as MAE's lr_sched). Gradients are accumulated over ``accum_iter``
-micro-batches so the effective batch (4096 by default) need not fit the device at once.
+micro-batches so the effective batch (4096 by default) need not fit the device at once; each
+micro-batch's summed loss is divided by its whole group's size, so a step uses the mean
+gradient over the samples of its effective batch. The head's BatchNorm sees one micro-batch at
+a time.
 
-Batches are drawn from a permutation seeded with (seed, epoch), so a resumed run sees the same
-batches. With ``drop_last`` (a training set of at least one effective batch) an epoch keeps only
-whole effective batches, as MAE: there every optimizer step sees exactly ``eff_batch`` samples
-(with accumulation MAE discards the gradient of a trailing incomplete group; on 8 GPUs each
-rank drops its last incomplete batch), e.g. 312 steps of 4096 per ImageNet epoch, not 312 plus
-one of 3072. Without it (a few-shot subset smaller than one effective batch) every sample is
-used: a trailing group with fewer than ``accum_iter`` micro-batches still makes an optimizer
-step, averaged over the samples it holds, and when the last micro-batch would hold a single
-sample it joins the previous one (BatchNorm cannot train on one sample).
+Which samples an epoch's micro-batches hold (``epoch_batches``), reproducible from
+(seed, epoch) alone so a resumed run sees the same batches:
+
+- a training set of at least one effective batch: MAE's drop_last. A permutation seeded with
+  (seed, epoch), cut into whole effective batches; the trailing incomplete one is not used
+  (as MAE: with accumulation it discards the gradient of a trailing incomplete group, on 8 GPUs
+  each rank drops its last incomplete batch), e.g. 312 steps of 4096 per ImageNet epoch.
+- a smaller set (few-shot), ``small_subset="cycle"`` (the paper's A.8: "we calculate the
+  learning rate as if the batch size would be the same by accumulating the gradients from
+  multiple batches"): one epoch is one optimizer step on exactly one effective batch, drawn from
+  the endless stream pass 0, pass 1, ... of the set, pass p a permutation seeded with
+  (seed, p); epoch e takes stream positions [e * eff_batch, (e + 1) * eff_batch), so over the
+  run every sample is used equally often (within one). Why one step per epoch: an epoch is a
+  pass over the training set, and with N < eff_batch a pass is less than one step; one step
+  (eff_batch / N passes) is the smallest whole number of steps that holds a pass. So
+  --epochs, --warmup_epochs and the cosine count optimizer steps, and validation and the
+  checkpoint come after each step, as after each epoch on the full set.
+- ``small_subset="partial"`` (the former behaviour, kept to compare): every sample once per
+  epoch in one partial step of fewer than eff_batch samples, at the full-batch lr; a last
+  micro-batch of a single sample joins the previous one (BatchNorm cannot train on one sample).
 """
 
 from __future__ import annotations
@@ -26,8 +40,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from attgmae.core.errors import InputError
+from attgmae.eval.features import autocast_for
+from attgmae.models.encoder import features as encoder_features
 
 
 class LinearProbeHead(nn.Module):
@@ -44,34 +61,87 @@ class LinearProbeHead(nn.Module):
         return self.fc(self.norm(feats))
 
 
+SMALL_SUBSET_MODES = ("cycle", "partial")
+
+
+def cycled_samples(num_samples: int, *, seed: int, start: int, count: int) -> np.ndarray:
+    """Positions ``start .. start + count - 1`` of the stream pass 0, pass 1, ... where pass p
+    is a permutation of ``range(num_samples)`` seeded with (seed, p): int64 [count]."""
+    first, last = start // num_samples, (start + count - 1) // num_samples
+    passes = [
+        np.random.default_rng([seed, p]).permutation(num_samples) for p in range(first, last + 1)
+    ]
+    offset = start - first * num_samples
+    return np.concatenate(passes)[offset : offset + count]
+
+
 def epoch_batches(
     num_samples: int,
     batch_size: int,
     *,
     seed: int,
     epoch: int,
-    drop_last: bool,
     accum_iter: int = 1,
+    small_subset: str = "cycle",
 ) -> list[np.ndarray]:
-    """Shuffled micro-batches of sample positions for one epoch (reproducible per epoch).
-
-    ``drop_last``: keep only whole groups of ``accum_iter`` full micro-batches (whole effective
-    batches, as MAE) when there is at least one, else only the full micro-batches.
-    """
+    """One epoch's micro-batches of sample positions (see the module docstring): whole
+    effective batches of ``batch_size * accum_iter`` samples, or for a smaller set one cycled
+    effective batch (``cycle``) or every sample once (``partial``)."""
     if batch_size < 2:
         raise InputError(f"--batch_size {batch_size}: the head's BatchNorm needs at least 2")
+    if num_samples < 2:
+        raise InputError(f"{num_samples} training sample(s): BatchNorm needs at least 2")
+    eff_batch = batch_size * accum_iter
+    if num_samples >= eff_batch:
+        order = np.random.default_rng([seed, epoch]).permutation(num_samples)
+        used = num_samples // eff_batch * eff_batch  # drop_last: whole effective batches
+        return [order[i : i + batch_size] for i in range(0, used, batch_size)]
+    if small_subset == "cycle":
+        order = cycled_samples(num_samples, seed=seed, start=epoch * eff_batch, count=eff_batch)
+        return np.split(order, accum_iter)
+    if small_subset != "partial":
+        raise InputError(f"--small_subset {small_subset}: choose one of {SMALL_SUBSET_MODES}")
     order = np.random.default_rng([seed, epoch]).permutation(num_samples)
     batches = [order[i : i + batch_size] for i in range(0, num_samples, batch_size)]
-    full = num_samples // batch_size  # micro-batches of exactly batch_size
-    if drop_last and full >= 1:
-        keep = full // accum_iter * accum_iter
-        batches = batches[: keep if keep else full]
-    elif len(batches) > 1 and len(batches[-1]) == 1:
+    if len(batches) > 1 and len(batches[-1]) == 1:
         tail = batches.pop()
         batches[-1] = np.concatenate([batches[-1], tail])
-    if not batches or len(batches[0]) < 2:
-        raise InputError(f"{num_samples} training sample(s): BatchNorm needs at least 2")
     return batches
+
+
+class ImageFeatureBatches:
+    """Training micro-batches as features [B, D] (fp32) of augmented images through the frozen
+    encoder; ``dataset`` yields (image, label, row) at the positions the batches name."""
+
+    def __init__(self, encoder, dataset, device, *, pool: str, precision: str, num_workers: int):
+        self.encoder, self.dataset, self.device = encoder, dataset, device
+        self.pool, self.precision, self.num_workers = pool, precision, num_workers
+
+    def epoch(self, batches):
+        # A position listed twice (a cycled epoch) is loaded, and augmented, twice.
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=[b.tolist() for b in batches],
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for imgs, targets, _ in loader:
+            with torch.no_grad(), autocast_for(self.device, self.precision):
+                imgs = imgs.to(self.device, non_blocking=True)
+                feats = encoder_features(self.encoder, imgs, self.pool)
+            yield feats.float(), targets
+
+
+class CachedFeatureBatches:
+    """Training micro-batches drawn from features [N, D] computed once (no augmentation)."""
+
+    def __init__(self, feats, labels, device):
+        self.feats, self.labels = feats.to(device), labels.to(device)
+
+    def epoch(self, batches):
+        for batch in batches:
+            rows = torch.as_tensor(batch, device=self.feats.device)
+            yield self.feats[rows], self.labels[rows]
 
 
 def train_one_epoch(
@@ -92,13 +162,14 @@ def train_one_epoch(
 
     Each micro-batch's loss is its summed cross-entropy divided by the size of its whole group,
     so the accumulated gradient is the mean over the effective batch.
-    Returns {"loss": mean loss per sample, "lr": last lr, "img_per_s"}.
+    Returns {"loss": mean loss per sample, "lr": last lr, "img_per_s", "steps": optimizer
+    steps, "samples": samples seen}.
     """
     head.train()
     num_batches = len(batch_sizes)
     group_sizes = [sum(batch_sizes[g : g + accum_iter]) for g in range(0, num_batches, accum_iter)]
     optimizer.zero_grad(set_to_none=True)
-    loss_sum, seen, lr = 0.0, 0, 0.0
+    loss_sum, seen, lr, steps = 0.0, 0, 0.0, 0
     start = time.perf_counter()
     for step, (feats, targets) in enumerate(feature_batches):
         if step % accum_iter == 0:
@@ -114,6 +185,7 @@ def train_one_epoch(
         if (step + 1) % accum_iter == 0 or step + 1 == num_batches:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            steps += 1
         loss_sum += loss.item()
         seen += targets.shape[0]
         if log_every and (step + 1) % log_every == 0:
@@ -122,7 +194,13 @@ def train_one_epoch(
                 f" lr {lr:.6f}"
             )
     elapsed = max(time.perf_counter() - start, 1e-9)
-    return {"loss": loss_sum / max(seen, 1), "lr": lr, "img_per_s": seen / elapsed}
+    return {
+        "loss": loss_sum / max(seen, 1),
+        "lr": lr,
+        "img_per_s": seen / elapsed,
+        "steps": steps,
+        "samples": seen,
+    }
 
 
 def topk_correct(logits, targets, ks=(1, 5)) -> list[int]:

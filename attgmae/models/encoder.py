@@ -386,6 +386,21 @@ def load_encoder(
     return model, info
 
 
+def load_encoder_as_configured(cfg, sha256: str | None = None):
+    """``load_encoder`` with the fields of an evaluation config (``checkpoint``, ``model``,
+    ``num_heads``, ``input_size``, ``trust_checkpoint``, ``checkpoint_key``, ``force_model``)."""
+    return load_encoder(
+        cfg.checkpoint,
+        cfg.model,
+        cfg.num_heads,
+        cfg.input_size,
+        sha256,
+        cfg.trust_checkpoint,
+        checkpoint_key=cfg.checkpoint_key,
+        force_model=cfg.force_model,
+    )
+
+
 def encode_tokens(model: nn.Module, imgs: torch.Tensor) -> torch.Tensor:
     """All tokens after the final norm, with no masking: imgs [B, 3, H, W] -> [B, 1 + L, D].
 

@@ -1,0 +1,101 @@
+"""``attg-eval taskonomy``'s configuration: every flag as a field, and its checks.
+
+A field left at None takes the Taskonomy recipe (``attgmae.data.dense_recipes``: the paper's
+Table 7 for epochs, batch, lr and warmup; MultiMAE's configs for the rest); a flag given
+overrides its field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from attgmae.core.device import PRECISIONS
+from attgmae.core.errors import InputError
+from attgmae.data.dense_taskonomy import resolve_tasks
+
+# Table 3's tasks, in its order (the words --tasks takes; see dense_taskonomy.TASK_ALIASES).
+PAPER_TASKS = ("depth", "edges", "keypoints2d", "keypoints3d", "occlusion")
+
+
+@dataclass
+class TaskonomyConfig:
+    """Every ``attg-eval taskonomy`` flag, one to one (``checkpoint``: the one this run uses;
+    several are run one after the other by ``run_taskonomy_compare``)."""
+
+    checkpoint: str
+    data_path: str
+    tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
+    output_dir: str = "output_taskonomy"
+    # model
+    model: str | None = None
+    num_heads: int | None = None
+    force_model: bool = False
+    checkpoint_key: str | None = None
+    trust_checkpoint: bool = False
+    input_size: int | None = None  # recipe: 384
+    drop_path: float | None = None  # recipe: 0.1
+    dpt_feature_dim: int = 256  # MultiMAE DPTOutputAdapter feature_dim
+    dpt_layer_dims: list[int] = field(default_factory=lambda: [96, 192, 384, 768])
+    block_indices: list[int] | None = None  # default: the ends of each quarter (2 5 8 11 ViT-B)
+    # optimization (None: the recipe's)
+    epochs: int | None = None
+    warmup_epochs: int | None = None
+    batch_size: int | None = None  # per process; default: the effective batch / processes
+    accum_iter: int | None = None
+    eff_batch_size: int | None = None  # recipe: 8 (Table 7)
+    lr: float | None = None  # recipe: 3e-4
+    warmup_lr: float | None = None  # recipe: 1e-6
+    min_lr: float | None = None
+    weight_decay: float | None = None
+    layer_decay: float | None = None
+    clip_grad: float | None = None
+    # data and evaluation
+    max_train_images: int | None = None  # recipe: 800
+    max_val_images: int | None = None  # recipe: 200
+    max_test_images: int | None = None  # None: every test image (MultiMAE: all 54,514)
+    eval_every: int | None = None  # recipe: 5
+    num_vis: int = 4  # test images in each task's <task>_samples.png
+    # the run
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    num_workers: int = 8
+    pin_mem: bool = True
+    compile: bool = False
+    resume: str | None = None
+    auto_resume: bool = True
+    save_every: int = 20
+    ckpt_every_steps: int = 0
+    print_freq: int = 20
+    stop_after_iters: int = 0
+
+
+def validate(cfg: TaskonomyConfig) -> None:
+    """Every inconsistent flag at once, as one InputError (exit code 2)."""
+    problems = []
+    try:
+        folders = resolve_tasks(cfg.tasks)
+        if len(set(folders)) != len(folders):
+            problems.append(f"--tasks names a task twice: {' '.join(cfg.tasks)}")
+    except InputError as err:
+        problems.append(str(err))
+    if cfg.input_size is not None and (cfg.input_size < 16 or cfg.input_size % 16):
+        problems.append(f"--input_size must be a multiple of 16 (the patch), got {cfg.input_size}")
+    if cfg.amp not in PRECISIONS:
+        problems.append(f"--amp must be one of {', '.join(PRECISIONS)}")
+    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
+        problems.append(f"--layer_decay must be in (0, 1], got {cfg.layer_decay}")
+    for name in ("batch_size", "accum_iter", "eff_batch_size", "epochs", "eval_every"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            problems.append(f"--{name} must be >= 1, got {value}")
+    for name in ("max_train_images", "max_val_images", "max_test_images"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            problems.append(f"--{name} must be >= 1 (leave it out for every image)")
+    if len(cfg.dpt_layer_dims) != 4 or (cfg.block_indices and len(cfg.block_indices) != 4):
+        problems.append("--dpt_layer_dims and --block_indices take four numbers each")
+    if cfg.num_vis < 0:
+        problems.append(f"--num_vis must be >= 0, got {cfg.num_vis}")
+    if problems:
+        raise InputError("; ".join(problems))
