@@ -25,7 +25,7 @@ import torch
 
 from attgmae.core.files import file_sha256, write_json_atomic
 from attgmae.core.provenance import software_versions
-from attgmae.engine import RunConfig, SupervisedRun, distributed_session
+from attgmae.engine import RunConfig, SupervisedRun, distributed_session, run_config_from
 from attgmae.eval import param_groups_lrd
 from attgmae.eval.features import check_data_root
 from attgmae.eval.finetune import (
@@ -49,7 +49,8 @@ BETAS = (0.9, 0.999)  # AdamW's defaults, as MAE's fine-tuning
 
 
 def _run_config(cfg: FinetuneConfig, accum_iter: int, lr: float) -> RunConfig:
-    return RunConfig(
+    return run_config_from(
+        cfg,
         epochs=cfg.epochs,
         lr=lr,
         output_dir=cfg.output_dir,
@@ -58,19 +59,6 @@ def _run_config(cfg: FinetuneConfig, accum_iter: int, lr: float) -> RunConfig:
         batch_size=cfg.batch_size,
         accum_iter=accum_iter,
         betas=BETAS,
-        amp=cfg.amp,
-        clip_grad=cfg.clip_grad,
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        pin_mem=cfg.pin_mem,
-        compile=cfg.compile,
-        save_every=cfg.save_every,
-        ckpt_every_steps=cfg.ckpt_every_steps,
-        print_freq=cfg.print_freq,
-        resume=cfg.resume,
-        auto_resume=cfg.auto_resume,
-        trust_checkpoint=cfg.trust_checkpoint,
-        stop_after_iters=cfg.stop_after_iters,
     )
 
 

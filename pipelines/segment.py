@@ -150,18 +150,7 @@ def run_segment(cfg: SegmentConfig, log=print) -> dict:
                 width, num_classes, cfg.head_dim, cfg.head_preds_per_patch, cfg.head_depth
             )
 
-        model, encoder = load_dense_model(
-            cfg.checkpoint,
-            make_head,
-            img_size=recipe.input_size,
-            drop_path=recipe.drop_path,
-            model_name=cfg.model,
-            num_heads=cfg.num_heads,
-            force_model=cfg.force_model,
-            checkpoint_key=cfg.checkpoint_key,
-            trusted=cfg.trust_checkpoint,
-            sha256=sha256,
-        )
+        model, encoder = load_dense_model(cfg, make_head, recipe, sha256)
         details = _details(cfg, recipe, batch, accum, eff, info.world_size)
         say(
             f"segmentation ({cfg.dataset}, {num_classes} classes) from {encoder.source_format} "

@@ -143,18 +143,7 @@ def run_task(
         return DPTHead(width, 1, blocks, cfg.dpt_layer_dims, cfg.dpt_feature_dim)
 
     torch.manual_seed(cfg.seed)  # the new head: the same on every rank and every task
-    model, encoder = load_dense_model(
-        cfg.checkpoint,
-        make_head,
-        img_size=recipe.input_size,
-        drop_path=recipe.drop_path,
-        model_name=cfg.model,
-        num_heads=cfg.num_heads,
-        force_model=cfg.force_model,
-        checkpoint_key=cfg.checkpoint_key,
-        trusted=cfg.trust_checkpoint,
-        sha256=sha256,
-    )
+    model, encoder = load_dense_model(cfg, make_head, recipe, sha256)
     say(
         f"{task}: train images {len(sets['train'])}, val {len(sets['val'])}, test "
         f"{len(sets['test'])}; valid mask from {sets['train'].mask_task or 'nothing (all valid)'}"

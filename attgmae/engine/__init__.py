@@ -13,7 +13,13 @@
 A library: no command-line parsing; errors are ``InputError`` (bad input) or ``RunFailed``.
 """
 
-from attgmae.engine.config import RunConfig, evaluation_due, scheduled_lr, validate_run
+from attgmae.engine.config import (
+    RunConfig,
+    evaluation_due,
+    run_config_from,
+    scheduled_lr,
+    validate_run,
+)
 from attgmae.engine.history import EpochLog
 from attgmae.engine.launch import distributed_session
 from attgmae.engine.run import RunFailed, Step, SupervisedRun, to_device
@@ -23,6 +29,7 @@ __all__ = [
     "EpochLog",
     "EpochSampler",
     "RunConfig",
+    "run_config_from",
     "RunFailed",
     "SeededSamples",
     "Step",

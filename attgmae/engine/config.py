@@ -38,6 +38,18 @@ class RunConfig:
     stop_after_iters: int = 0  # leave (as a killed run would) after N iterations; for tests
 
 
+# The settings a command's config passes to the run unchanged (same names in both).
+PASSED_THROUGH = ("amp", "clip_grad", "seed", "num_workers", "pin_mem", "compile", "save_every",
+                  "ckpt_every_steps", "print_freq", "resume", "auto_resume", "trust_checkpoint",
+                  "stop_after_iters")  # fmt: skip
+
+
+def run_config_from(cfg, **schedule) -> RunConfig:
+    """A RunConfig from a command's config (``PASSED_THROUGH`` taken from it) and ``schedule``:
+    the fields the command resolves itself (epochs, lr, batch, warmup, ...)."""
+    return RunConfig(**{name: getattr(cfg, name) for name in PASSED_THROUGH}, **schedule)
+
+
 def validate_run(cfg: RunConfig) -> None:
     """Every inconsistent setting at once, as one InputError (exit code 2)."""
     problems = []

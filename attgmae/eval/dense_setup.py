@@ -16,7 +16,7 @@ from torch import nn
 from attgmae.checkpoint import load_checkpoint, save_atomic
 from attgmae.core.errors import InputError
 from attgmae.data.dense_recipes import DenseRecipe, recipe_for
-from attgmae.engine import RunConfig
+from attgmae.engine import RunConfig, run_config_from
 from attgmae.eval.lr_decay import param_groups_lrd
 from attgmae.models.dense_model import DenseModel
 from attgmae.models.encoder import EncoderInfo, load_vit
@@ -77,31 +77,23 @@ def dense_batch(
 
 
 def load_dense_model(
-    checkpoint,
-    make_head: Callable[[int, int], nn.Module],
-    *,
-    img_size: int,
-    drop_path: float,
-    model_name: str | None = None,
-    num_heads: int | None = None,
-    force_model: bool = False,
-    checkpoint_key: str | None = None,
-    trusted: bool = False,
-    sha256: str | None = None,
+    cfg, make_head: Callable[[int, int], nn.Module], recipe: DenseRecipe, sha256=None
 ) -> tuple[DenseModel, EncoderInfo]:
-    """The pretrained encoder of ``checkpoint`` (any format ``load_vit`` reads; the position
-    embedding resampled to ``img_size``; drop path) under ``make_head(width, depth)``."""
+    """The pretrained encoder of ``cfg.checkpoint`` (any format ``load_vit`` reads, with the
+    config's ``model``, ``num_heads``, ``checkpoint_key``, ``force_model``,
+    ``trust_checkpoint``; the position embedding resampled to the recipe's input size; its drop
+    path) under ``make_head(width, depth)``."""
     encoder, info = load_vit(
-        checkpoint,
-        model_name,
-        num_heads,
-        img_size,
+        cfg.checkpoint,
+        cfg.model,
+        cfg.num_heads,
+        recipe.input_size,
         sha256,
-        trusted,
-        checkpoint_key,
-        force_model,
+        cfg.trust_checkpoint,
+        cfg.checkpoint_key,
+        cfg.force_model,
         num_classes=0,
-        drop_path_rate=drop_path,
+        drop_path_rate=recipe.drop_path,
     )
     head = make_head(encoder.embed_dim, len(encoder.blocks))
     return DenseModel(encoder, head), info
@@ -118,7 +110,8 @@ def dense_param_groups(model: DenseModel, weight_decay: float, layer_decay: floa
 
 def run_config(cfg, recipe: DenseRecipe, batch_size: int, accum_iter: int, output_dir) -> RunConfig:
     """The engine's settings: the schedule from the resolved recipe, the rest from ``cfg``."""
-    return RunConfig(
+    return run_config_from(
+        cfg,
         epochs=recipe.epochs,
         lr=recipe.lr,
         output_dir=str(output_dir),
@@ -128,20 +121,7 @@ def run_config(cfg, recipe: DenseRecipe, batch_size: int, accum_iter: int, outpu
         batch_size=batch_size,
         accum_iter=accum_iter,
         betas=recipe.betas,
-        amp=cfg.amp,
-        clip_grad=cfg.clip_grad,
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        pin_mem=cfg.pin_mem,
-        compile=cfg.compile,
-        save_every=cfg.save_every,
-        ckpt_every_steps=cfg.ckpt_every_steps,
-        print_freq=cfg.print_freq,
         eval_every=recipe.eval_every,
-        resume=cfg.resume,
-        auto_resume=cfg.auto_resume,
-        trust_checkpoint=cfg.trust_checkpoint,
-        stop_after_iters=cfg.stop_after_iters,
     )
 
 
