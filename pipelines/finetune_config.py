@@ -4,10 +4,11 @@ arithmetic (accumulation, the lr it implies)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from attgmae.core.device import PRECISIONS
 from attgmae.core.errors import InputError
+from attgmae.engine.config import RunFlags
 from attgmae.eval.finetune import MIXUP_MODES
 
 # Published recipes: field -> value, applied before the explicit flags (which win). A value
@@ -53,20 +54,15 @@ def by_model(value: float | None, depth: int) -> float:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunFlags):
     """Every ``attg-eval finetune`` flag, one to one; defaults are main_finetune.py's."""
 
     checkpoint: str  # the pretrained weights (MAE's --finetune)
     data_path: str
     output_dir: str = "output_finetune"
     preset: str | None = None  # the recipe applied (recorded; see PRESETS)
-    # model
-    model: str | None = None  # architecture name when the checkpoint does not record it
+    # model (and RunFlags: the checkpoint's architecture flags, the run)
     timm_model: str | None = None  # any timm architecture by name (weights from checkpoint)
-    num_heads: int | None = None
-    force_model: bool = False  # take the head count from --model even if it contradicts
-    checkpoint_key: str | None = None  # DINO/iBOT training checkpoints: teacher (default)
-    trust_checkpoint: bool = False
     input_size: int = 224
     drop_path: float = 0.1
     global_pool: str = "avg"  # avg (MAE's --global_pool) | token (MAE's --cls_token)
@@ -81,7 +77,6 @@ class FinetuneConfig:
     min_lr: float = 1e-6
     layer_decay: float | None = 0.75  # None: by the encoder's depth (by_model)
     weight_decay: float = 0.05
-    clip_grad: float | None = None
     # augmentation
     aa: str | None = "rand-m9-mstd0.5-inc1"  # RandAugment policy; None / "none": off
     color_jitter: float | None = None  # only without RandAugment
@@ -99,19 +94,8 @@ class FinetuneConfig:
     subset_file: str | None = None  # ImageNet 1% / 10% list (one file name per line)
     percent: float | None = None  # seeded per-class sampling (attgmae.eval.fewshot)
     shots: int | None = None
-    seed: int = 0
-    # the run
-    device: str = "auto"
-    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    num_workers: int = 10
-    pin_mem: bool = True
-    compile: bool = False
-    resume: str | None = None
-    auto_resume: bool = True
-    save_every: int = 20
-    ckpt_every_steps: int = 0
-    print_freq: int = 20
-    stop_after_iters: int = 0
+    # the run (and RunFlags)
+    num_workers: int = field(default=10, kw_only=True)  # MAE's main_finetune.py default
     eval_only: bool = False  # evaluate the checkpoint as it is (MAE's --eval)
 
 

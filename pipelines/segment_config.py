@@ -13,6 +13,7 @@ from attgmae.core.device import PRECISIONS
 from attgmae.core.errors import InputError
 from attgmae.data.dense_datasets import SEGMENTATION_DATASETS
 from attgmae.data.dense_recipes import DenseRecipe
+from attgmae.engine.config import RunFlags
 
 INFERENCE_MODES = ("whole", "slide")
 # Config fields whose None means "the recipe's value" (segment and taskonomy alike).
@@ -20,7 +21,7 @@ RECIPE_FIELDS = frozenset({f.name for f in fields(DenseRecipe)} | {"eff_batch_si
 
 
 @dataclass
-class SegmentConfig:
+class SegmentConfig(RunFlags):
     """Every ``attg-eval segment`` flag, one to one."""
 
     checkpoint: str  # the pretrained encoder (any format attgmae.models.encoder reads)
@@ -29,12 +30,7 @@ class SegmentConfig:
     output_dir: str = "output_segment"
     num_classes: int | None = None  # folder: when the root has no classes.txt
     reduce_zero_label: bool = False  # folder: label 0 ignored, 1..C -> 0..C-1
-    # model
-    model: str | None = None  # architecture name when the checkpoint does not record it
-    num_heads: int | None = None
-    force_model: bool = False
-    checkpoint_key: str | None = None
-    trust_checkpoint: bool = False
+    # model (and RunFlags: the checkpoint's architecture flags, the run)
     input_size: int | None = None  # recipe: 512 ADE20k / folder, 640 NYUv2
     drop_path: float | None = None  # recipe: 0.1
     head_dim: int = 6144  # ConvNeXt head: linear width per token (MultiMAE decoder_dim)
@@ -51,25 +47,11 @@ class SegmentConfig:
     min_lr: float | None = None
     weight_decay: float | None = None
     layer_decay: float | None = None
-    clip_grad: float | None = None
     # evaluation
     inference: str | None = None  # whole (recipe) | slide
     slide_stride: int | None = None  # slide: window step (default 2/3 of input_size)
     eval_every: int | None = None  # recipe: 1 ADE20k / folder, 20 NYUv2
     num_vis: int = 4  # validation images in segment_samples.png
-    # the run
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    num_workers: int = 8
-    pin_mem: bool = True
-    compile: bool = False
-    resume: str | None = None
-    auto_resume: bool = True
-    save_every: int = 20
-    ckpt_every_steps: int = 0
-    print_freq: int = 20
-    stop_after_iters: int = 0
 
 
 def validate(cfg: SegmentConfig) -> None:

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from attgmae.core.device import PRECISIONS
 from attgmae.core.errors import InputError
 from attgmae.data.dense_taskonomy import resolve_tasks
+from attgmae.engine.config import RunFlags
 
 # Table 3's tasks, in its order (the words --tasks takes; see dense_taskonomy.TASK_ALIASES).
 PAPER_TASKS = ("depth", "edges", "keypoints2d", "keypoints3d", "occlusion")
 
 
 @dataclass
-class TaskonomyConfig:
+class TaskonomyConfig(RunFlags):
     """Every ``attg-eval taskonomy`` flag, one to one (``checkpoint``: the one this run uses;
     several are run one after the other by ``run_taskonomy_compare``)."""
 
@@ -26,12 +27,7 @@ class TaskonomyConfig:
     data_path: str
     tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
     output_dir: str = "output_taskonomy"
-    # model
-    model: str | None = None
-    num_heads: int | None = None
-    force_model: bool = False
-    checkpoint_key: str | None = None
-    trust_checkpoint: bool = False
+    # model (and RunFlags: the checkpoint's architecture flags, the run)
     input_size: int | None = None  # recipe: 384
     drop_path: float | None = None  # recipe: 0.1
     dpt_feature_dim: int = 256  # MultiMAE DPTOutputAdapter feature_dim
@@ -48,26 +44,12 @@ class TaskonomyConfig:
     min_lr: float | None = None
     weight_decay: float | None = None
     layer_decay: float | None = None
-    clip_grad: float | None = None
     # data and evaluation
     max_train_images: int | None = None  # recipe: 800
     max_val_images: int | None = None  # recipe: 200
     max_test_images: int | None = None  # None: every test image (MultiMAE: all 54,514)
     eval_every: int | None = None  # recipe: 5
     num_vis: int = 4  # test images in each task's <task>_samples.png
-    # the run
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"
-    num_workers: int = 8
-    pin_mem: bool = True
-    compile: bool = False
-    resume: str | None = None
-    auto_resume: bool = True
-    save_every: int = 20
-    ckpt_every_steps: int = 0
-    print_freq: int = 20
-    stop_after_iters: int = 0
 
 
 def validate(cfg: TaskonomyConfig) -> None:

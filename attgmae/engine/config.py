@@ -38,6 +38,33 @@ class RunConfig:
     stop_after_iters: int = 0  # leave (as a killed run would) after N iterations; for tests
 
 
+@dataclass(kw_only=True)
+class RunFlags:
+    """The flags every supervised command (finetune, segment, taskonomy) has for loading the
+    pretrained encoder and for its run; a command's config adds its own fields to these."""
+
+    # the encoder's checkpoint (attgmae.models.encoder reads any accepted format)
+    model: str | None = None  # architecture name when the checkpoint does not record it
+    num_heads: int | None = None
+    force_model: bool = False  # take the heads from --model even if it contradicts
+    checkpoint_key: str | None = None  # DINO/iBOT training checkpoints: teacher (default)
+    trust_checkpoint: bool = False
+    clip_grad: float | None = None
+    # the run
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    num_workers: int = 8
+    pin_mem: bool = True
+    compile: bool = False
+    resume: str | None = None
+    auto_resume: bool = True
+    save_every: int = 20
+    ckpt_every_steps: int = 0
+    print_freq: int = 20
+    stop_after_iters: int = 0
+
+
 # The settings a command's config passes to the run unchanged (same names in both).
 PASSED_THROUGH = ("amp", "clip_grad", "seed", "num_workers", "pin_mem", "compile", "save_every",
                   "ckpt_every_steps", "print_freq", "resume", "auto_resume", "trust_checkpoint",
