@@ -16,11 +16,12 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# One worker per core (pytest-xdist): each test pins torch to one thread.
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n auto tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check attgmae cli pipelines tests benchmarks
+	$(VENV)/bin/ruff check attgmae cli pipelines tests benchmarks scripts
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO)

@@ -79,7 +79,11 @@ def run_taskonomy_compare(cfg: TaskonomyConfig, checkpoints=None, labels=None, l
             base = root / label if len(checkpoints) > 1 else root
             one = replace(cfg, checkpoint=str(checkpoint))
             sha256 = file_sha256(checkpoint)
-            say(f"== {label}: {checkpoint} on {', '.join(cfg.tasks)}")
+            batch, accum, eff = batching
+            say(
+                f"== {label}: {checkpoint} on {', '.join(cfg.tasks)}; effective batch {eff} = "
+                f"{batch} x {accum} accum x {info.world_size} proc"
+            )
             results = {}
             for task, folder in zip(cfg.tasks, folders):
                 result = run_task(

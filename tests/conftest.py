@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from attgmae.data.example import write_example
 
@@ -32,6 +38,38 @@ def example_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_mae_checkpoints(tmp_path_factory):
+    """Two tiny MAE pretraining checkpoints of random weights (seeds 0 and 1), in official MAE
+    format (``model``, ``epoch`` 799, ``args.model``), named ``mae_seed{seed}.pth``."""
+    folder = tmp_path_factory.mktemp("tiny_mae")
+    from attgmae.models import mae_vit_tiny_patch16
+
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = folder / f"mae_seed{seed}.pth"
+        args = argparse.Namespace(model="mae_vit_tiny_patch16")
+        torch.save({"model": mae_vit_tiny_patch16().state_dict(), "epoch": 799, "args": args}, path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def objects_root(example_root, tmp_path_factory):
+    """The example images with their true object masks as label maps (0 background, 1 object):
+    a two-class ``folder`` segmentation set."""
+    root = tmp_path_factory.mktemp("objects")
+    for split in ("train", "val"):
+        os.symlink(example_root / split, root / split)
+        for mask in sorted((example_root / "masks" / split).rglob("*.png")):
+            label = root / "labels" / split / mask.relative_to(example_root / "masks" / split)
+            label.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((np.asarray(Image.open(mask)) > 0).astype(np.uint8)).save(label)
+    (root / "classes.txt").write_text("background\nobject\n")
+    return root
+
+
+@pytest.fixture(scope="session")
 def make_truth_example():
     """A factory: (folder, train and val images per class) -> (example root, store of its true
     object masks, imported the way a user would with `attg-maps import --resize`)."""
@@ -45,6 +83,22 @@ def make_truth_example():
         return root, maps
 
     return make
+
+
+def _torchrun(module: str, *args, nproc: int = 2, timeout: int = 300):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", str(nproc), "-m", module, *map(str, args)]  # fmt: skip
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """``torchrun(module, *args, nproc=2)``: ``torchrun --standalone -m module args`` on CPU
+    (gloo), one thread a process, outside any process group of this test run -> the finished
+    process (its stdout and stderr captured)."""
+    return _torchrun
 
 
 # One intra-op thread: on a small shared box (2 cores, CI) oversubscribed torch threads make the

@@ -2,7 +2,6 @@
 random weights: it learns, resumes mid-epoch to identical weights, honours presets and subsets,
 and evaluates a fine-tuned checkpoint as it is."""
 
-import argparse
 import json
 import os
 
@@ -15,17 +14,12 @@ from attgmae.checkpoint import load_checkpoint
 from attgmae.cli.eval import build_parser, finetune_config, main
 from attgmae.core.errors import InputError
 from attgmae.eval.transforms import finetune_train_transform, posterize_zero_bits_black
-from attgmae.models import mae_vit_tiny_patch16
 from attgmae.pipelines.finetune_config import FinetuneConfig, batch_arithmetic, by_model
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ft") / "checkpoint-799.pth"
-    args = argparse.Namespace(model="mae_vit_tiny_patch16")
-    torch.save({"model": mae_vit_tiny_patch16().state_dict(), "epoch": 799, "args": args}, path)
-    return path
+def tiny_checkpoint(tiny_mae_checkpoints):
+    return tiny_mae_checkpoints[0]
 
 
 def common(ckpt, data, out):

@@ -15,7 +15,7 @@ from attgmae.store import open_store
 METHODS = ("dino", "tokencut", "gradcam", "random")
 
 
-def test_two_ranks_equal_one_process(example_root, tmp_path):
+def test_two_ranks_equal_one_process(torchrun, example_root, tmp_path):
     root = example_root / "train"
     keys = [k for k in list_images(root) if k.endswith(("0000.JPEG", "0001.JPEG"))]
     assert len(keys) == 8
@@ -27,11 +27,7 @@ def test_two_ranks_equal_one_process(example_root, tmp_path):
     # torchrun gives each rank one thread; the one-process run gets two: the maps must not
     # depend on the number of threads (oneDNN's CPU convolutions would, by a few ulps).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "attgmae.cli.maps", *args, "--out", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
+    two = torchrun("attgmae.cli.maps", *args, "--out", tmp_path / "two", timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "rank 0/2: computed 4 images" in two.stderr
     assert "rank 1/2: computed 4 images" in two.stderr

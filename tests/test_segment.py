@@ -5,47 +5,25 @@ input."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from attgmae.checkpoint import load_checkpoint
 from attgmae.cli.eval import main
 from attgmae.data.dense_datasets import SegmentationDataset, segmentation_split
 from attgmae.data.dense_transforms import SegmentationTransform
 from attgmae.eval.segmentation import miou
-from attgmae.models import mae_vit_tiny_patch16
 
 SIZE = 64  # input size: a 4 x 4 token grid
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("seg_ckpt") / "checkpoint-799.pth"
-    args = argparse.Namespace(model="mae_vit_tiny_patch16")
-    torch.save({"model": mae_vit_tiny_patch16().state_dict(), "epoch": 799, "args": args}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def objects_root(example_root, tmp_path_factory):
-    """The example images with their true object masks as label maps (0 background, 1 object):
-    a two-class `folder` set."""
-    root = tmp_path_factory.mktemp("objects")
-    for split in ("train", "val"):
-        os.symlink(example_root / split, root / split)
-        for mask in sorted((example_root / "masks" / split).rglob("*.png")):
-            label = root / "labels" / split / mask.relative_to(example_root / "masks" / split)
-            label.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((np.asarray(Image.open(mask)) > 0).astype(np.uint8)).save(label)
-    (root / "classes.txt").write_text("background\nobject\n")
-    return root
+def tiny_checkpoint(tiny_mae_checkpoints):
+    return tiny_mae_checkpoints[0]
 
 
 def argv(ckpt, data, out, *extra):

@@ -4,7 +4,6 @@ average rank, continues where it stopped (to identical weights), and names bad i
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
@@ -15,24 +14,15 @@ from attgmae.checkpoint import load_checkpoint
 from attgmae.cli.eval import main
 from attgmae.data.dense_taskonomy import TaskonomyDataset
 from attgmae.data.example_taskonomy import write_example_taskonomy
-from attgmae.models import mae_vit_tiny_patch16
 from attgmae.models.dense_losses import average_rank
 
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(tiny_mae_checkpoints):
     """Two tiny MAE checkpoints of different random weights."""
-    folder = tmp_path_factory.mktemp("tk_ckpt")
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        path = folder / f"mae_seed{seed}.pth"
-        args = argparse.Namespace(model="mae_vit_tiny_patch16")
-        torch.save({"model": mae_vit_tiny_patch16().state_dict(), "args": args}, path)
-        paths.append(path)
-    return paths
+    return tiny_mae_checkpoints
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 effective batch: same per-epoch loss, same weights after every update."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,7 +22,7 @@ def common(root, maps, out):
             "--accum_iter", "1", "--tau", "0.7", "--print_freq", "100", "--save_every", "1"]
 
 
-def test_two_gloo_processes_match_one_process(data, tmp_path):
+def test_two_gloo_processes_match_one_process(torchrun, data, tmp_path):
     root, maps = data
     one, two = tmp_path / "one", tmp_path / "two"
     threads = torch.get_num_threads()
@@ -35,11 +32,7 @@ def test_two_gloo_processes_match_one_process(data, tmp_path):
     finally:
         torch.set_num_threads(threads)
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "attgmae.cli.train", *common(root, maps, two), "--batch_size", "4"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = torchrun("attgmae.cli.train", *common(root, maps, two), "--batch_size", "4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "effective batch 8 = 4 x 1 accum x 2 proc" in proc.stdout
 

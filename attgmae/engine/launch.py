@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 
 from attgmae.core.device import rank_device, resolve_device
-from attgmae.core.distributed import DistInfo, cleanup, env_dist_info, init_distributed
+from attgmae.core.distributed import DistInfo, barrier, cleanup, env_dist_info, init_distributed
 
 
 @contextmanager
@@ -20,5 +20,8 @@ def distributed_session(device_name: str = "auto") -> Iterator[tuple[DistInfo, t
     info = init_distributed(device)
     try:
         yield info, device
+        # Leave together: a rank that tears its connections down while another still talks to
+        # it can abort that one (gloo). Not after an error: the others may never come.
+        barrier(info)
     finally:
         cleanup(info)
