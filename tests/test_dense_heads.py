@@ -87,6 +87,23 @@ def test_convnext_unfolds_each_token_as_multimae():
     assert torch.equal(out[0, 0], patch.repeat(2, 3))
 
 
+def test_convnext_head_starts_from_multimaes_init():
+    """MultiMAE re-initializes the whole model, adapters included, after building it: linear
+    layers xavier-uniform with zero bias (not the adapter's own trunc-normal 0.02)."""
+    torch.manual_seed(0)
+    head = ConvNeXtHead(192, 5, hidden_dim=16 * 96, preds_per_patch=16, depth=1)
+    linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3  # proj, and the block's two MLP layers
+    for layer in linears:
+        fan_out, fan_in = layer.weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert layer.weight.abs().max() <= bound
+        assert layer.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+        assert not layer.bias.any()
+    norm = head.blocks[0].norm
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and not norm.bias.any()
+
+
 def test_gradients_reach_every_parameter():
     for head in (small_convnext(3), small_dpt(2, block_indices=(0, 1, 2, 3))):
         model = DenseModel(tiny_vit(64), head).train()

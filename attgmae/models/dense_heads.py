@@ -30,11 +30,13 @@ from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
 
-def _trunc_normal_linear(module: nn.Module) -> None:
-    """MultiMAE's adapter init: linear layers trunc-normal(std 0.02) with zero bias, layer norms
-    weight 1 bias 0; convolutions keep PyTorch's default."""
+def _multimae_init(module: nn.Module) -> None:
+    """The init a MultiMAE fine-tuning run starts its adapter from: the whole model's
+    ``_init_weights`` runs after the adapters are built (and the checkpoint's adapters are
+    dropped), so linear layers get xavier-uniform weights with zero bias and layer norms weight 1
+    bias 0; convolutions keep PyTorch's default."""
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
@@ -75,7 +77,7 @@ class ConvNeXtHead(nn.Module):
             *[ConvNeXtBlock(self.channels, ls_init_value=None) for _ in range(depth)]
         )
         self.classifier = nn.Conv2d(self.channels, num_classes, kernel_size=1)
-        self.apply(_trunc_normal_linear)
+        self.apply(_multimae_init)
 
     def forward(self, feature_maps: list[torch.Tensor], out_size) -> torch.Tensor:
         """feature_maps [one map [B, D, h, w]], out_size (H, W) -> logits [B, C, H, W]."""
