@@ -74,14 +74,15 @@ def test_frozen_parameters_are_left_out_and_models_without_blocks_need_no_decay(
 
 def test_a_model_with_its_own_layer_ids_is_cut_by_them():
     """DenseModel (encoder under a dense head) numbers its layers as MultiMAE: embeddings 0,
-    encoder block i -> i + 1, the head num_layers + 1; blocks the head never reads are gone."""
+    encoder block i -> i + 1, the head depth + 1. Blocks the head never reads are gone but still
+    counted (MultiMAE keeps them); the position embedding is frozen, as MultiMAE's."""
     head = nn.Conv2d(768, 5, 1)
     head.block_indices = (5,)  # the head reads block 5: blocks 6..11 are pruned
     model = DenseModel(vit(12, 768, 12), head)
-    assert model.num_layers == 6
+    assert len(model.encoder.blocks) == 6 and model.num_layers == 12
     no_decay = {f"encoder.{n}" for n in model.encoder.no_weight_decay()}
     groups = param_groups_lrd(model, 0.05, no_decay, layer_decay=0.5)
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     by_name = {names[id(p)]: g for g in groups for p in g["params"]}
     assert set(by_name) == set(names.values())
     for name, group in by_name.items():
@@ -91,11 +92,12 @@ def test_a_model_with_its_own_layer_ids_is_cut_by_them():
         elif block:
             layer = int(block.group(1)) + 1
         else:
-            layer = 7
-        assert group["lr_scale"] == 0.5 ** (7 - layer), name
+            layer = 13
+        assert group["lr_scale"] == 0.5 ** (13 - layer), name
         vector = name in no_decay or name.endswith("bias") or "norm" in name
         assert group["weight_decay"] == (0.0 if vector else 0.05), name
     assert by_name["head.weight"]["lr_scale"] == 1.0
-    assert by_name["encoder.blocks.5.mlp.fc2.weight"]["lr_scale"] == 0.5
-    assert by_name["encoder.pos_embed"]["lr_scale"] == 0.5**7
-    assert len(groups) == 2 * 8  # 8 layers, decayed and not
+    assert by_name["encoder.blocks.5.mlp.fc2.weight"]["lr_scale"] == 0.5**7
+    assert by_name["encoder.patch_embed.proj.weight"]["lr_scale"] == 0.5**13
+    assert "encoder.pos_embed" not in by_name and not model.encoder.pos_embed.requires_grad
+    assert len(groups) == 2 * 8  # embeddings, blocks 0-5 and the head, each decayed and not

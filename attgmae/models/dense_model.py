@@ -56,7 +56,9 @@ class DenseModel(nn.Module):
 
     Parts of the encoder that the head never reads are removed (blocks after the deepest one
     read, the final norm unless ``norm_features``, the classifier), so every parameter gets a
-    gradient and DDP needs no ``find_unused_parameters``. This changes ``encoder`` in place.
+    gradient and DDP needs no ``find_unused_parameters``. The position embedding is frozen, as
+    MultiMAE fine-tunes (its ``learnable_pos_emb`` is off in every dense config). This changes
+    ``encoder`` in place.
     """
 
     def __init__(self, encoder: nn.Module, head: nn.Module, norm_features: bool = False):
@@ -66,14 +68,18 @@ class DenseModel(nn.Module):
         encoder.prune_intermediate_layers(
             list(self.block_indices), prune_norm=not norm_features, prune_head=True
         )
+        if getattr(encoder, "pos_embed", None) is not None:
+            encoder.pos_embed.requires_grad_(False)
         self.encoder = encoder
         self.head = head
         self.norm_features = norm_features
+        self.depth = depth
 
     @property
     def num_layers(self) -> int:
-        """Encoder blocks kept (layer-wise lr decay counts these)."""
-        return len(self.encoder.blocks)
+        """Blocks of the pretrained encoder, pruned ones included: layer-wise lr decay counts
+        them all, as MultiMAE (which keeps every block) does."""
+        return self.depth
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         maps = vit_feature_maps(self.encoder, images, self.block_indices, self.norm_features)
