@@ -143,6 +143,17 @@ def test_training_transform_keeps_labels_on_their_pixels(seed):
     assert (grey[lab == 255] == 128).all()  # everything ignored is padding
 
 
+def test_evaluation_resizes_as_albumentations_opencv():
+    """MultiMAE's LongestMaxSize: OpenCV bilinear without antialiasing for the image, OpenCV
+    nearest (the top-left source pixel of each cell) for the labels; hand-computed 4 -> 2."""
+    image = np.repeat(np.array([[0, 100, 200, 250]], np.uint8)[..., None], 3, axis=2)
+    image = np.repeat(image, 4, axis=0)  # [4, 4, 3]: columns 0, 100, 200, 250
+    label = np.tile(np.arange(4, dtype=np.uint8), (4, 1))  # column index
+    img, lab = SegmentationTransform(2, train=False)(image, label, None)
+    assert img[0].tolist() == [[50, 225], [50, 225]]  # antialiased would mix 3-4 columns
+    assert lab.tolist() == [[0, 2], [0, 2]]  # pixel centres would give columns 1 and 3
+
+
 def test_samples_are_pure_functions_of_the_rng_state(example_root):
     """The engine's SeededSamples seeds numpy's global RNG per (seed, epoch, index)."""
     split = segmentation_split("folder", example_root, "train")
@@ -246,10 +257,11 @@ def test_a_mask_valid_folder_replaces_the_depth_mask(tmp_path):
     root = write_example_taskonomy(tmp_path / "t", views_per_building=1, size=16)
     mask = np.full((16, 16), 255, np.uint8)
     mask[12:, 12:] = 0  # MultiMAE's files: 0 invalid, 255 valid, named after depth_zbuffer
+    mask[:4, :4] = 128  # not full scale: invalid for MultiMAE (1 - 128 / 255 != 0)
     save(root / "synth_c/mask_valid/point_0_view_0_domain_depth_zbuffer.png", mask)
     dataset = TaskonomyDataset(root, "val", ["keypoints2d"], input_size=16)
     assert dataset.mask_task == "mask_valid"
-    assert torch.equal(dataset[0]["mask"][0], torch.from_numpy(mask > 0))
+    assert torch.equal(dataset[0]["mask"][0], torch.from_numpy(mask == 255))
 
 
 def test_splits_from_the_tiny_buildings_without_a_csv(taskonomy_root, tmp_path):

@@ -280,7 +280,9 @@ class TaskonomyDataset(Dataset):
         if self.mask_task is None:
             return torch.ones(1, size, size, dtype=torch.bool)
         if self.mask_task == "mask_valid":
-            valid = read_label_map(self._mask_path(key)) > 0
+            # MultiMAE: ToTensor (value / 255), then valid where 1 - value == 0: full scale only
+            mask = read_label_map(self._mask_path(key))
+            valid = mask == np.iinfo(mask.dtype).max
         else:
             depth = (
                 raw[self.mask_task] if self.mask_task in raw else read_png16(self._mask_path(key))
