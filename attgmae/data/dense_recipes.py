@@ -31,7 +31,9 @@ class DenseRecipe:
     epochs: int = 64  # paper
     total_batch_size: int = 16  # over all processes and accumulation steps; paper
     lr: float = 3e-4  # paper (absolute, not scaled by batch)
-    warmup_lr: float = 1e-6  # paper: the lr at step 0, rising linearly to ``lr``
+    # paper: the lr at step 0, rising linearly to ``lr`` (MultiMAE's scripts start at 0: they
+    # never pass their configs' warmup_lr to the scheduler)
+    warmup_lr: float = 1e-6
     warmup_epochs: int = 3  # paper
     min_lr: float = 0.0  # MultiMAE: cosine decay per step down to this
     weight_decay: float = 0.05  # MultiMAE's script default

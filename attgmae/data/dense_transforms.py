@@ -136,7 +136,7 @@ class SegmentationTransform:
             out_size = (max(size, round(height * scale)), max(size, round(width * scale)))
             return _as_tensors(*resize_pair(image, label, out_size))
         if self.train and rng.random() < self.flip_p:
-            image, label = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(label[:, ::-1])
+            image, label = image[:, ::-1].copy(), label[:, ::-1].copy()
         image, label = resize_pair(image, label, _longest_side_size(height, width, size))
         if not self.train:
             return _as_tensors(*pad_bottom_right(image, label, size))
