@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from attgmae.core.device import PRECISIONS
 from attgmae.core.errors import InputError
 from attgmae.data.dense_datasets import SEGMENTATION_DATASETS
-from attgmae.data.dense_recipes import DenseRecipe
+from attgmae.data.dense_recipes import DenseRecipe, flag_problems
 from attgmae.engine.config import RunFlags
 
 INFERENCE_MODES = ("whole", "slide")
@@ -56,26 +55,14 @@ class SegmentConfig(RunFlags):
 
 def validate(cfg: SegmentConfig) -> None:
     """Every inconsistent flag at once, as one InputError (exit code 2)."""
-    problems = []
+    problems = flag_problems(cfg)
     if cfg.dataset not in SEGMENTATION_DATASETS:
         problems.append(f"--dataset must be one of {', '.join(SEGMENTATION_DATASETS)}")
     if cfg.inference is not None and cfg.inference not in INFERENCE_MODES:
         problems.append(f"--inference must be whole or slide, got {cfg.inference!r}")
-    if cfg.input_size is not None and (cfg.input_size < 16 or cfg.input_size % 16):
-        problems.append(f"--input_size must be a multiple of 16 (the patch), got {cfg.input_size}")
-    if cfg.amp not in PRECISIONS:
-        problems.append(f"--amp must be one of {', '.join(PRECISIONS)}")
-    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
-        problems.append(f"--layer_decay must be in (0, 1], got {cfg.layer_decay}")
-    for name in ("batch_size", "accum_iter", "eff_batch_size", "epochs", "eval_every"):
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            problems.append(f"--{name} must be >= 1, got {value}")
     if cfg.slide_stride is not None and cfg.slide_stride < 1:
         problems.append(f"--slide_stride must be >= 1, got {cfg.slide_stride}")
     if cfg.num_classes is not None and not 1 <= cfg.num_classes < 255:
         problems.append(f"--num_classes must be in 1..254, got {cfg.num_classes}")
-    if cfg.num_vis < 0:
-        problems.append(f"--num_vis must be >= 0, got {cfg.num_vis}")
     if problems:
         raise InputError("; ".join(problems))

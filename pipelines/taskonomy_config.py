@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from attgmae.core.device import PRECISIONS
 from attgmae.core.errors import InputError
+from attgmae.data.dense_recipes import flag_problems
 from attgmae.data.dense_taskonomy import resolve_tasks
 from attgmae.engine.config import RunFlags
 
@@ -54,30 +54,18 @@ class TaskonomyConfig(RunFlags):
 
 def validate(cfg: TaskonomyConfig) -> None:
     """Every inconsistent flag at once, as one InputError (exit code 2)."""
-    problems = []
+    problems = flag_problems(cfg)
     try:
         folders = resolve_tasks(cfg.tasks)
         if len(set(folders)) != len(folders):
             problems.append(f"--tasks names a task twice: {' '.join(cfg.tasks)}")
     except InputError as err:
         problems.append(str(err))
-    if cfg.input_size is not None and (cfg.input_size < 16 or cfg.input_size % 16):
-        problems.append(f"--input_size must be a multiple of 16 (the patch), got {cfg.input_size}")
-    if cfg.amp not in PRECISIONS:
-        problems.append(f"--amp must be one of {', '.join(PRECISIONS)}")
-    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
-        problems.append(f"--layer_decay must be in (0, 1], got {cfg.layer_decay}")
-    for name in ("batch_size", "accum_iter", "eff_batch_size", "epochs", "eval_every"):
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            problems.append(f"--{name} must be >= 1, got {value}")
     for name in ("max_train_images", "max_val_images", "max_test_images"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
             problems.append(f"--{name} must be >= 1 (leave it out for every image)")
     if len(cfg.dpt_layer_dims) != 4 or (cfg.block_indices and len(cfg.block_indices) != 4):
         problems.append("--dpt_layer_dims and --block_indices take four numbers each")
-    if cfg.num_vis < 0:
-        problems.append(f"--num_vis must be >= 0, got {cfg.num_vis}")
     if problems:
         raise InputError("; ".join(problems))

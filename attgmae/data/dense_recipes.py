@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from attgmae.core.device import PRECISIONS
+
 
 @dataclass(frozen=True)
 class DenseRecipe:
@@ -95,3 +97,22 @@ RECIPE_SOURCES = {
         "run_finetuning_taskonomy.py defaults (weight decay, AdamW betas and eps)",
     },
 }
+
+
+def flag_problems(cfg) -> list[str]:
+    """What is wrong with the flags ``attg-eval segment`` and ``taskonomy`` share: the recipe
+    fields a config sets (None: the recipe's), the precision and the number of figures."""
+    problems = []
+    if cfg.input_size is not None and (cfg.input_size < 16 or cfg.input_size % 16):
+        problems.append(f"--input_size must be a multiple of 16 (the patch), got {cfg.input_size}")
+    if cfg.amp not in PRECISIONS:
+        problems.append(f"--amp must be one of {', '.join(PRECISIONS)}")
+    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
+        problems.append(f"--layer_decay must be in (0, 1], got {cfg.layer_decay}")
+    for name in ("batch_size", "accum_iter", "eff_batch_size", "epochs", "eval_every"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            problems.append(f"--{name} must be >= 1, got {value}")
+    if cfg.num_vis < 0:
+        problems.append(f"--num_vis must be >= 0, got {cfg.num_vis}")
+    return problems
