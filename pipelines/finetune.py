@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from attgmae.core.errors import InputError
 from attgmae.core.files import file_sha256, write_json_atomic
 from attgmae.core.provenance import software_versions
 from attgmae.engine import RunConfig, SupervisedRun, distributed_session, run_config_from
@@ -216,6 +217,13 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
         )
         details = _details(cfg, accum, eff_batch, lr, info.world_size)
         if cfg.eval_only:
+            if encoder.new_parts:  # MAE's --eval loads strictly: a new part scores nothing
+                raise InputError(
+                    f"--eval_only: {cfg.checkpoint} has no fitting "
+                    f"{', '.join(encoder.new_parts)} for {data.num_classes} classes with "
+                    f"--global_pool {cfg.global_pool}: evaluate a checkpoint fine-tuned for "
+                    f"these classes, with the pooling it was fine-tuned with"
+                )
             metrics = evaluate(model.to(device))
             acc1, acc5, loss = metrics["acc1"], metrics["acc5"], metrics["loss"]
             say(f"* Acc@1 {acc1:.3f} Acc@5 {acc5:.3f} loss {loss:.3f}")  # as MAE's --eval

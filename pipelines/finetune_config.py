@@ -101,13 +101,16 @@ class FinetuneConfig(RunFlags):
 
 def preset_values(preset: str | None, given=()) -> dict:
     """The field values of ``preset`` ({} for None); explicit flags (``given``: their names) go
-    over them, and a subset named on the command line replaces the preset's."""
+    over them, a subset named on the command line replaces the preset's, and so does a
+    ``--blr`` the preset's absolute ``lr`` (which would otherwise win over it)."""
     if preset is not None and preset not in PRESETS:
         raise InputError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
     values = dict(PRESETS.get(preset, {}))
     if any(name in given for name in SUBSET_FIELDS):
         for name in SUBSET_FIELDS:
             values.pop(name, None)
+    if "blr" in given:
+        values.pop("lr", None)
     return values
 
 

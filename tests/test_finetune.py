@@ -114,6 +114,16 @@ def test_eval_only_reads_the_fine_tuned_checkpoint_as_it_is(learned, tmp_path, c
     )
     assert result["metrics"]["acc1"] == pytest.approx(final["acc1"])
     assert result["metrics"]["loss"] == pytest.approx(final["loss"], rel=1e-5)
+    # MAE's --eval loads strictly: a part the checkpoint lacks (here a head for 3 classes: it
+    # was fine-tuned on 4) would score a random head, and is an error
+    three = tmp_path / "three"
+    for split in ("train", "val"):
+        for folder in sorted((data / split).iterdir())[:3]:
+            (three / split).mkdir(parents=True, exist_ok=True)
+            os.symlink(folder, three / split / folder.name)
+    argv = common(out / "checkpoint-11.pth", three, tmp_path / "o3") + ["--eval_only"]
+    assert main(argv) == 2
+    assert "--eval_only" in capsys.readouterr().err and not (tmp_path / "o3").exists()
 
 
 def test_killed_mid_epoch_resumes_to_identical_weights_with_the_full_recipe(
@@ -197,6 +207,8 @@ def test_lowshot_presets_follow_sec_a6():
     assert one.percent == 1.0 and one.layer_decay is None  # None: by the encoder (below)
     # crop and flip only
     assert (one.aa, one.reprob, one.mixup, one.cutmix) == ("none", 0.0, 0.0, 0.0)
+    blr = finetune_config(parse([*base, "--preset", "lowshot-1pct", "--blr", "5e-4"]))
+    assert (blr.lr, blr.blr) == (None, 5e-4)  # a --blr given replaces the preset's absolute lr
     ten = finetune_config(parse([*base, "--preset", "lowshot-10pct"]))
     assert ten.percent == 10.0 and ten.lr == 1e-3 and ten.epochs == 50
     assert (ten.aa, ten.reprob, ten.mixup, ten.cutmix) == ("rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0)
