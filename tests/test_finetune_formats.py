@@ -14,6 +14,7 @@ from attgmae.core.torchfile import CheckpointError
 from attgmae.eval.finetune_model import finetune_model
 from attgmae.models import mae_vit_tiny_patch16
 from attgmae.models.encoder import encode_tokens, load_encoder
+from attgmae.models.rel_pos import resize_rel_pos_table, source_offsets
 
 
 def vit(**kwargs) -> VisionTransformer:
@@ -95,6 +96,23 @@ def test_dino_and_ibot_backbones_and_training_checkpoints(tmp_path, images):
         finetune_model(tmp_path / "dino_training.pth", 5, checkpoint_key="ema")
 
 
+def test_ibot_and_dino_vits_with_layer_scale(tmp_path, images):
+    """iBOT's / DINO's ViT with ``init_values``: per-block gamma_1 / gamma_2 beside a plain qkv
+    bias (not BEiT's layout), and DeepSpeed's ``module`` wrapper."""
+    backbone = vit(init_values=0.5)
+    with torch.no_grad():
+        for block in backbone.blocks:
+            block.ls1.gamma.uniform_(0.1, 1.0)
+            block.ls2.gamma.uniform_(0.1, 1.0)
+    state = {k.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2"): v
+             for k, v in backbone.state_dict().items()}  # fmt: skip
+    assert "blocks.0.gamma_1" in state and "blocks.0.attn.qkv.bias" in state
+    for name, obj in {"ibot.pth": {"state_dict": state}, "ds.pth": {"module": state}}.items():
+        torch.save(obj, tmp_path / name)
+        info = same_tokens(tmp_path / name, backbone, images)
+        assert info.spec.family == "vit" and info.spec.layer_scale
+
+
 @pytest.mark.parametrize("layout", ["beit", "simmim"])
 # timm's resampling of relative position tables (96 px below) warns about torch's indexing.
 @pytest.mark.filterwarnings("ignore:.*(non-tuple sequence|searchsorted).*:UserWarning")
@@ -117,7 +135,36 @@ def test_beit_and_simmim_vits_with_relative_position_bias(tmp_path, layout):
     assert torch.equal(model.blocks[0].gamma_1, pretrained.blocks[0].gamma_1)
     assert model(imgs).shape == (2, 3)
     bigger, _ = finetune_model(path, 3, img_size=96)  # tables resampled to the 6 x 6 grid
-    assert bigger.blocks[0].attn.relative_position_bias_table.shape == (11 * 11 + 3, 2)
+    table = bigger.blocks[0].attn.relative_position_bias_table
+    assert torch.equal(table, resize_rel_pos_table(shared, 6))  # BEiT's spline, not timm's
+
+
+def test_relative_position_tables_resize_as_beits_code():
+    """BEiT fits a bicubic spline through the source offsets spread on a geometric progression
+    whose half-width reaches the target's: a cubic in (row, column) offset is reproduced exactly
+    at the target's integer offsets (linear interpolation, timm's, would not)."""
+    src, grid = 7, 5  # a 4 x 4 grid's table (7 x 7 offsets) to a 5 x 5 grid's (9 x 9)
+    offsets = source_offsets(src, 2 * grid - 1)
+    # the progression: 1, 1 + q, 1 + q + q^2 with 1 + q + q^2 = 4 (the target's half-width)
+    q = (offsets[5] - 1).item()
+    assert (offsets[3], offsets[4]) == (0, 1) and offsets[6] == pytest.approx(4, abs=1e-5)
+    assert q == pytest.approx((13**0.5 - 1) / 2, abs=1e-5)
+    assert torch.equal(torch.from_numpy(offsets[:3]), -torch.from_numpy(offsets[4:]).flip(0))
+
+    def cubic(rows, cols):  # rows: the first axis of the square, as the table is laid out
+        return 0.02 * rows**3 - 0.1 * rows * cols + 0.3 * cols + 1.0
+
+    rows, cols = torch.meshgrid(*[torch.from_numpy(offsets)] * 2, indexing="ij")
+    extra = torch.tensor([[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]])
+    heads = torch.stack([cubic(rows, cols), -cubic(rows, cols)], -1).reshape(-1, 2)
+    table = torch.cat([heads, extra])
+    resized = resize_rel_pos_table(table.float(), grid)
+    target = torch.arange(-4.0, 5.0, dtype=torch.float64)
+    rows, cols = torch.meshgrid(target, target, indexing="ij")
+    want = torch.stack([cubic(rows, cols), -cubic(rows, cols)], -1).reshape(-1, 2)
+    torch.testing.assert_close(resized[:-3].double(), want, rtol=0, atol=2e-5)
+    assert torch.equal(resized[-3:], extra.float()) and resized.dtype == torch.float32
+    assert resize_rel_pos_table(table, 4) is table  # the same grid: unchanged
 
 
 def test_ours_and_maes_pretrained_and_fine_tuned_checkpoints(tmp_path, images):

@@ -38,6 +38,7 @@ from torch import nn
 from attgmae.core.errors import InputError
 from attgmae.core.files import file_sha256
 from attgmae.core.torchfile import CheckpointError, load_torch_file, strip_prefixes, tensors_only
+from attgmae.models.rel_pos import resize_rel_pos_table
 
 # Heads of the standard ViT sizes (64-d heads, but ViT-H/g: 16 heads).
 HEADS_BY_SIZE = {"tiny": 3, "small": 6, "base": 12, "large": 16, "huge": 16, "giant": 16}
@@ -49,7 +50,7 @@ _SIZE_WORD = re.compile(r"(?:^|_)(tiny|small|base|large|huge|giant)(?=_|$)")
 POOLS = ("cls", "avg")
 # Checkpoint entries holding the weights, tried in this order (DINO/iBOT: the teacher first,
 # as their evaluations use it).
-WRAPPERS = ("model", "state_dict", "teacher", "student")
+WRAPPERS = ("model", "state_dict", "teacher", "student", "module")  # module: DeepSpeed (BEiT)
 # Keys of parts the encoder does not use: MAE's and SimMIM's decoders, mask tokens, other
 # methods' heads (a head or fc_norm that fits the new model is put back by encoder_weights).
 _OTHER_PARTS = ("decoder_", "decoder.", "mask_token", "masked_embed", "lm_head.")
@@ -112,9 +113,9 @@ def _recorded_model(args) -> str | None:
 
 
 def _is_beit(state: dict) -> bool:
-    return any(
-        k.endswith(("attn.q_bias", ".gamma_1", "relative_position_bias_table")) for k in state
-    )
+    """BEiT's layout (SimMIM's too): separate q / v biases or relative position tables. Layer
+    scale alone is not BEiT's: DINO's and iBOT's ViTs have it with ``init_values``."""
+    return any(k.endswith(("attn.q_bias", "relative_position_bias_table")) for k in state)
 
 
 def read_checkpoint(
@@ -288,7 +289,12 @@ def build_encoder(spec: EncoderSpec, img_size: int | None = None, **timm_kwargs)
             init_values=0.1 if spec.layer_scale else None,
             **kwargs,
         )
-    return VisionTransformer(**shape, norm_layer=partial(nn.LayerNorm, eps=1e-6), **kwargs)
+    return VisionTransformer(
+        **shape,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        init_values=0.1 if spec.layer_scale else None,  # the values come from the checkpoint
+        **kwargs,
+    )
 
 
 def encoder_weights(state: dict, spec: EncoderSpec, model: nn.Module) -> dict:
@@ -312,7 +318,13 @@ def encoder_weights(state: dict, spec: EncoderSpec, model: nn.Module) -> dict:
         if shared is not None:
             for i in range(spec.depth):
                 weights.setdefault(f"blocks.{i}.attn.relative_position_bias_table", shared)
-        return beit_filter(weights, model)  # resamples positions and tables to the model's grid
+        grid = model.patch_embed.grid_size[0]
+        for key in [k for k in weights if k.endswith("relative_position_bias_table")]:
+            weights[key] = resize_rel_pos_table(weights[key], grid)  # BEiT's bicubic spline
+        # timm's filter: the absolute positions (bicubic, no antialiasing, as BEiT's code)
+        return beit_filter(weights, model, antialias=False)
+    # DINO's / iBOT's layer scale (gamma_1, gamma_2) is timm's ls1.gamma, ls2.gamma
+    weights = {re.sub(r"\.gamma_([12])$", r".ls\1.gamma", k): v for k, v in weights.items()}
     # Bicubic on the patch positions, no antialiasing: MAE's interpolate_pos_embed.
     grid = model.patch_embed.grid_size
     weights["pos_embed"] = resample_abs_pos_embed(weights["pos_embed"], grid, antialias=False)
