@@ -74,6 +74,44 @@ def test_chunking_and_multi_k_equal_single_runs():
         assert multi[k] == pytest.approx(plain_knn(train_x, train_y, test_x, test_y, k, 0.07, 10))
 
 
+def dino_structured_knn(train, train_y, test, test_y, k, T, num_classes=1000):
+    """The same computation laid out as DINO's eval_knn.py lays it out: chunks of
+    num_test // 100 test images, one [chunk, N] similarity matmul each, topk, one-hot rows of
+    the neighbours' classes times their weights summed over the neighbours, torch.sort."""
+    rows = max(1, len(test_y) // 100)
+    hit1 = hit5 = 0
+    for start in range(0, len(test_y), rows):
+        sims, idx = (test[start : start + rows] @ train.T).topk(k, sorted=True)
+        one_hot = torch.nn.functional.one_hot(train_y[idx], num_classes).float()  # [B, k, C]
+        totals = torch.sum(one_hot * (sims / T).exp()[..., None], 1)
+        ranked = totals.sort(1, True).indices
+        hits = ranked == test_y[start : start + rows, None]
+        hit1 += int(hits[:, 0].sum())
+        hit5 += int(hits[:, : min(5, k)].sum())
+    return 100.0 * hit1 / len(test_y), 100.0 * hit5 / len(test_y)
+
+
+def test_ties_in_vote_totals_fall_as_in_dino():
+    """Equal vote totals (duplicated training features, classes balanced within each copy) and
+    exactly equal similarities (0/1 features): DINO's chunks and one-hot sums decide the ties;
+    adding the votes in another order (scatter_add) ranks some tied classes differently."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.normalize(torch.randn(10, 64, generator=g), dim=1)
+    train, train_y = base.repeat_interleave(50, 0), torch.arange(10).repeat(50)
+    copies = base[torch.randint(0, 10, (100,), generator=g)]
+    others = torch.randn(100, 64, generator=g)
+    test = torch.nn.functional.normalize(torch.cat([copies, others]), dim=1)
+    test_y = torch.randint(0, 10, (200,), generator=g)
+    binary = torch.randint(0, 2, (500, 64), generator=g).float()
+    binary_test = torch.randint(0, 2, (200, 64), generator=g).float()
+    binary_y, binary_test_y = torch.randint(0, 40, (500,), generator=g), test_y * 4
+    for args in ((train, train_y, test, test_y), (binary, binary_y, binary_test, binary_test_y)):
+        ks = [10, 20, 100, 200]
+        multi = knn_classify_multi(*args, ks, 0.07, 1000)
+        for k in ks:
+            assert multi[k] == dino_structured_knn(*args, k, 0.07), k
+
+
 def test_ties_on_a_grid_and_k_larger_than_a_class():
     # Features on a coarse grid: many exactly equal similarities, also at the k-th place.
     rng = np.random.default_rng(2)

@@ -81,9 +81,13 @@ def _check_inputs(train_features, train_labels, test_features, test_labels, ks, 
             )
 
 
-def _chunk_rows(num_train, element_size, max_chunk_bytes):
-    per_row = num_train * (element_size + 1)  # similarity row + topk's working space
-    return max(1, int(max_chunk_bytes // max(per_row, 1)))
+def _chunk_rows(num_test, num_train, element_size, max_k, num_classes, max_chunk_bytes):
+    """DINO's chunks: num_test // 100 test images each (the rounding of the similarity matmul
+    depends on the chunk, and so do near ties), fewer only when a chunk's similarity rows, topk's
+    working space and one-hot votes [rows * k, C] would not fit ``max_chunk_bytes``."""
+    per_row = num_train * (element_size + 1) + max_k * num_classes * 4
+    fitting = max(1, int(max_chunk_bytes // max(per_row, 1)))
+    return min(max(1, num_test // 100), fitting)
 
 
 @torch.no_grad()
@@ -101,7 +105,7 @@ def knn_classify_multi(
 
     train_features [N, D], train_labels [N] int, test_features [M, D], test_labels [M] int, all
     on the device the search runs on (the train features' device). Test images are processed in
-    chunks so the [chunk, N] similarity matrix stays under ``max_chunk_bytes``.
+    DINO's chunks of M // 100 (smaller only if a chunk would not fit ``max_chunk_bytes``).
     Returns {k: (top1, top5)}.
     """
     ks = [int(k) for k in ks]
@@ -109,7 +113,14 @@ def knn_classify_multi(
     device = train_features.device
     train_labels = train_labels.to(device=device, dtype=torch.int64)
     num_test = test_features.shape[0]
-    rows = _chunk_rows(train_features.shape[0], train_features.element_size(), max_chunk_bytes)
+    rows = _chunk_rows(
+        num_test,
+        train_features.shape[0],
+        train_features.element_size(),
+        max(ks),
+        num_classes,
+        max_chunk_bytes,
+    )
     correct1 = dict.fromkeys(ks, 0)
     correct5 = dict.fromkeys(ks, 0)
     for start in range(0, num_test, rows):
@@ -119,8 +130,12 @@ def knn_classify_multi(
         for k in ks:
             sims, idx = similarity.topk(k, dim=1, largest=True, sorted=True)  # [B, k]
             weights = (sims.float() / T).exp()  # [B, k], float32 as DINO
-            scores = torch.zeros(feats.shape[0], num_classes, dtype=torch.float32, device=device)
-            scores.scatter_add_(1, train_labels[idx], weights)  # [B, C] vote totals
+            # DINO's vote totals: one-hot rows times the weights, summed over the neighbours
+            # (the same float additions in the same order; scatter_add_ would sum otherwise)
+            batch = feats.shape[0]
+            one_hot = torch.zeros(batch * k, num_classes, dtype=torch.float32, device=device)
+            one_hot.scatter_(1, train_labels[idx].view(-1, 1), 1)
+            scores = (one_hot.view(batch, k, num_classes) * weights.view(batch, k, 1)).sum(1)
             n_top = min(5, k, num_classes)
             # DINO's sort (float32, descending, not stable): its order of equal totals, e.g.
             # the zero-vote classes that fill the top 5, is what DINO reports (module doc).
