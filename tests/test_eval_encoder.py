@@ -13,6 +13,7 @@ from attgmae.models.encoder import (
     features,
     infer_spec,
     load_encoder,
+    load_vit,
     read_checkpoint,
 )
 
@@ -64,7 +65,15 @@ def test_our_checkpoint_format(tmp_path, mae, imgs):
     latent = mae_cls_unmasked(mae, imgs)
     with torch.no_grad():
         assert torch.allclose(features(encoder, imgs, "cls"), latent[:, 0], atol=1e-5)
-        assert torch.allclose(features(encoder, imgs, "avg"), latent[:, 1:].mean(1), atol=1e-5)
+        # --pool avg is MAE's linear probe with --global_pool: the patch tokens before the norm,
+        # averaged, through the new fc_norm (a LayerNorm at its initial weights, frozen there)
+        mae_global_pool, _ = load_vit(path, num_classes=0, global_pool="avg")
+        mae_global_pool.eval()
+        pooled = mae_global_pool.forward_head(
+            mae_global_pool.forward_features(imgs), pre_logits=True
+        )
+        assert torch.allclose(features(encoder, imgs, "avg"), pooled, atol=1e-5)
+        assert not torch.allclose(features(encoder, imgs, "avg"), latent[:, 1:].mean(1), atol=1e-2)
     assert not any(p.requires_grad for p in encoder.parameters())
 
 

@@ -176,8 +176,10 @@ def cache_file(
 ) -> Path:
     """``variant`` names what else changes the features (heads, precision)."""
     digest = hashlib.sha256("\n".join(split.keys).encode()).hexdigest()[:12]
+    # "avgln": MAE's global-pool feature (since 2026-12-02); files of the earlier "avg" never match
+    tag = "avgln" if pool == "avg" else pool
     name = (
-        f"{checkpoint_sha256[:16]}_{split_name}_{pool}_{input_size}px_"
+        f"{checkpoint_sha256[:16]}_{split_name}_{tag}_{input_size}px_"
         f"{variant + '_' if variant else ''}{digest}.pt"
     )
     return Path(features_dir) / name

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.beit import Beit
 from timm.models.beit import checkpoint_filter_fn as beit_filter
@@ -413,15 +414,21 @@ def load_encoder_as_configured(cfg, sha256: str | None = None):
     )
 
 
-def encode_tokens(model: nn.Module, imgs: torch.Tensor) -> torch.Tensor:
-    """All tokens after the final norm, with no masking: imgs [B, 3, H, W] -> [B, 1 + L, D].
+def encode_tokens(model: nn.Module, imgs: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+    """All tokens (after the final norm unless ``final_norm`` is False), with no masking:
+    imgs [B, 3, H, W] -> [B, 1 + L, D].
 
     Uses only the attributes that timm's VisionTransformer and our MaskedAutoencoderViT share
     (patch_embed, cls_token, pos_embed, blocks, norm), so it runs the encoder of either; a Beit
     (relative positions inside its blocks) runs its own ``forward_features``.
     """
+    norm = model.norm if final_norm else nn.Identity()
     if isinstance(model, Beit):
-        return model.forward_features(imgs)
+        saved, model.norm = model.norm, norm
+        try:
+            return model.forward_features(imgs)
+        finally:
+            model.norm = saved
     x = model.patch_embed(imgs)  # [B, L, D]
     x = x + model.pos_embed[:, 1:, :]
     cls = (model.cls_token + model.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
@@ -431,20 +438,18 @@ def encode_tokens(model: nn.Module, imgs: torch.Tensor) -> torch.Tensor:
         x = norm_pre(x)
     for block in model.blocks:
         x = block(x)
-    return model.norm(x)
+    return norm(x)
 
 
 def features(model: nn.Module, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
     """Image features [B, D]: ``cls`` = CLS token after the final norm (the MAE linear-probe
-    feature); ``avg`` = mean of the patch tokens after the same final norm.
-
-    MAE's ``global_pool`` instead averages the patch tokens *before* the norm and applies an
-    ``fc_norm`` trained during fine-tuning; a frozen pretrained encoder has no such layer, so
-    ``avg`` reuses the pretrained final norm on every token before averaging.
+    feature, DINO's k-NN feature); ``avg`` = MAE's linear probe with ``--global_pool``: the mean
+    of the patch tokens before the final norm through a LayerNorm at its initial weights (MAE's
+    new ``fc_norm``, frozen with the encoder there: no affine part, eps 1e-6).
     """
-    tokens = encode_tokens(model, imgs)
     if pool == "cls":
-        return tokens[:, 0]
+        return encode_tokens(model, imgs)[:, 0]
     if pool == "avg":
-        return tokens[:, 1:].mean(dim=1)
+        mean = encode_tokens(model, imgs, final_norm=False)[:, 1:].mean(dim=1)
+        return F.layer_norm(mean, mean.shape[-1:], eps=1e-6)
     raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
