@@ -22,7 +22,8 @@ from figures import figure
 
 from attgmae.eval.features import autocast_for
 from attgmae.eval.knn import knn_classify_multi
-from attgmae.models.encoder import EncoderSpec, build_encoder, features
+from attgmae.models.encoder import EncoderSpec, build_encoder
+from attgmae.models.tokens import features
 
 VIT = {  # name -> (embed_dim, depth, heads, patch)
     "tiny": (192, 4, 3, 16),

@@ -18,7 +18,8 @@ from attgmae.eval.knn import knn_classifier
 from attgmae.eval.monitor import knn_top1
 from attgmae.eval.transforms import eval_transform
 from attgmae.models import mae_vit_tiny_patch16
-from attgmae.models.encoder import features, load_encoder
+from attgmae.models.encoder import load_encoder
+from attgmae.models.tokens import features
 from attgmae.pipelines.linprobe import LinprobeConfig, run_linprobe
 
 

@@ -10,12 +10,12 @@ from timm.models.vision_transformer import VisionTransformer
 from attgmae.models import mae_vit_tiny_patch16
 from attgmae.models.encoder import (
     CheckpointError,
-    features,
     infer_spec,
     load_encoder,
     load_vit,
     read_checkpoint,
 )
+from attgmae.models.tokens import features
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from timm.models.vision_transformer import VisionTransformer
 from attgmae.core.torchfile import CheckpointError
 from attgmae.eval.finetune_model import finetune_model
 from attgmae.models import mae_vit_tiny_patch16
-from attgmae.models.encoder import encode_tokens, load_encoder
+from attgmae.models.encoder import load_encoder
 from attgmae.models.rel_pos import resize_rel_pos_table, source_offsets
+from attgmae.models.tokens import encode_tokens
 
 
 def vit(**kwargs) -> VisionTransformer:

@@ -30,7 +30,7 @@ from attgmae.core.listing import folder_labels, list_split, split_root
 from attgmae.core.torchfile import CheckpointError, load_torch_file
 from attgmae.data.images import ImageDecodeError, decode_rgb
 from attgmae.eval.transforms import eval_transform
-from attgmae.models.encoder import features as encoder_features
+from attgmae.models.tokens import features as encoder_features
 
 CACHE_VERSION = 1
 

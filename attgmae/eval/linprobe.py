@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 
 from attgmae.core.errors import InputError
 from attgmae.eval.features import autocast_for
-from attgmae.models.encoder import features as encoder_features
+from attgmae.models.tokens import features as encoder_features
 
 
 class LinearProbeHead(nn.Module):

@@ -28,8 +28,6 @@ import re
 from dataclasses import asdict, dataclass
 from functools import partial
 
-import torch
-import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.beit import Beit
 from timm.models.beit import checkpoint_filter_fn as beit_filter
@@ -48,7 +46,6 @@ HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
 WIDTH_BY_SIZE = {"tiny": 192, "small": 384, "base": 768, "large": 1024, "huge": 1280, "giant": 1408}
 DEPTH_BY_SIZE = {"small": 12, "base": 12, "large": 24, "huge": 32, "giant": 40}
 _SIZE_WORD = re.compile(r"(?:^|_)(tiny|small|base|large|huge|giant)(?=_|$)")
-POOLS = ("cls", "avg")
 # Checkpoint entries holding the weights, tried in this order (DINO/iBOT: the teacher first,
 # as their evaluations use it).
 WRAPPERS = ("model", "state_dict", "teacher", "student", "module")  # module: DeepSpeed (BEiT)
@@ -412,44 +409,3 @@ def load_encoder_as_configured(cfg, sha256: str | None = None):
         checkpoint_key=cfg.checkpoint_key,
         force_model=cfg.force_model,
     )
-
-
-def encode_tokens(model: nn.Module, imgs: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
-    """All tokens (after the final norm unless ``final_norm`` is False), with no masking:
-    imgs [B, 3, H, W] -> [B, 1 + L, D].
-
-    Uses only the attributes that timm's VisionTransformer and our MaskedAutoencoderViT share
-    (patch_embed, cls_token, pos_embed, blocks, norm), so it runs the encoder of either; a Beit
-    (relative positions inside its blocks) runs its own ``forward_features``.
-    """
-    norm = model.norm if final_norm else nn.Identity()
-    if isinstance(model, Beit):
-        saved, model.norm = model.norm, norm
-        try:
-            return model.forward_features(imgs)
-        finally:
-            model.norm = saved
-    x = model.patch_embed(imgs)  # [B, L, D]
-    x = x + model.pos_embed[:, 1:, :]
-    cls = (model.cls_token + model.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
-    x = torch.cat([cls, x], dim=1)  # [B, 1 + L, D]
-    norm_pre = getattr(model, "norm_pre", None)
-    if norm_pre is not None:
-        x = norm_pre(x)
-    for block in model.blocks:
-        x = block(x)
-    return norm(x)
-
-
-def features(model: nn.Module, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-    """Image features [B, D]: ``cls`` = CLS token after the final norm (the MAE linear-probe
-    feature, DINO's k-NN feature); ``avg`` = MAE's linear probe with ``--global_pool``: the mean
-    of the patch tokens before the final norm through a LayerNorm at its initial weights (MAE's
-    new ``fc_norm``, frozen with the encoder there: no affine part, eps 1e-6).
-    """
-    if pool == "cls":
-        return encode_tokens(model, imgs)[:, 0]
-    if pool == "avg":
-        mean = encode_tokens(model, imgs, final_norm=False)[:, 1:].mean(dim=1)
-        return F.layer_norm(mean, mean.shape[-1:], eps=1e-6)
-    raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
