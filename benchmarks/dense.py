@@ -25,13 +25,14 @@ import argparse
 import contextlib
 import io
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from figures import figure
 from PIL import Image
+from timing import best_of_rounds, loader_throughput
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
@@ -150,15 +151,6 @@ class Reference(Dataset):
         return {"image": image, "label": label[0].long()}
 
 
-def loader_throughput(loader) -> float:
-    it = iter(loader)
-    next(it)  # workers started, first batch out: exclude start-up
-    t0, images = time.perf_counter(), 0
-    for batch in it:
-        images += batch["image"].shape[0]
-    return images / (time.perf_counter() - t0)
-
-
 def data_throughput(root: Path, size: int, batch: int, workers: int, rounds: int = 3) -> dict:
     """{"ours": img/s, "reference": img/s}, best of ``rounds`` alternating rounds."""
     split = segmentation_split("folder", root, "train")
@@ -179,11 +171,8 @@ def data_throughput(root: Path, size: int, batch: int, workers: int, rounds: int
             drop_last=True,
         ),  # fmt: skip
     }
-    best = dict.fromkeys(loaders, 0.0)
-    for r in range(rounds):
-        for name in list(loaders) if r % 2 == 0 else list(loaders)[::-1]:
-            best[name] = max(best[name], loader_throughput(loaders[name]))
-    return best
+    measures = {name: partial(loader_throughput, loader) for name, loader in loaders.items()}
+    return best_of_rounds(measures, rounds)
 
 
 def main():

@@ -20,7 +20,7 @@ import argparse
 import contextlib
 import io
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 import torchvision.datasets as datasets
 from figures import figure
 from PIL import Image
+from timing import best_of_rounds, loader_throughput
 from torch.utils.data import DataLoader, Dataset
 
 from attgmae.engine import EpochSampler, RunConfig, SeededSamples, SupervisedRun
@@ -107,15 +108,6 @@ def write_jpegs(root: Path, count: int, classes: int = 4) -> None:
         img.save(folder / f"{i:05d}.JPEG", quality=90)
 
 
-def loader_throughput(loader) -> float:
-    it = iter(loader)
-    next(it)  # workers started, first batch out: exclude start-up
-    t0, images = time.perf_counter(), 0
-    for images_batch, *_ in it:
-        images += images_batch.shape[0]
-    return images / (time.perf_counter() - t0)
-
-
 def data_throughput(root: Path, batch: int, workers: int, rounds: int = 3) -> dict:
     """{"ours": img/s, "reference": img/s}, best of ``rounds`` alternating rounds."""
     augment = finetune_train_transform(224)
@@ -134,11 +126,8 @@ def data_throughput(root: Path, batch: int, workers: int, rounds: int = 3) -> di
             reference, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True
         ),
     }
-    best = dict.fromkeys(loaders, 0.0)
-    for r in range(rounds):
-        for name in list(loaders) if r % 2 == 0 else list(loaders)[::-1]:
-            best[name] = max(best[name], loader_throughput(loaders[name]))
-    return best
+    measures = {name: partial(loader_throughput, loader) for name, loader in loaders.items()}
+    return best_of_rounds(measures, rounds)
 
 
 def main():

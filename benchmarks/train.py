@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from figures import figure
 from PIL import Image
+from timing import loader_throughput
 from torch.utils.data import DataLoader
 
 from attgmae.core.distributed import DistInfo
@@ -132,19 +133,6 @@ def write_jpegs(root: Path, count: int) -> list[str]:
             img.save(path, quality=90)
         keys.append(f"c/{i:05d}.JPEG")
     return keys
-
-
-def loader_throughput(loader, limit_batches: int | None = None) -> float:
-    it = iter(loader)
-    next(it)  # workers started, first batch out: exclude start-up
-    t0 = time.perf_counter()
-    images = 0
-    for n, batch in enumerate(it):
-        first = batch["image"] if isinstance(batch, dict) else batch[0]
-        images += first.shape[0]
-        if limit_batches and n + 1 >= limit_batches:
-            break
-    return images / (time.perf_counter() - t0)
 
 
 def loaders(root: Path, keys, batch: int, workers: int):
