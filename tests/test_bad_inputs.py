@@ -309,6 +309,28 @@ def test_generate_and_train_hold_their_outputs(example_root, tmp_path, holder, c
 # ---- walking image folders -------------------------------------------------------------------
 
 
+def test_every_image_format_imagefolder_lists_is_listed_and_read(tmp_path):
+    """ImageFolder's extensions (the evaluations' reference loader): TIFF, PPM, PGM too, read as
+    the same RGB pixels; hidden files (macOS' ._ copies) are not images."""
+    from PIL import Image
+
+    from attgmae.core.listing import list_images
+    from attgmae.data.images import decode_rgb
+
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    (tmp_path / "a").mkdir()
+    for ext in ("png", "ppm", "tif", "TIFF", "bmp", "webp"):
+        Image.fromarray(pixels).save(tmp_path / "a" / f"x.{ext}", lossless=True)
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "a" / "grey.pgm")
+    (tmp_path / "a" / "._x.png").write_bytes(b"AppleDouble")
+    keys = list_images(tmp_path)
+    names = ("x.png", "x.ppm", "x.tif", "x.TIFF", "x.bmp", "x.webp", "grey.pgm")
+    assert keys == sorted(f"a/{name}" for name in names)  # not a/._x.png
+    for key in keys:
+        want = np.repeat(pixels[..., :1], 3, axis=2) if key.endswith("pgm") else pixels
+        np.testing.assert_array_equal(decode_rgb(tmp_path / key), want, err_msg=key)
+
+
 def test_a_link_loop_is_followed_once_and_named(example_root, tmp_path):
     from attgmae.core.listing import ListingWarning, list_images
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from attgmae.core.errors import InputError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# torchvision ImageFolder's (the evaluations' reference datasets are read by it), all PIL-readable
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def is_image_name(name: str) -> bool:
