@@ -25,14 +25,13 @@ import argparse
 import contextlib
 import io
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from figures import figure
 from PIL import Image
-from timing import best_of_rounds, loader_throughput
+from timing import best_loader_rounds
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
@@ -171,8 +170,7 @@ def data_throughput(root: Path, size: int, batch: int, workers: int, rounds: int
             drop_last=True,
         ),  # fmt: skip
     }
-    measures = {name: partial(loader_throughput, loader) for name, loader in loaders.items()}
-    return best_of_rounds(measures, rounds)
+    return best_loader_rounds(loaders, rounds)
 
 
 def main():

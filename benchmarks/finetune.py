@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import io
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 import torchvision.datasets as datasets
 from figures import figure
 from PIL import Image
-from timing import best_of_rounds, loader_throughput
+from timing import best_loader_rounds
 from torch.utils.data import DataLoader, Dataset
 
 from attgmae.engine import EpochSampler, RunConfig, SeededSamples, SupervisedRun
@@ -126,8 +125,7 @@ def data_throughput(root: Path, batch: int, workers: int, rounds: int = 3) -> di
             reference, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True
         ),
     }
-    measures = {name: partial(loader_throughput, loader) for name, loader in loaders.items()}
-    return best_of_rounds(measures, rounds)
+    return best_loader_rounds(loaders, rounds)
 
 
 def main():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 
 def loader_throughput(loader, limit_batches: int | None = None) -> float:
@@ -29,3 +30,9 @@ def best_of_rounds(measures: dict[str, Callable[[], float]], rounds: int) -> dic
         for name in list(measures) if r % 2 == 0 else list(measures)[::-1]:
             best[name] = max(best[name], measures[name]())
     return best
+
+
+def best_loader_rounds(loaders: dict, rounds: int) -> dict[str, float]:
+    """{name: best img/s of ``loaders[name]``} over alternating rounds."""
+    measures = {name: partial(loader_throughput, loader) for name, loader in loaders.items()}
+    return best_of_rounds(measures, rounds)

@@ -11,8 +11,7 @@ from torch.utils.data import DataLoader
 
 from attgmae.core.distributed import DistInfo
 from attgmae.eval.features import ImageSplit, LabelledImages, image_split, make_loader
-from attgmae.eval.fewshot import subset_sha256
-from attgmae.eval.fewshot import training_subset as choose_training_subset
+from attgmae.eval.fewshot import configured_subset, subset_sha256
 from attgmae.eval.transforms import finetune_eval_transform, finetune_train_transform
 from attgmae.pipelines.finetune_config import FinetuneConfig
 
@@ -34,22 +33,10 @@ class FinetuneData:
         return subset_sha256(self.subset)
 
 
-def training_subset(cfg: FinetuneConfig, train: ImageSplit) -> np.ndarray:
-    """Sorted rows of ``train`` to fine-tune on (see the module docstring)."""
-    return choose_training_subset(
-        train.keys,
-        train.labels,
-        subset_file=cfg.subset_file,
-        shots=cfg.shots,
-        percent=cfg.percent,
-        seed=cfg.seed,
-    )
-
-
 def build_finetune_data(cfg: FinetuneConfig, info: DistInfo, device) -> FinetuneData:
     train = image_split(cfg.data_path, "train")
     val = image_split(cfg.data_path, "val", train.class_names)
-    subset = training_subset(cfg, train)
+    subset = configured_subset(cfg, train)
     augment = finetune_train_transform(
         cfg.input_size,
         auto_augment=None if cfg.aa in (None, "", "none") else cfg.aa,

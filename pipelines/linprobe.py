@@ -46,7 +46,7 @@ from attgmae.eval.features import (
     image_split,
     split_features,
 )
-from attgmae.eval.fewshot import subset_sha256, training_subset
+from attgmae.eval.fewshot import configured_subset, subset_sha256
 from attgmae.eval.lars import LARS
 from attgmae.eval.linprobe import (
     SMALL_SUBSET_MODES,
@@ -159,14 +159,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     train = image_split(cfg.data_path, "train")
     val = image_split(cfg.data_path, "val", train.class_names)
     num_classes = len(train.class_names)
-    subset = training_subset(
-        train.keys,
-        train.labels,
-        subset_file=cfg.subset_file,
-        shots=cfg.shots,
-        percent=cfg.percent,
-        seed=cfg.seed,
-    )
+    subset = configured_subset(cfg, train)
     fingerprint = {  # what a resumed run must share with the run it continues
         "checkpoint_sha256": file_sha256(cfg.checkpoint),
         "subset_sha256": subset_sha256(subset),

@@ -27,7 +27,6 @@ from torch.utils.data import Subset
 
 from attgmae.core.errors import InputError
 from attgmae.core.files import file_sha256, write_json_atomic
-from attgmae.core.provenance import software_versions
 from attgmae.data.dense_datasets import SegmentationDataset, SegmentationSplit, segmentation_split
 from attgmae.data.dense_recipes import RECIPE_SOURCES, DenseRecipe
 from attgmae.data.dense_transforms import SegmentationTransform
@@ -46,6 +45,7 @@ from attgmae.eval.dense_setup import (
     load_dense_model,
     resolve_recipe,
     run_config,
+    run_record,
 )
 from attgmae.eval.features import make_loader
 from attgmae.models.dense_heads import ConvNeXtHead
@@ -246,16 +246,7 @@ def _result(cfg, fit, final, data: SegmentData, encoder, details, sha256) -> dic
         "num_train": len(data.train),
         "num_val": len(data.val),
         "protocol_details": details,
-        "history": history,
-        "epoch_seconds": fit["epoch_seconds"],
-        "train_img_per_s": fit["img_per_s"],
-        "last_checkpoint": fit["last_checkpoint"],
-        "checkpoint": str(Path(cfg.checkpoint).resolve()),
-        "checkpoint_sha256": sha256,
-        "encoder": encoder.to_dict(),
-        "data_path": str(Path(cfg.data_path).resolve()),
-        "config": asdict(cfg),
-        "software": software_versions(python=True),
+        **run_record(cfg, fit, sha256, encoder),
     }
 
 

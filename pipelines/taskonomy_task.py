@@ -27,7 +27,6 @@ from torch.utils.data import Subset
 
 from attgmae.core.distributed import barrier
 from attgmae.core.files import write_json_atomic
-from attgmae.core.provenance import software_versions
 from attgmae.data.dense_recipes import RECIPE_SOURCES, DenseRecipe
 from attgmae.data.dense_taskonomy import TASKONOMY_TASKS, TaskonomyDataset
 from attgmae.engine import SupervisedRun
@@ -43,6 +42,7 @@ from attgmae.eval.dense_setup import (
     dense_param_groups,
     load_dense_model,
     run_config,
+    run_record,
 )
 from attgmae.eval.features import make_loader
 from attgmae.models.dense_heads import DPTHead, dpt_block_indices
@@ -191,18 +191,9 @@ def run_task(
         "num_test": len(sets["test"]),
         "mask_source": sets["train"].mask_task,
         "protocol_details": details,
-        "history": fit["history"],
-        "epoch_seconds": fit["epoch_seconds"],
-        "train_img_per_s": fit["img_per_s"],
-        "last_checkpoint": fit["last_checkpoint"],
-        "checkpoint": str(Path(cfg.checkpoint).resolve()),
-        "checkpoint_sha256": sha256,
-        "encoder": encoder.to_dict(),
-        "data_path": str(Path(cfg.data_path).resolve()),
+        **run_record(cfg, fit, sha256, encoder),
         "elapsed_s": time.perf_counter() - started,
         "device": str(device),
-        "config": asdict(cfg),
-        "software": software_versions(python=True),
         "reuse_key": reuse_key,
     }
     if info.is_main:

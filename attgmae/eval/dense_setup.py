@@ -15,6 +15,7 @@ from torch import nn
 
 from attgmae.checkpoint import load_checkpoint, save_atomic
 from attgmae.core.errors import InputError
+from attgmae.core.provenance import software_versions
 from attgmae.data.dense_recipes import DenseRecipe, recipe_for
 from attgmae.engine import RunConfig, run_config_from
 from attgmae.eval.lr_decay import param_groups_lrd
@@ -198,3 +199,20 @@ class BestWeights:
             return False
         model.load_state_dict(load_checkpoint(self.path)["model"])  # copied to its devices
         return True
+
+
+def run_record(cfg, fit: dict, sha256: str, encoder: EncoderInfo) -> dict:
+    """The part of a dense result every run has: its timings and last checkpoint, the encoder
+    and where it came from, the data, the whole config and the software versions."""
+    return {
+        "history": fit["history"],
+        "epoch_seconds": fit["epoch_seconds"],
+        "train_img_per_s": fit["img_per_s"],
+        "last_checkpoint": fit["last_checkpoint"],
+        "checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "checkpoint_sha256": sha256,
+        "encoder": encoder.to_dict(),
+        "data_path": str(Path(cfg.data_path).resolve()),
+        "config": dataclasses.asdict(cfg),
+        "software": software_versions(python=True),
+    }

@@ -75,3 +75,16 @@ def training_subset(
 def subset_sha256(indices) -> str:
     """sha256 of the indices as little-endian int64: equal picks, equal digests."""
     return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
+def configured_subset(cfg, split) -> np.ndarray:
+    """``training_subset`` of a split (``keys``, ``labels``) as a command's config names it
+    (its ``subset_file``, ``shots``, ``percent`` and ``seed``)."""
+    return training_subset(
+        split.keys,
+        split.labels,
+        subset_file=cfg.subset_file,
+        shots=cfg.shots,
+        percent=cfg.percent,
+        seed=cfg.seed,
+    )
