@@ -87,4 +87,4 @@ def fresh_random_map(rng: np.random.Generator, grid: int = MAP_GRID) -> np.ndarr
     re-weighting at all. (Stage 1's ``--methods random`` instead fixes one map per image:
     ``attgmae.maps.random_map.keyed_random_maps``.)"""
     noise = rng.random((grid, grid), dtype=np.float32)
-    return minmax_numpy(noise[None], dtype=np.float32)[0]
+    return minmax_numpy(noise[None])[0]

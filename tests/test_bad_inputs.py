@@ -177,14 +177,17 @@ def test_a_kill_anywhere_in_finalize_is_recovered_by_a_rerun(tmp_path, monkeypat
     make_store(path, seed=1)  # the old store
     new_maps = make_store(tmp_path / f"new.{fmt}", seed=2)
     expected = open_store(new_maps).read_all()
-    real = {"rename": swap.os.rename, "unlink": Path.unlink}
+    real = {"rename": swap.os.rename, "replace": swap.os.replace, "unlink": Path.unlink}
 
-    def rename(src, dst):
-        if window == "old moved aside" and Path(dst) == path:  # old aside, the new not in yet
-            raise Killed
-        real["rename"](src, dst)
-        if window == "new moved in" and Path(dst) == path:
-            raise Killed
+    def moved(how):
+        def move(src, dst):
+            if window == "old moved aside" and Path(dst) == path:  # old aside, new not in yet
+                raise Killed
+            real[how](src, dst)
+            if window == "new moved in" and Path(dst) == path:
+                raise Killed
+
+        return move
 
     def unlink(self, missing_ok=False):
         if window == "cleanup" and self.name == swap.MARKER:
@@ -199,7 +202,8 @@ def test_a_kill_anywhere_in_finalize_is_recovered_by_a_rerun(tmp_path, monkeypat
             raise Killed
         swap.finish_interrupted(p, f)
 
-    monkeypatch.setattr(swap.os, "rename", rename)
+    monkeypatch.setattr(swap.os, "rename", moved("rename"))
+    monkeypatch.setattr(swap.os, "replace", moved("replace"))
     monkeypatch.setattr(Path, "unlink", unlink)
     monkeypatch.setattr("attgmae.store.writer.swap.swap_in", swap_in)
     keys = list(open_store(new_maps).keys)

@@ -12,15 +12,39 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
-def temporary_path(path) -> Path:
-    """A fresh hidden name beside ``path`` for writing it aside."""
+def temporary_path(path, suffix: str | None = None) -> Path:
+    """A fresh hidden name beside ``path`` for writing it aside (ending in ``suffix``, by
+    default the path's own)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}{path.suffix}")
+    suffix = path.suffix if suffix is None else suffix
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}{suffix}")
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Remove what dead writers of ``path`` left beside it (``temporary_path`` names: files, or
+    scratch folders made under such a name); returns them. Call it only while holding the lock
+    of ``path`` (``attgmae.core.lock.OutputLock``): then no other writer of ``path`` is alive,
+    and those names belong to runs that were killed."""
+    path = Path(path)
+    prefix, mine = f".{path.name}.tmp-", f".{path.name}.tmp-{os.getpid()}-"
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for entry in path.parent.iterdir():
+        if not entry.name.startswith(prefix) or entry.name.startswith(mine):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def fsync_path(path) -> None:

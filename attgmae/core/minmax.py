@@ -10,17 +10,24 @@ from __future__ import annotations
 import numpy as np
 
 
-def minmax_numpy(maps, dtype=np.float64) -> np.ndarray:
-    """``maps`` [B, ...] -> float32 [B, ...] in [0, 1], each map scaled on its own.
+def minmax_numpy(maps) -> np.ndarray:
+    """``maps`` [B, ...] (any real dtype) -> float32 [B, ...] in [0, 1], each map scaled on its own.
 
-    ``dtype``: the precision of the arithmetic (float64 by default; float32 where a caller's
-    results must stay bit-identical to float32 arithmetic, as the store's import does).
+    The arithmetic is float64 and the cast to float32 comes last: a float64 map beyond float32's
+    range (1e300, or only 1e-300 tiny) keeps its shape, and ``max - min`` of a finite map near
+    float32's limits (+-3e38) does not overflow.
     """
     maps = np.asarray(maps)
-    flat = maps.astype(dtype).reshape(len(maps), int(np.prod(maps.shape[1:])))  # [B, P]
+    flat = maps.astype(np.float64).reshape(len(maps), int(np.prod(maps.shape[1:])))  # [B, P]
     low = flat.min(axis=1, keepdims=True)
-    span = flat.max(axis=1, keepdims=True) - low
-    scaled = np.where(span > 0, (flat - low) / np.where(span > 0, span, 1), 0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = flat.max(axis=1, keepdims=True) - low
+        wide = np.isinf(span) & np.isfinite(low)  # finite maps spanning more than float64 holds
+        if wide.any():  # halved, each term stays finite
+            span = np.where(wide, flat.max(axis=1, keepdims=True) / 2 - low / 2, span)
+            flat = np.where(wide, flat / 2, flat)
+            low = np.where(wide, low / 2, low)
+        scaled = np.where(span > 0, (flat - low) / np.where(span > 0, span, 1), 0)
     return scaled.reshape(maps.shape).astype(np.float32)
 
 

@@ -8,7 +8,7 @@ from .layout import (
     normalize_maps,
     store_format,
 )
-from .reader import MapStore, MapTable, open_store
+from .reader import MapStore, MapTable, StoreReplacedError, open_store
 from .writer import MapStoreWriter, write_store
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "MapStoreWriter",
     "MapTable",
     "StoreError",
+    "StoreReplacedError",
     "normalize_maps",
     "open_store",
     "store_format",

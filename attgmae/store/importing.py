@@ -3,23 +3,39 @@
 Everything is read and checked in memory first; the store is written only when every map is
 good, so a failed import leaves nothing behind. Keys are matched to the images they belong to
 (by path without extension) when an image folder is given.
+
+Under the output's lock: what killed runs left beside it (unpacked archives) is removed first,
+and a store a killed run had finalized is put in place (``swap.finish_interrupted``); when it
+is the very import asked for (same keys, method and content), that is the whole job. Nothing
+else is ever deleted on failure: the writer removes only a partial store it made itself.
 """
 
 from __future__ import annotations
 
-import shutil
+import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from attgmae.core.files import file_sha256
+from attgmae.core.files import file_sha256, remove_stale_temporaries, temporary_path
 from attgmae.core.listing import IMAGE_EXTENSIONS, list_images
 from attgmae.core.lock import OutputLock
 
-from .layout import GRID, STATUS_FAILED, StoreError, normalize_maps, store_format
+from . import checksums, swap
+from .layout import (
+    GRID,
+    STATUS_FAILED,
+    StoreError,
+    keys_as_bytes,
+    keys_digest,
+    normalize_maps,
+    store_format,
+)
+from .reader import open_store
 from .sources import RawMaps, read_source
 from .unpack import unpacked
+from .values import checked_rows
 from .writer import write_store
 
 MAX_PROBLEMS_SHOWN = 10
@@ -66,8 +82,27 @@ def match_keys_to_images(keys, images_root) -> tuple[list[str | None], list[str]
 
 
 def resize_area(grid_map: np.ndarray) -> np.ndarray:
-    """Area resampling to 14x14 (cv2 INTER_AREA), float32."""
-    return cv2.resize(grid_map.astype(np.float32), (GRID, GRID), interpolation=cv2.INTER_AREA)
+    """Area resampling to 14x14 (cv2 INTER_AREA), in float64 (a float64 map keeps its range)."""
+    return cv2.resize(grid_map.astype(np.float64), (GRID, GRID), interpolation=cv2.INTER_AREA)
+
+
+def _as_grid(grid_map: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """A flat map (1-D, 1xP or Px1) of k*k values as the k x k grid it is (row-major); a flat
+    map of another length is a problem no resampling mends."""
+    while grid_map.ndim > 2 and grid_map.shape[0] == 1:
+        grid_map = grid_map[0]
+    flat = grid_map.ndim == 1 or (grid_map.ndim == 2 and 1 in grid_map.shape and grid_map.size > 1)
+    if not flat or grid_map.size == 0:
+        return grid_map, None
+    side = math.isqrt(grid_map.size)
+    if side * side != grid_map.size:
+        shape = "x".join(map(str, grid_map.shape))
+        return grid_map, (
+            f"map is flat ({shape}) and {grid_map.size} is not a square: a flat map must hold "
+            f"k*k values (a k x k grid, row-major; {GRID * GRID} for {GRID}x{GRID}), which "
+            "--resize cannot make of it"
+        )
+    return grid_map.reshape(side, side), None
 
 
 def _map_problem(grid_map: np.ndarray) -> str | None:
@@ -86,18 +121,18 @@ def _map_problem(grid_map: np.ndarray) -> str | None:
 
 
 def check_and_stack(raw: RawMaps, resize: bool, normalize: bool) -> tuple[np.ndarray, list[str]]:
-    """float32 [N, 14, 14] and the problems found (by key)."""
+    """float32 [N, 14, 14] and the problems found (by key). Each map is resampled and
+    normalized in float64 and cast to float32 last."""
     out = np.zeros((len(raw.maps), GRID, GRID), dtype=np.float32)
     problems = []
     for i, grid_map in enumerate(raw.maps):
         key = raw.origin(i)
-        grid_map = np.asarray(grid_map)
-        while grid_map.ndim > 2 and grid_map.shape[0] == 1:
-            grid_map = grid_map[0]
-        problem = _map_problem(grid_map)
+        grid_map, problem = _as_grid(np.asarray(grid_map))
+        problem = problem or _map_problem(grid_map)
         if problem is not None:
             problems.append(f"{key}: {problem}")
             continue
+        grid_map = grid_map.astype(np.float64)
         if grid_map.shape != (GRID, GRID):
             if not resize:
                 problems.append(
@@ -106,16 +141,15 @@ def check_and_stack(raw: RawMaps, resize: bool, normalize: bool) -> tuple[np.nda
                 )
                 continue
             grid_map = resize_area(grid_map)
-        out[i] = grid_map
-    if normalize:
-        out = normalize_maps(out)
-    else:
-        low, high = out.min(axis=(1, 2)), out.max(axis=(1, 2))
-        for i in np.flatnonzero((low < 0) | (high > 1)):
+        if normalize:
+            out[i] = normalize_maps(grid_map[None])[0]
+        elif grid_map.min() < 0 or grid_map.max() > 1:
             problems.append(
-                f"{raw.origin(i)}: values in [{low[i]:.3g}, {high[i]:.3g}], outside "
+                f"{key}: values in [{grid_map.min():.3g}, {grid_map.max():.3g}], outside "
                 "[0, 1] (drop --no-normalize to min-max normalize)"
             )
+        else:
+            out[i] = grid_map
     return out, problems
 
 
@@ -133,18 +167,20 @@ def import_maps(
     fmt=None,
 ) -> dict:
     """Import ``source`` into a new store at ``out``; returns a summary dict."""
-    source = Path(source)
-    store_format(out, fmt)  # fail early on a bad output name
+    source, out = Path(source), Path(str(out).rstrip("/"))
+    out_fmt = store_format(out, fmt)  # fail early on a bad output name
     with OutputLock(out, "output store"):
-        return _import(source, out, images, method, resize, normalize, maps_name, keys_name,
-                       overwrite, fmt)  # fmt: skip
+        remove_stale_temporaries(out)  # what killed imports unpacked beside it
+        return _import(source, out, out_fmt, images, method, resize, normalize, maps_name,
+                       keys_name, overwrite)  # fmt: skip
 
 
-def _import(source, out, images, method, resize, normalize, maps_name, keys_name, overwrite,
-            fmt) -> dict:  # fmt: skip
-    if Path(out).exists() and not overwrite:
+def _import(source, out, fmt, images, method, resize, normalize, maps_name, keys_name,
+            overwrite) -> dict:  # fmt: skip
+    finalized = (swap.partial_of(out) / swap.MARKER).exists()  # a killed run's finished store
+    if out.exists() and not overwrite and not finalized:
         raise StoreError(f"{out} already exists; pass --overwrite to replace it")
-    with unpacked(source) as path:
+    with unpacked(source, temporary_path(out, suffix=".unpacked")) as path:
         try:
             raw = read_source(path, maps_name, keys_name)
         except StoreError as err:  # name the archive, not the temporary folder it unpacked to
@@ -159,14 +195,35 @@ def _import(source, out, images, method, resize, normalize, maps_name, keys_name
     else:
         fields = _fields_of_foreign_maps(raw, source, resize, normalize)
     fields["method"] = method or fields["method"]
-    try:
-        write_store(
-            out, [keys[i] for i in order], maps[order], overwrite=overwrite, fmt=fmt, **fields
-        )
-    except BaseException:
-        shutil.rmtree(f"{str(out).rstrip('/')}.partial", ignore_errors=True)
-        raise
-    return {"count": len(keys), "kind": raw.kind, "method": fields["method"], "out": str(out)}
+    keys, maps = [keys[i] for i in order], maps[order]
+    summary = {"count": len(keys), "kind": raw.kind, "method": fields["method"], "out": str(out),
+               "finished": False}  # fmt: skip
+    if swap.finish_interrupted(out, fmt):
+        if _is_this_import(out, keys, maps, fields):
+            return {**summary, "finished": True}
+        if not overwrite:
+            raise StoreError(
+                f"{out} already exists (an interrupted run's store, put in place now); pass "
+                "--overwrite to replace it"
+            )
+    write_store(out, keys, maps, overwrite=overwrite, fmt=fmt, **fields)
+    return summary
+
+
+def _is_this_import(out: Path, keys, maps, fields) -> bool:
+    """Whether the store at ``out`` holds exactly what this import would write: the same
+    keys, method, labels and content (compared through its recorded checksums)."""
+    store = open_store(out)
+    if not store.has_checksums or store.method != fields["method"]:
+        return False
+    if store.attrs.get("keys_sha256") != keys_digest(keys):
+        return False
+    ok = fields.get("ok", np.ones(len(keys), dtype=bool))
+    maps16, status = checked_rows(keys, 0, len(keys), maps, ok)
+    labels = fields.get("labels")
+    found = checksums.damaged_chunks(store.attrs["checksums"], maps16, status,
+                                     keys_as_bytes(keys), labels)  # fmt: skip
+    return not found
 
 
 def _as_shown(text: str, read_path: Path, source: Path) -> str:
@@ -213,6 +270,7 @@ def _fields_of_our_store(raw: RawMaps, order) -> dict:
         "labels": None if raw.labels is None else raw.labels[order],
         "ok": raw.status[order] != STATUS_FAILED,
         "errors": attrs.get("failed", {}),
+        "image_identity": None if raw.image_identity is None else raw.image_identity[order],
     }
 
 

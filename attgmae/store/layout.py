@@ -17,12 +17,16 @@ from attgmae.core.minmax import minmax_numpy
 
 MAP_SHAPE = (GRID, GRID)
 FORMAT_NAME = "attgmae-maps"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added IMAGE_IDENTITY; version 1 stores read as before, without it
+READABLE_VERSIONS = (1, 2)
 
 MAPS = "maps"  # float16 [N, 14, 14], M_norm in [0, 1]
 KEYS = "keys"  # UTF-8 strings [N], sorted, unique
 STATUS = "status"  # uint8 [N]: STATUS_OK or STATUS_FAILED (the map is then all zeros)
 LABELS = "labels"  # int64 [N], optional; -1 when the image has no class folder
+# int64 [N, 2]: (size in bytes, mtime in ns) of each image when its map was computed, -1 when
+# not recorded (imports, version 1 stores): an image replaced since is named (core/identity.py).
+IMAGE_IDENTITY = "image_identity"
 
 STATUS_MISSING = 0
 STATUS_OK = 1
@@ -41,6 +45,11 @@ class StoreError(InputError):
     """A store that cannot be opened, written or trusted; the message says what to do."""
 
 
+class RefusedFileError(StoreError):
+    """A file refused whatever layout it claims: a decompression bomb, arrays that disagree on
+    their rows, an HDF5 file reaching outside itself (never retried as another layout)."""
+
+
 def store_format(path, fmt: str | None = None) -> str:
     """'zarr' or 'h5', from ``fmt`` or the path's suffix."""
     if fmt is not None:
@@ -56,9 +65,10 @@ def store_format(path, fmt: str | None = None) -> str:
 
 
 def normalize_maps(maps) -> np.ndarray:
-    """Per-image min-max normalization to [0, 1] (M_norm), in float32 arithmetic; a constant map
-    becomes all zeros. maps: [B, ...] array-like -> float32 of the same shape."""
-    return minmax_numpy(maps, dtype=np.float32)
+    """Per-image min-max normalization to [0, 1] (M_norm), in float64 arithmetic cast to float32
+    last; a constant map becomes all zeros. maps: [B, ...] array-like -> float32 of the same
+    shape."""
+    return minmax_numpy(maps)
 
 
 def keys_digest(keys) -> str:

@@ -4,6 +4,12 @@
 DataLoader workers fork (HDF5 handles must not cross a fork). ``MapTable`` is the whole store in
 two numpy arrays (keys as fixed-width UTF-8 bytes, maps as float16): no per-key Python objects, so
 forked workers share its pages instead of copying them (1.28M maps are ~500 MB).
+
+A reader sees one whole store: what is at the path is stamped at open (``backends.stamp``: the
+inode, and a zarr folder's ``zarr.json``) and checked again after every read, so a store
+replaced meanwhile (``--overwrite``, a finished rerun) is a StoreReplacedError, never one
+store's keys with another's maps. Loading checks the maps' shape (at open) and values (finite,
+in [0, 1]) always, and their checksums when the store has them.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from . import checksums
-from .backends import backend_for
+from .backends import backend_for, stamp
 from .layout import (
     FORMAT_NAME,
+    GRID,
     KEYS,
     MAPS,
     STATUS_FAILED,
@@ -24,6 +31,13 @@ from .layout import (
     keys_as_bytes,
     store_format,
 )
+from .values import rows_outside_unit_range
+
+OPEN_TRIES = 3  # a store replaced while being opened is opened again, this many times at most
+
+
+class StoreReplacedError(StoreError):
+    """The store at the path was replaced between two reads: rerun to read the new one whole."""
 
 
 class MissingKeysError(StoreError, KeyError):
@@ -119,12 +133,7 @@ class MapStore:
                 else ""
             )
             raise StoreError(f"no map store at {self.path}{hint}")
-        try:
-            meta = self._backend.read_meta(self.path)
-        except KeyError as err:
-            raise StoreError(f"{self.path}: not a map store (missing arrays: {err})") from None
-        except Exception as err:  # zarr/h5py raise many types for damaged files
-            raise StoreError(f"{self.path}: cannot read ({type(err).__name__}: {err})") from None
+        meta = self._read_meta()
         self.attrs: dict = meta["attrs"]
         if self.attrs.get("format") != FORMAT_NAME:
             raise StoreError(
@@ -138,9 +147,76 @@ class MapStore:
         self.num_rows = meta["num_rows"]
         self.maps_shape = meta["maps_shape"]
         self.maps_dtype = meta["maps_dtype"]
+        if tuple(self.maps_shape[1:]) != (GRID, GRID):
+            grid = "x".join(str(n) for n in self.maps_shape[1:]) or "scalar"
+            raise StoreError(
+                f"{self.path}: its maps are {grid}, not {GRID}x{GRID}: not a map store this "
+                "software wrote (or a damaged one); `attg-maps import --resize` converts maps of "
+                "another size into a new store"
+            )
         self.failed: dict = self.attrs.get("failed", {})
         self._keys = None
         self._index = None  # key -> row table, built on the first get()
+        self._image_identity = False  # not read yet (None: the store has none)
+
+    def _read_meta(self) -> dict:
+        """Everything but the maps, as one store: the stamp is the same before and after."""
+        for _ in range(OPEN_TRIES):
+            try:
+                self._stamp = stamp(self.path)
+                meta = self._backend.read_meta(self.path)
+            except StoreError:
+                raise
+            except KeyError as err:
+                raise StoreError(f"{self.path}: not a map store (missing arrays: {err})") from None
+            except Exception as err:  # zarr/h5py raise many types for damaged files
+                if self._replaced():
+                    continue
+                raise StoreError(
+                    f"{self.path}: cannot read ({type(err).__name__}: {err})"
+                ) from None
+            if not self._replaced():
+                return meta
+        raise StoreReplacedError(
+            f"{self.path} was replaced {OPEN_TRIES} times while opening it; rerun"
+        )
+
+    def _replaced(self) -> bool:
+        try:
+            return stamp(self.path) != self._stamp
+        except OSError:  # nothing there now: replaced, the new store not in place yet
+            return True
+
+    def check_not_replaced(self) -> None:
+        """StoreReplacedError when another store is at the path now than at open."""
+        if self._replaced():
+            raise StoreReplacedError(
+                f"{self.path} was replaced while reading it (a run finished or --overwrite "
+                "replaced it): what was read may mix two stores and was dropped; rerun"
+            )
+
+    def _read(self, read, what: str = "maps"):
+        """``read()`` from the files, then the stamp checked: the same store as at open."""
+        try:
+            value = read()
+        except Exception as err:  # zarr / h5py / zipfile raise many types for damaged data
+            self.check_not_replaced()
+            raise StoreError(
+                f"{self.path}: the {what} cannot be read ({type(err).__name__}: {err}); the "
+                "store is damaged: regenerate it, or import it again from a good copy"
+            ) from None
+        self.check_not_replaced()
+        return value
+
+    @property
+    def image_identity(self):
+        """int64 [N, 2] (size, mtime_ns) of each image when its map was computed (-1: not
+        recorded), or None for a store written before stores recorded them."""
+        if self._image_identity is False:
+            self._image_identity = self._read(
+                lambda: self._backend.read_identity(self.path), "image identities"
+            )
+        return self._image_identity
 
     @property
     def keys(self) -> np.ndarray:
@@ -182,7 +258,7 @@ class MapStore:
             raise MissingKeysError(f"{self.path}: no map for {missing}")
         # HDF5 reads want sorted, unique rows: read those once, then place them (a key may repeat).
         unique_rows, position = np.unique(rows, return_inverse=True)
-        maps = self._read_maps(unique_rows)  # [U, 14, 14]
+        maps = self.read_rows(unique_rows)  # [U, 14, 14]
         return maps[position].astype(np.float32)
 
     def _table_index(self) -> MapTable:
@@ -191,17 +267,30 @@ class MapStore:
         return self._index
 
     def read_all(self) -> np.ndarray:
-        """float16 [N, 14, 14]; StoreError when the stored bytes cannot be decoded (damage)."""
-        return self._read_maps()
+        """The maps as stored (float16 [N, 14, 14]), values unchecked (``verify`` reports them);
+        StoreError when the stored bytes cannot be decoded (damage) or the store was replaced."""
+        return self._read(lambda: self._backend.read_maps(self.path, None))
 
-    def _read_maps(self, rows=None) -> np.ndarray:
-        try:
-            return self._backend.read_maps(self.path, rows)
-        except Exception as err:  # zarr / h5py / zipfile raise many types for damaged data
-            raise StoreError(
-                f"{self.path}: the maps cannot be read ({type(err).__name__}: {err}); the store "
-                "is damaged: regenerate it, or import it again from a good copy"
-            ) from None
+    def read_rows(self, rows) -> np.ndarray:
+        """The maps of the sorted, unique int ``rows`` as stored, their values checked."""
+        rows = np.asarray(rows, dtype=np.int64)
+        maps = self._read(lambda: self._backend.read_maps(self.path, rows))
+        self._check_values(maps, rows)
+        return maps
+
+    def _check_values(self, maps, rows=None) -> None:
+        """StoreError naming the rows whose maps are not finite values in [0, 1]."""
+        bad = rows_outside_unit_range(maps)
+        if not len(bad):
+            return
+        rows = bad if rows is None else np.asarray(rows)[bad]
+        keys = ", ".join(self._key_bytes[r].decode("utf-8", "replace") for r in rows[:5])
+        raise StoreError(
+            f"{self.path}: {len(rows)} maps hold NaN/Inf or values outside [0, 1] (rows "
+            f"{', '.join(str(int(r)) for r in rows[:5])}: {keys}): not maps this software "
+            "wrote. Import the source again with `attg-maps import` (which normalizes each map), "
+            "or regenerate the store; `attg-maps verify` lists them all"
+        )
 
     @property
     def has_checksums(self) -> bool:
@@ -231,7 +320,8 @@ class MapStore:
 
     def load(self, check: bool = True) -> MapTable:
         """The whole store in memory (read once, no file left open). ``check``: compare every
-        chunk with its checksum first; StoreError naming the damaged rows and file."""
+        chunk with its checksum first; StoreError naming the damaged rows and file. The values
+        are checked in any case."""
         maps = self.read_all()
         damaged = self.damage(maps) if check else []
         if damaged:
@@ -240,6 +330,7 @@ class MapStore:
                 f"{self.path} is damaged: {damaged[0]}{more}. Regenerate the store, or import it "
                 "again from a good copy; `attg-maps verify` lists every damaged range"
             )
+        self._check_values(maps)  # always: a store without checksums (or crafted) may hold any
         return MapTable(self._key_bytes, maps)
 
 

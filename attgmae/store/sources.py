@@ -3,8 +3,11 @@
 Sources (see docs/store-format.md):
 - a folder tree of per-image maps (.npy, .pt, 8/16-bit grayscale .png);
 - one .npz, or a .pt/.pth holding a dict {key: array};
-- an HDF5 or zarr store, ours (copied exactly, attributes included) or another layout.
-Archives are unpacked first (``unpack.unpacked``).
+- an HDF5 or zarr store, ours (copied exactly, attributes and image identities included) or
+  another layout; a ``.zarr.zip`` is read in place.
+Archives are unpacked first (``unpack.unpacked``). Whatever declares a size (an ``.npy`` header,
+an ``.npz``'s members, a store's arrays) is checked against the file's real size before it is
+read (``limits``); HDF5 files that reach outside themselves are refused (``backends``).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .backends import backend_for
-from .layout import H5_SUFFIXES, StoreError
+from .backends import backend_for, check_sizes
+from .layout import H5_SUFFIXES, RefusedFileError, StoreError
+from .limits import ExpansionBudget
 from .reader import open_store
 
 MAP_FILE_EXTENSIONS = (".npy", ".pt", ".pth", ".png")
@@ -36,6 +40,7 @@ class RawMaps:
     labels: np.ndarray | None = None
     problems: list[str] = field(default_factory=list)  # unreadable files, by name
     origins: list[str] | None = None  # the file each map came from (folder trees)
+    image_identity: np.ndarray | None = None  # int64 [N, 2], from one of our stores
 
     def origin(self, i: int) -> str:
         return self.origins[i] if self.origins is not None else self.keys[i]
@@ -48,10 +53,26 @@ def _load_torch(path: Path):
     return load_torch_file(path, what="map")
 
 
+def _check_npy(path: Path) -> None:
+    """An .npy's header declares its shape: no more than the file holds."""
+    formats = np.lib.format
+    with open(path, "rb") as handle:
+        version = formats.read_magic(handle)
+        read_header = formats.read_array_header_1_0 if version == (1, 0) else (
+            formats.read_array_header_2_0)  # fmt: skip
+        shape, _, dtype = read_header(handle)
+        header = handle.tell()
+    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    real = path.stat().st_size - header
+    if declared > real:
+        raise ValueError(f"its header declares {declared:,} bytes of data, the file holds {real:,}")
+
+
 def read_map_file(path: Path) -> np.ndarray:
     """One map file -> a float array as stored (PNG scaled to [0, 1])."""
     name = path.name.lower()
     if name.endswith(".npy"):
+        _check_npy(path)
         return np.load(path, allow_pickle=False)
     if name.endswith((".pt", ".pth")):
         value = _load_torch(path)
@@ -100,9 +121,23 @@ def read_tree(root: Path) -> RawMaps:
     return raw
 
 
+def _check_npz(path: Path) -> None:
+    """An .npz is a zip: its members' declared sizes against the file's (``limits``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            budget = ExpansionBudget(path, path.stat().st_size)
+            for info in archive.infolist():
+                budget.add(info.filename, info.file_size, info.compress_size)
+    except zipfile.BadZipFile as err:
+        raise StoreError(f"{path}: cannot read npz ({err})") from None
+
+
 def read_dict_file(path: Path) -> RawMaps:
     """A .npz, or a .pt/.pth dict {key: map}."""
     if path.name.lower().endswith(".npz"):
+        _check_npz(path)
         try:
             with np.load(path, allow_pickle=False) as data:
                 items = {k: data[k] for k in data.files}
@@ -144,9 +179,11 @@ def _decode_keys(values) -> list[str]:
 def read_store(path: Path, maps_name=None, keys_name=None) -> RawMaps:
     """One of our stores (copied exactly), or another HDF5/zarr layout: its maps array (3-D)
     and keys array (1-D strings), found by name or by shape."""
-    fmt = "h5" if path.is_file() else "zarr"
+    fmt = "zarr" if path.is_dir() or str(path).lower().endswith(".zip") else "h5"
     try:
         ours = open_store(path, allow_incomplete=True, fmt=fmt)
+    except RefusedFileError:
+        raise
     except StoreError:
         ours = None  # another layout: read below with --maps_name / --keys_name
     if ours is not None:
@@ -159,6 +196,7 @@ def read_store(path: Path, maps_name=None, keys_name=None) -> RawMaps:
             attrs=dict(ours.attrs),
             status=ours.status,
             labels=ours.labels,
+            image_identity=ours.image_identity,
         )
     backend = backend_for(fmt)
     try:
@@ -174,6 +212,7 @@ def read_store(path: Path, maps_name=None, keys_name=None) -> RawMaps:
             "--keys_name",
             path,
         )
+        check_sizes(path, {name: info[name] for name in (maps_name, keys_name)})
         maps = backend.read_array(path, maps_name)
         keys = _decode_keys(backend.read_array(path, keys_name).tolist())
     except StoreError:
@@ -195,7 +234,7 @@ def read_source(source, maps_name=None, keys_name=None) -> RawMaps:
         if lower.endswith(".zarr") or (path / "zarr.json").exists():
             return read_store(path, maps_name, keys_name)
         return read_tree(path)
-    if lower.endswith(H5_SUFFIXES):
+    if lower.endswith((*H5_SUFFIXES, ".zarr.zip")):
         return read_store(path, maps_name, keys_name)
     if lower.endswith((".npz", ".pt", ".pth")):
         return read_dict_file(path)

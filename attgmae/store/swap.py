@@ -5,14 +5,18 @@ A store is written inside ``<store>.partial/`` (``store.zarr`` or ``store.h5``).
 1. the inner store gets its final attributes (``complete: true``);
 2. the marker ``<store>.partial/finalized`` is written: from here the new store is whole, and a
    rerun finishes the swap instead of resuming or recomputing;
-3. an old store under the final name (``--overwrite``) is moved into ``.partial/replaced``;
-4. the inner store is renamed to the final name;
+3. an old zarr folder under the final name (``--overwrite``) is moved into
+   ``.partial/replaced`` (a rename cannot replace a folder that holds files);
+4. the inner store is renamed to the final name (an old HDF5 file is replaced by this one
+   rename, atomically);
 5. ``.partial/`` is removed, the marker last.
 
 Killed after 2 or 3, the next run (``finish_interrupted``) redoes 3-5; killed after 4 or during
-5, it removes what is left. A reader therefore sees the old store, or the new one, or (between 3
-and 4, for an instant) nothing with a hint that a rerun finishes; never a mix, and nothing is
-left behind. Renames stay inside one folder, so each is atomic.
+5, it removes what is left. Interrupted by an exception (Ctrl-C) between 3 and 4, the old store
+is moved back before the exception goes on. So the final name holds the old store or the new
+one, whole; only a kill -9 in the instant between 3 and 4 of a zarr folder leaves it empty, and
+a reader then gets a hint that a rerun finishes. A finalized partial (marker present) is never
+deleted: it is finished. Renames stay inside one folder, so each is atomic.
 """
 
 from __future__ import annotations
@@ -62,13 +66,24 @@ def finish_interrupted(path: Path, fmt: str) -> bool:
     if not (partial / MARKER).exists():
         return False
     inner = inner_of(path, fmt)
-    if inner.exists():
-        if path.exists():  # the old store is still in place
-            replaced = partial / "replaced"
-            if replaced.exists():
-                _remove(replaced)
-            os.rename(path, replaced)
-        os.rename(inner, path)
-        fsync_path(path.parent)
+    replaced = partial / "replaced"
+    try:
+        if inner.exists():
+            if path.is_dir() and not path.is_symlink():  # the old zarr folder is still in place
+                if replaced.exists():  # an old store moved aside earlier and put back since
+                    _remove(replaced)
+                os.rename(path, replaced)
+            os.replace(inner, path)
+            fsync_path(path.parent)
+    except BaseException:
+        _put_back(path, replaced)
+        raise
     remove_partial(partial)
     return True
+
+
+def _put_back(path: Path, replaced: Path) -> None:
+    """After an interruption between steps 3 and 4: the old store back under its name (the
+    marker stays, so the rerun finishes the swap)."""
+    if not path.exists() and replaced.exists():
+        os.rename(replaced, path)

@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from attgmae.core.files import file_sha256
+from attgmae.core.identity import UNKNOWN, changed_images
 from attgmae.core.listing import list_images
 
-from .layout import FORMAT_VERSION, GRID, STATUS_FAILED, STATUS_OK, StoreError
+from .layout import READABLE_VERSIONS, STATUS_FAILED, STATUS_OK, StoreError
 from .reader import MapStore, open_store
+from .values import rows_outside_unit_range, value_range
 
 EXAMPLES_SHOWN = 5
 
@@ -64,17 +66,13 @@ def check_manifest(path: Path) -> tuple[str | None, str | None]:
 
 
 def _check_layout(store: MapStore, report: VerifyReport) -> None:
-    if store.attrs.get("format_version") != FORMAT_VERSION:
+    if store.attrs.get("format_version") not in READABLE_VERSIONS:
         report.problems.append(
             f"format_version {store.attrs.get('format_version')} "
-            f"(this software reads {FORMAT_VERSION})"
+            f"(this software reads {', '.join(map(str, READABLE_VERSIONS))})"
         )
     if not store.attrs.get("complete"):
         report.problems.append("store is not marked complete (an interrupted write?)")
-    if tuple(store.maps_shape) != (store.num_rows, GRID, GRID):
-        report.problems.append(
-            f"maps have shape {list(store.maps_shape)}, expected [{store.num_rows}, {GRID}, {GRID}]"
-        )
     if store.maps_dtype != "float16":
         report.problems.append(f"maps are {store.maps_dtype}, expected float16")
     key_bytes = store.key_bytes
@@ -92,34 +90,9 @@ def _check_layout(store: MapStore, report: VerifyReport) -> None:
         report.problems.append(f"keys not sorted at: {_examples(_keys_at(store, unsorted))}")
 
 
-FLOAT16_ONE = 0x3C00  # the bits of 1.0; larger bits are > 1, inf, NaN or negative
-FLOAT16_MINUS_ZERO = 0x8000
-
-
-def _rows_outside_unit_range(maps16: np.ndarray) -> np.ndarray:
-    """Row indices of float16 maps [N, 14, 14] with a value outside [0, 1] or not finite.
-
-    float16 arithmetic is slow in numpy; its bits are not: a non-negative float16 orders like
-    its bits, so one integer max per row finds the candidates (-0.0 aside, checked exactly).
-    """
-    bits = maps16.reshape(len(maps16), -1).view(np.uint16)
-    candidates = np.flatnonzero(bits.max(axis=1) > FLOAT16_ONE)
-    exact = maps16[candidates].astype(np.float32)  # [C, 14, 14]
-    bad = ~(np.isfinite(exact) & (exact >= 0) & (exact <= 1)).all(axis=(1, 2))
-    return candidates[bad]
-
-
-def _value_range(maps16: np.ndarray) -> tuple[float, float]:
-    """(min, max) of float16 maps whose values all lie in [0, 1], from their bits."""
-    bits = maps16.reshape(-1).view(np.uint16)
-    high = np.uint16(bits.max()).view(np.float16)
-    low = 0.0 if (bits == FLOAT16_MINUS_ZERO).any() else np.uint16(bits.min()).view(np.float16)
-    return float(low), float(high)
-
-
 def _check_values(store: MapStore, maps16: np.ndarray, report: VerifyReport) -> None:
-    outside = _rows_outside_unit_range(maps16)
-    finite = np.isfinite(maps16[outside].astype(np.float32)).all(axis=(1, 2))
+    outside = rows_outside_unit_range(maps16)
+    finite = np.isfinite(maps16[outside].astype(np.float64)).all(axis=(1, 2))
     if (~finite).any():
         report.problems.append(f"NaN/Inf maps: {_examples(_keys_at(store, outside[~finite]))}")
     if finite.any():
@@ -129,8 +102,8 @@ def _check_values(store: MapStore, maps16: np.ndarray, report: VerifyReport) -> 
     ok_rows[outside] = False
     if ok_rows.any():
         good = maps16[ok_rows]
-        low, high = _value_range(good)
-        mean = float(np.mean(good, dtype=np.float32))
+        low, high = value_range(good)
+        mean = float(np.mean(good, dtype=np.float64))
         report.facts.append(f"values: mean {mean:.3f}, min {low:.3f}, max {high:.3f}")
     failed = np.flatnonzero(store.status == STATUS_FAILED)
     missing = np.flatnonzero((store.status != STATUS_OK) & (store.status != STATUS_FAILED))
@@ -174,22 +147,48 @@ def verify_store(path, images_root=None, file_list=None) -> VerifyReport:
     report.problems += [f"damaged: {problem}" for problem in damaged]
     _check_values(store, maps16, report)
     if images_root is not None:
-        image_keys = set(list_images(images_root, file_list))
-        store_keys = set(store.keys)
-        no_map = sorted(image_keys - store_keys)
-        no_image = sorted(store_keys - image_keys)
-        report.facts.append(f"{len(image_keys)} images under {images_root}")
-        if no_map:
-            report.problems.append(f"{len(no_map)} images have no map: {_examples(no_map)}")
-        if no_image:
-            report.problems.append(f"{len(no_image)} maps have no image: {_examples(no_image)}")
+        _check_images(store, images_root, file_list, report)
     return report
+
+
+def _check_images(store: MapStore, images_root, file_list, report: VerifyReport) -> None:
+    """Images without a map, maps without an image, and images replaced since their map."""
+    image_keys = set(list_images(images_root, file_list))
+    store_keys = set(store.keys)
+    no_map = sorted(image_keys - store_keys)
+    no_image = sorted(store_keys - image_keys)
+    report.facts.append(f"{len(image_keys)} images under {images_root}")
+    if no_map:
+        report.problems.append(f"{len(no_map)} images have no map: {_examples(no_map)}")
+    if no_image:
+        report.problems.append(f"{len(no_image)} maps have no image: {_examples(no_image)}")
+    try:
+        recorded = store.image_identity
+    except StoreError as err:
+        report.problems.append(str(err))
+        return
+    known = np.zeros(store.num_rows, bool) if recorded is None else recorded[:, 0] != UNKNOWN
+    if not known.any():
+        report.facts.append(
+            "no image identities recorded (a store from before they were, or imported): "
+            "an image replaced under the same name cannot be told"
+        )
+        return
+    rows = [row for row in np.flatnonzero(known) if store.keys[row] in image_keys]
+    changed = changed_images(images_root, list(store.keys[rows]), recorded[rows])
+    report.facts.append(f"image identities recorded for {int(known.sum())} maps")
+    if changed:
+        report.problems.append(
+            f"{len(changed)} images changed since their maps were computed (size or mtime): "
+            f"{_examples(changed)}; `attg-maps generate` with the same command recomputes them"
+        )
 
 
 def describe_store(path) -> dict:
     """What ``attg-maps inspect`` prints: identity, parameters and value statistics."""
     store = open_store(path, allow_incomplete=True)
-    maps = store.read_all().astype(np.float32)
+    maps = store.read_all()
+    maps = maps.astype(np.float32 if maps.dtype == np.float16 else np.float64)
     ok_rows = store.status == STATUS_OK
     good = maps[ok_rows]
     stats = {}

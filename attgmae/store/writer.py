@@ -16,6 +16,11 @@ How a store comes to be (docs/store-format.md has the picture):
    shard in ``finalize``.
 4. ``finalize()`` (rank 0, after every rank's ``finish_rank()``) marks the store complete and
    renames it into place: a reader never sees a half-written store under the final name.
+
+Each row also keeps the identity (size, mtime) of its image when its map was computed, staged
+with the chunk. Given ``images_root``, rank 0 compares those of a resumed partial store (and,
+with ``update``, of the complete store being updated) with the images now, and recomputes the
+chunks of the images that changed (``refresh.py``); ``changed`` names them.
 """
 
 from __future__ import annotations
@@ -28,27 +33,26 @@ from pathlib import Path
 import numpy as np
 
 from attgmae.core.files import atomic_path, write_json_atomic
+from attgmae.core.identity import UNKNOWN
 from attgmae.core.provenance import software_versions
 
-from . import checksums, swap
+from . import checksums, refresh, swap
 from .backends import backend_for
 from .layout import (
     CHUNK_ROWS,
     FORMAT_NAME,
     FORMAT_VERSION,
     GRID,
+    IMAGE_IDENTITY,
     SHARD_ROWS,
-    STATUS_FAILED,
-    STATUS_OK,
     StoreError,
     check_keys,
     keys_as_bytes,
     keys_digest,
     store_format,
 )
+from .values import checked_rows
 
-# Values a little outside [0, 1] from float error are clipped; anything further is a bug upstream.
-RANGE_TOLERANCE = 1e-3
 STORE_PACKAGES = ("attgmae", "zarr", "h5py", "numpy")
 DONE_VERSION = 2  # shard_NNNNN.done.json: {"version", "failed", "data_digests"}
 
@@ -74,6 +78,8 @@ class MapStoreWriter:
         world_size: int = 1,
         chunk_rows: int = CHUNK_ROWS,
         shard_rows: int = SHARD_ROWS,
+        images_root=None,
+        update: bool = False,
     ):
         self.path = Path(str(path).rstrip("/"))
         self.fmt = store_format(self.path, fmt)
@@ -97,6 +103,10 @@ class MapStoreWriter:
         self.method = method
         self.attrs = dict(attrs or {})
         self.overwrite = overwrite
+        self.images_root = images_root  # compare the images' identities (rank 0)
+        self.update = update  # a complete store at path may be updated: its changed rows redone
+        self.changed: list[str] = []  # keys whose image changed since their map was computed
+        self.created = False  # whether this writer made the partial store (else resumed it)
         self.rank, self.world_size = rank, world_size
         self.chunk_rows, self.shard_rows = chunk_rows, shard_rows
         self.chunks_per_shard = shard_rows // chunk_rows
@@ -121,29 +131,36 @@ class MapStoreWriter:
     # ---- setup -------------------------------------------------------------------------------
     def _prepare(self) -> None:
         swap.finish_interrupted(self.path, self.fmt)  # a finished store whose swap was killed
-        if self.path.exists() and not self.overwrite:
+        if self.path.exists() and not (self.overwrite or self.update):
             raise StoreError(f"{self.path} already exists; pass --overwrite to replace it")
         meta_path = self.partial / "meta.json"
+        self.resumed = False
         if self.partial.exists():
             meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
             if meta == self.identity:
                 self.resumed = True
                 if not self.inner.exists():  # staged by a version that made HDF5 files last
                     self._create_inner()
-                return
-            if meta is not None and not self.overwrite:
+                elif IMAGE_IDENTITY not in self.backend.array_info(self.inner):
+                    self.backend.add_identity(  # made by a version without image identities
+                        self.inner, self.num_rows, self.chunk_rows, self.shard_rows
+                    )
+            elif meta is not None and not self.overwrite:
                 raise StoreError(
                     f"{self.partial} holds an interrupted run with other keys or parameters "
                     f"(method {meta.get('method')!r}, {meta.get('num_rows')} rows); pass "
                     "--overwrite to discard it"
                 )
-            # creation itself was interrupted, or --overwrite: nothing to keep
-            shutil.rmtree(self.partial)
-        self.resumed = False
-        self.staging.mkdir(parents=True)
-        self._create_inner()
-        # meta.json last: its presence means the partial store is fully set up.
-        write_json_atomic(meta_path, self.identity, indent=1, sort_keys=True)
+            else:  # creation itself was interrupted, or --overwrite: nothing to keep
+                shutil.rmtree(self.partial)
+        if not self.resumed:
+            self.staging.mkdir(parents=True)
+            self._create_inner()
+            # meta.json last: its presence means the partial store is fully set up.
+            write_json_atomic(meta_path, self.identity, indent=1, sort_keys=True)
+            self.created = True
+        if self.images_root is not None:
+            self.changed = refresh.redo_changed_images(self)
 
     def _create_inner(self) -> None:
         self.backend.create(
@@ -191,6 +208,9 @@ class MapStoreWriter:
         return attrs
 
     # ---- bookkeeping -------------------------------------------------------------------------
+    def chunk_of_row(self, row: int) -> int:
+        return row // self.chunk_rows
+
     def _chunk_file(self, chunk: int) -> Path:
         return self.staging / f"chunk_{chunk:07d}.npz"
 
@@ -232,51 +252,56 @@ class MapStoreWriter:
 
     # ---- writing -----------------------------------------------------------------------------
     def _checked_rows(self, start: int, stop: int, maps, ok) -> tuple[np.ndarray, np.ndarray]:
-        """Validated float16 maps and uint8 status for rows [start, stop)."""
-        maps = np.asarray(maps, dtype=np.float32)
-        ok = np.asarray(ok, dtype=bool)
-        if maps.shape != (stop - start, GRID, GRID) or ok.shape != (stop - start,):
-            raise StoreError(
-                f"rows {start}..{stop}: expected maps [{stop - start}, {GRID}, {GRID}] and ok "
-                f"[{stop - start}], got {list(maps.shape)} and {list(ok.shape)}"
-            )
-        bad = ok & ~(np.isfinite(maps).all(axis=(1, 2)))
-        low, high = maps.min(axis=(1, 2)), maps.max(axis=(1, 2))
-        bad |= ok & ((low < -RANGE_TOLERANCE) | (high > 1 + RANGE_TOLERANCE))
-        if bad.any():
-            names = [self.keys[start + i] for i in np.flatnonzero(bad)[:5]]
-            raise StoreError(f"maps with NaN/Inf or outside [0, 1]: {', '.join(names)}")
-        maps = np.where(ok[:, None, None], np.clip(maps, 0.0, 1.0), 0.0).astype(np.float16)
-        return maps, np.where(ok, STATUS_OK, STATUS_FAILED).astype(np.uint8)
+        return checked_rows(self.keys, start, stop, maps, ok)
 
     def _check_owner(self, shard: int) -> None:
         if not self.owns_shard(shard):
             raise StoreError(f"rank {self.rank} does not own shard {shard}")
 
-    def write_chunk(self, chunk: int, maps, ok, errors: dict | None = None) -> None:
-        """Stage one chunk: maps [n, 14, 14] in [0, 1] (rows with ok=False are stored as zeros)."""
+    @staticmethod
+    def _image_identity(image_identity, rows: int) -> np.ndarray:
+        """int64 [rows, 2] (size, mtime_ns) per image; UNKNOWN when not given."""
+        if image_identity is None:
+            return np.full((rows, 2), UNKNOWN, dtype=np.int64)
+        image_identity = np.asarray(image_identity, dtype=np.int64)
+        if image_identity.shape != (rows, 2):
+            shape = list(image_identity.shape)
+            raise StoreError(f"image identity of shape {shape}, expected [{rows}, 2]")
+        return image_identity
+
+    def write_chunk(self, chunk: int, maps, ok, errors: dict | None = None,
+                    image_identity=None) -> None:  # fmt: skip
+        """Stage one chunk: maps [n, 14, 14] in [0, 1] (rows with ok=False are stored as zeros);
+        image_identity int64 [n, 2]: each image's (size, mtime_ns) as stat'ed before decoding."""
         if not 0 <= chunk < self.num_chunks:
             raise StoreError(f"chunk {chunk} out of range (0..{self.num_chunks - 1})")
         shard = chunk // self.chunks_per_shard
         self._check_owner(shard)
         start, stop = self.chunk_rows_range(chunk)
         maps, status = self._checked_rows(start, stop, maps, ok)
-        errors = {str(k): str(v) for k, v in (errors or {}).items()}
-        with atomic_path(self._chunk_file(chunk)) as tmp:
-            np.savez(tmp, maps=maps, status=status, errors=np.array(json.dumps(errors)))
+        self._stage(chunk, maps, status, errors, self._image_identity(image_identity, stop - start))
         if self._writes_shards_now() and self._shard_staged(shard):
             self._flush_shard(shard)
 
-    def write_shard(self, shard: int, maps, ok, errors: dict | None = None) -> None:
+    def _stage(self, chunk: int, maps16, status, errors, image_identity) -> None:
+        """Stage a chunk's checked rows (any rank's chunk: ``refresh`` restages them on rank 0)."""
+        errors = {str(k): str(v) for k, v in (errors or {}).items()}
+        with atomic_path(self._chunk_file(chunk)) as tmp:
+            np.savez(tmp, maps=maps16, status=status, errors=np.array(json.dumps(errors)),
+                     image_identity=image_identity)  # fmt: skip
+
+    def write_shard(self, shard: int, maps, ok, errors: dict | None = None,
+                    image_identity=None) -> None:  # fmt: skip
         """Write one whole shard at once from memory (staged as chunks when rank 0 is to write
         it in finalize)."""
         self._check_owner(shard)
         start = shard * self.shard_rows
         stop = min(start + self.shard_rows, self.num_rows)
         errors = {str(k): str(v) for k, v in (errors or {}).items()}
+        image_identity = self._image_identity(image_identity, stop - start)
         if self._writes_shards_now():
             maps, status = self._checked_rows(start, stop, maps, ok)
-            self._write_shard_rows(shard, maps, status, errors)
+            self._write_shard_rows(shard, maps, status, errors, image_identity)
             return
         for chunk in self._shard_chunks(shard):
             first, last = self.chunk_rows_range(chunk)
@@ -286,12 +311,14 @@ class MapStoreWriter:
                 maps[first - start : last - start],
                 ok[first - start : last - start],
                 {k: v for k, v in errors.items() if k in names},
+                image_identity[first - start : last - start],
             )
 
-    def write_all(self, maps, ok=None, errors: dict | None = None) -> None:
+    def write_all(self, maps, ok=None, errors: dict | None = None, image_identity=None) -> None:
         """Every shard of this rank from in-memory maps [N, 14, 14] (import, tests)."""
         maps = np.asarray(maps)
         ok = np.ones(len(maps), dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
+        image_identity = self._image_identity(image_identity, len(maps))
         errors = errors or {}
         for shard in range(self.num_shards):
             if not self.owns_shard(shard):
@@ -299,12 +326,13 @@ class MapStoreWriter:
             start = shard * self.shard_rows
             stop = min(start + self.shard_rows, self.num_rows)
             shard_errors = {k: errors[k] for k in self.keys[start:stop] if k in errors}
-            self.write_shard(shard, maps[start:stop], ok[start:stop], shard_errors)
+            self.write_shard(shard, maps[start:stop], ok[start:stop], shard_errors,
+                             image_identity[start:stop])  # fmt: skip
 
-    def _write_shard_rows(self, shard: int, maps, status, errors: dict) -> None:
+    def _write_shard_rows(self, shard: int, maps, status, errors: dict, image_identity) -> None:
         """Write a shard's rows and mark it done, keeping its failures and the checksums of the
         rows as written (``checksums.chunk_data_digests``)."""
-        self.backend.write_rows(self.inner, shard * self.shard_rows, maps, status)
+        self.backend.write_rows(self.inner, shard * self.shard_rows, maps, status, image_identity)
         done = {
             "version": DONE_VERSION,
             "failed": errors,
@@ -324,20 +352,29 @@ class MapStoreWriter:
         status = self.backend.read_meta(self.inner)["status"][rows]
         return done, checksums.chunk_data_digests(maps, status, self.chunk_rows)
 
-    def _load_chunks(self, chunks) -> tuple[np.ndarray, np.ndarray, dict]:
-        maps, status, errors = [], [], {}
+    def _staged_identity(self, chunk: int) -> np.ndarray:
+        """int64 [n, 2] image identities of a staged chunk (UNKNOWN if staged without them)."""
+        with np.load(self._chunk_file(chunk)) as staged:
+            if "image_identity" in staged.files:
+                return staged["image_identity"]
+        start, stop = self.chunk_rows_range(chunk)
+        return self._image_identity(None, stop - start)
+
+    def _load_chunks(self, chunks) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+        maps, status, errors, identity = [], [], {}, []
         for chunk in chunks:
             with np.load(self._chunk_file(chunk)) as staged:
                 maps.append(staged["maps"])
                 status.append(staged["status"])
                 errors.update(json.loads(str(staged["errors"])))
-        return np.concatenate(maps), np.concatenate(status), errors
+            identity.append(self._staged_identity(chunk))
+        return np.concatenate(maps), np.concatenate(status), errors, np.concatenate(identity)
 
     def _flush_shard(self, shard: int) -> None:
         """Write one whole shard from its staged chunks; idempotent if interrupted."""
         chunks = self._shard_chunks(shard)
-        maps, status, errors = self._load_chunks(chunks)
-        self._write_shard_rows(shard, maps, status, errors)
+        maps, status, errors, identity = self._load_chunks(chunks)
+        self._write_shard_rows(shard, maps, status, errors, identity)
         for chunk in chunks:
             self._chunk_file(chunk).unlink(missing_ok=True)
 
@@ -376,35 +413,28 @@ class MapStoreWriter:
         swap.swap_in(self.path, self.fmt)
         return self.path
 
+    def discard_own_partial(self) -> None:
+        """Remove the partial store if this writer created it and it is not finalized (what an
+        in-memory write leaves when it fails: nothing worth resuming, nobody else's work)."""
+        if self.rank == 0 and self.created and not (self.partial / swap.MARKER).exists():
+            shutil.rmtree(self.partial, ignore_errors=True)
 
-def write_store(
-    path,
-    keys,
-    maps,
-    *,
-    method: str,
-    attrs: dict | None = None,
-    labels=None,
-    ok=None,
-    errors: dict | None = None,
-    overwrite: bool = False,
-    fmt: str | None = None,
-    **layout,
-) -> Path:
+
+def write_store(path, keys, maps, *, method: str, attrs: dict | None = None, labels=None, ok=None,
+                errors: dict | None = None, image_identity=None, overwrite: bool = False,
+                fmt: str | None = None, **layout) -> Path:  # fmt: skip
     """Write a whole store in one process from in-memory maps [N, 14, 14] (import, tests).
 
-    ``layout`` may set chunk_rows / shard_rows (tests use small ones to get many shards).
+    ``layout`` may set chunk_rows / shard_rows (tests use small ones to get many shards). A
+    failure (or Ctrl-C) removes the partial store only if this call made it and it is not
+    finalized yet: another run's partial store is never touched, a finalized one is finished.
     """
-    writer = MapStoreWriter(
-        path,
-        keys,
-        method=method,
-        attrs=attrs,
-        labels=labels,
-        overwrite=overwrite,
-        fmt=fmt,
-        **layout,
-    )
-    writer.write_all(maps, ok, errors)
-    writer.finish_rank()
-    return writer.finalize()
+    writer = MapStoreWriter(path, keys, method=method, attrs=attrs, labels=labels,
+                            overwrite=overwrite, fmt=fmt, **layout)  # fmt: skip
+    try:
+        writer.write_all(maps, ok, errors, image_identity)
+        writer.finish_rank()
+        return writer.finalize()
+    except BaseException:
+        writer.discard_own_partial()
+        raise
