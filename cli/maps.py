@@ -101,6 +101,12 @@ def _import(args) -> int:
         keys_name=args.keys_name,
         overwrite=args.overwrite,
     )
+    if summary["finished"]:
+        print(
+            f"{summary['out']}: an interrupted import of these {summary['count']} maps had "
+            "finished writing; put it in place: nothing else to do"
+        )
+        return 0
     print(
         f"imported {summary['count']} maps ({summary['kind']}) into {summary['out']} "
         f"as method {summary['method']!r}"

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=d.gamma, help="weight scale")
     p.add_argument("--missing_maps", choices=("error", "uniform"), default=d.missing_maps,
                    help="images without a map: stop before training, or train with uniform weights")
+    p.add_argument("--changed_images", choices=("error", "uniform", "accept"),
+                   default=d.changed_images,
+                   help="images replaced (other size or mtime) since their maps were computed: "
+                        "stop before training, train with uniform weights, or keep the old maps")
 
     # model and loss
     p.add_argument("--model", default=d.model,

@@ -29,6 +29,7 @@ from attgmae.core.constants import DEFAULT_TIMEOUT_MIN, MAP_INPUT_SIZE
 from attgmae.core.device import rank_device, resolve_device, resolve_precision
 from attgmae.core.errors import InputError
 from attgmae.core.files import write_json_atomic
+from attgmae.core.identity import changed_images
 from attgmae.core.listing import folder_labels, list_images
 from attgmae.core.lock import OutputLock
 from attgmae.core.resources import WorkerPlan, plan_workers
@@ -184,11 +185,11 @@ def _log(info: distributed.DistInfo, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _complete_already(path: Path, keys: list[str], params: dict) -> bool:
-    """True when ``path`` is a complete store of these keys and parameters (nothing to do);
-    InputError when something else is in the way."""
+def _complete_already(path: Path, keys: list[str], params: dict):
+    """The complete store at ``path`` when it holds these keys and parameters (None when there
+    is none); InputError when something else is in the way."""
     if not path.exists():
-        return False
+        return None
     try:
         store = open_store(path)
     except StoreError as err:
@@ -202,7 +203,16 @@ def _complete_already(path: Path, keys: list[str], params: dict) -> bool:
             f"{path} holds maps made with other parameters ({store.attrs.get('params')}); "
             "pass --overwrite or choose another --out"
         )
-    return True
+    return store
+
+
+def _images_changed(store, cfg: GenerateConfig, keys, info: distributed.DistInfo) -> bool:
+    """Whether any image changed since its map in ``store`` was computed (rank 0 looks; every
+    rank learns the answer)."""
+    changed = False
+    if info.is_main and store.image_identity is not None:
+        changed = bool(changed_images(cfg.images_root, keys, store.image_identity))
+    return bool(distributed.max_across_ranks(int(changed), info))
 
 
 def run_generate(cfg: GenerateConfig) -> GenerateResult:
@@ -257,12 +267,15 @@ def _run(cfg, defining, keys, class_names, labels, device, amp, info, unreadable
     out_dir = Path(cfg.out_dir)
 
     # Complete stores of these keys and parameters are left alone (a run killed between two
-    # finalizations resumes here); anything else in the way needs --overwrite.
-    todo, skipped = [], []
+    # finalizations resumes here), unless images changed since: then only the chunks of those
+    # are computed again ("update"). Anything else in the way needs --overwrite.
+    todo, skipped, update = [], [], []
     for method, params in defining.items():
         path = store_path(out_dir, method, cfg.fmt)
-        done = not cfg.overwrite and _complete_already(path, keys, params)
-        (skipped if done else todo).append(method)
+        store = None if cfg.overwrite else _complete_already(path, keys, params)
+        if store is not None and _images_changed(store, cfg, keys, info):
+            update.append(method)
+        (skipped if store is not None and method not in update else todo).append(method)
     if skipped:
         _log(info, f"already complete, skipped: {', '.join(skipped)} (--overwrite recomputes)")
     if cfg.random_weights and any(METHODS[m].backbone for m in todo):
@@ -288,7 +301,13 @@ def _run(cfg, defining, keys, class_names, labels, device, amp, info, unreadable
         for m in todo
     }
     stored_labels = labels if (labels >= 0).any() else None
-    writers = open_writers(cfg, keys, stored_labels, attrs, info)
+    writers = open_writers(cfg, keys, stored_labels, attrs, info, update)
+    for writer in writers.values():
+        if writer.changed:
+            more = ", ..." if len(writer.changed) > 5 else ""
+            _log(info, f"{writer.path}: {len(writer.changed)} images changed since their maps "
+                       f"were computed ({', '.join(writer.changed[:5])}{more}); their chunks "
+                       "are computed again")  # fmt: skip
     if todo:
         ranks = f", {info.world_size} ranks" if info.distributed else ""
         _log(info, f"generate: {len(keys)} images -> {', '.join(todo)} on {device}{ranks}")

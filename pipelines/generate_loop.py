@@ -42,9 +42,11 @@ def plan_batches(chunks, batch_size: int) -> list[tuple[int, np.ndarray]]:
     return plan
 
 
-def open_writers(cfg, keys, labels, attrs_by_method, info) -> dict:
-    """One MapStoreWriter per method. Rank 0 creates or resumes the partial stores first; the
-    other ranks attach after a barrier."""
+def open_writers(cfg, keys, labels, attrs_by_method, info, update=()) -> dict:
+    """One MapStoreWriter per method. Rank 0 creates or resumes the partial stores first (and
+    unstages the chunks of images that changed since: ``store/refresh.py``); the other ranks
+    attach after a barrier. ``update``: methods whose complete store is updated in place of
+    being recomputed (only the chunks of its changed images are)."""
     layout = {"chunk_rows": cfg.chunk_rows, "shard_rows": cfg.shard_rows}
     layout = {name: rows for name, rows in layout.items() if rows}  # else the store's defaults
     writers = {}
@@ -61,6 +63,8 @@ def open_writers(cfg, keys, labels, attrs_by_method, info) -> dict:
                 fmt=cfg.fmt,
                 rank=info.rank,
                 world_size=info.world_size,
+                images_root=cfg.images_root,
+                update=method in update,
                 **layout,
             )
 
@@ -88,12 +92,15 @@ class ChunkBuffer:
             m: np.zeros((stop - start, MAP_GRID, MAP_GRID), dtype=np.float32) for m in methods
         }
         self.ok = np.zeros(stop - start, dtype=bool)
+        self.image_identity = np.full((stop - start, 2), -1, dtype=np.int64)  # (size, mtime_ns)
         self.errors: dict[str, str] = {}
         self.pending = []  # (method, offset, pending result) from a worker pool
         self.rows_in = 0
 
-    def add(self, rows: np.ndarray, results: dict, ok: np.ndarray, errors: dict) -> None:
+    def add(self, rows: np.ndarray, results: dict, ok: np.ndarray, errors: dict,
+            image_identity: np.ndarray) -> None:  # fmt: skip
         offset = int(rows[0]) - self.start
+        self.image_identity[offset : offset + len(rows)] = image_identity
         for method, value in results.items():
             if hasattr(value, "result"):
                 self.pending.append((method, offset, value))
@@ -115,7 +122,9 @@ class ChunkBuffer:
         for method in self.methods:
             # Failed images were run as black frames; their rows are stored as zeros.
             maps = np.where(self.ok[:, None, None], self.maps[method], 0.0)
-            writers[method].write_chunk(self.chunk_index, maps, self.ok, self.errors)
+            writers[method].write_chunk(
+                self.chunk_index, maps, self.ok, self.errors, self.image_identity
+            )
 
 
 def _chunks_to_compute(writers: dict) -> tuple[dict, dict]:
@@ -179,7 +188,7 @@ def compute_pending(cfg, keys, labels, writers, computer, device, info, workers)
     started = time.perf_counter()
     steady_from, steady_images_before = None, 0
     try:
-        for (chunk_index, planned_rows), (rows, pixels, reasons) in zip(plan, loader):
+        for (chunk_index, planned_rows), (rows, pixels, reasons, stats) in zip(plan, loader):
             rows = rows.numpy()
             assert np.array_equal(rows, planned_rows), "loader and plan out of step"
             if steady_from is None and chunk_index != plan[0][0]:  # the first chunk: warm-up
@@ -192,7 +201,7 @@ def compute_pending(cfg, keys, labels, writers, computer, device, info, workers)
             batch_keys = [keys[r] for r in rows]
             batch_labels = labels_on_device[torch.as_tensor(rows, device=device)]
             results = computer.compute(images, batch_keys, batch_labels, needs[chunk_index])
-            buffers[-1].add(rows, results, ok, errors)
+            buffers[-1].add(rows, results, ok, errors, stats)
             computed, failed = computed + len(rows), failed + len(errors)
             bar.update(len(rows))
             if failed:

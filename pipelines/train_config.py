@@ -11,7 +11,7 @@ import torch
 from attgmae.core.constants import DEFAULT_TIMEOUT_MIN
 from attgmae.core.device import resolve_precision
 from attgmae.core.errors import InputError
-from attgmae.data.pretrain_dataset import GUIDANCE_MODES, MISSING_POLICIES
+from attgmae.data.pretrain_dataset import CHANGED_POLICIES, GUIDANCE_MODES, MISSING_POLICIES
 from attgmae.data.transforms import AUGMENTATIONS
 from attgmae.guidance import TAU_CONSTANT, TAU_END, TAU_START, TauSchedule
 from attgmae.models import MODEL_FACTORIES
@@ -47,6 +47,7 @@ class TrainConfig:
     tau_schedule: str = "cosine"  # "cosine" (the paper's main models) | "constant" (Sec. G)
     gamma: float = 1.0
     missing_maps: str = "error"
+    changed_images: str = "error"  # images replaced since their maps: error | uniform | accept
     aug: str = "rrc"
     resume: str = ""
     trust_checkpoint: bool = False  # --resume may be unpickled in full
@@ -86,6 +87,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("--guidance store needs --maps STORE (or --guidance none for vanilla MAE)")
     if cfg.missing_maps not in MISSING_POLICIES:
         problems.append(f"--missing_maps must be one of {MISSING_POLICIES}")
+    if cfg.changed_images not in CHANGED_POLICIES:
+        problems.append(f"--changed_images must be one of {CHANGED_POLICIES}")
     if cfg.aug not in AUGMENTATIONS:
         problems.append(f"--aug must be one of {AUGMENTATIONS}")
     if cfg.amp not in AMP_MODES:

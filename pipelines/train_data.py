@@ -32,14 +32,19 @@ class TrainData:
     base_lr: float  # the absolute lr: --lr, or blr * effective batch / 256
 
 
-def _join(cfg: TrainConfig, keys, log) -> MapJoin | None:
+def _join(cfg: TrainConfig, image_root, keys, log) -> MapJoin | None:
     if cfg.guidance != "store":
         return None
-    join = join_maps(keys, cfg.maps, cfg.missing_maps)
+    join = join_maps(keys, cfg.maps, cfg.missing_maps, image_root, cfg.changed_images)
     joined = len(keys) - len(join.missing)
     note = f"{joined}/{len(keys)} images joined with {cfg.maps} ({join.method} maps)"
     if len(join.missing):
         note += f"; {len(join.missing)} without a map train with uniform weights"
+    if join.changed:
+        how = "uniform weights" if cfg.changed_images == "uniform" else "their old maps"
+        note += (f"; {len(join.changed)} changed since their maps were computed train with "
+                 f"{how} (--changed_images {cfg.changed_images}; first: "
+                 f"{join.changed[0]})")  # fmt: skip
     if join.extra:
         note += f"; {join.extra} maps match no training image (ignored)"
     log(note)
@@ -49,7 +54,7 @@ def _join(cfg: TrainConfig, keys, log) -> MapJoin | None:
 def build_train_data(cfg: TrainConfig, info: DistInfo, device, num_patches: int, log) -> TrainData:
     # --skip_bad_images also leaves out folders and images that cannot be read (warned about).
     image_root, keys = list_train_keys(cfg.data_path, [] if cfg.skip_bad_images else None)
-    join = _join(cfg, keys, log)
+    join = _join(cfg, image_root, keys, log)
     dataset = PretrainDataset(
         image_root,
         keys,

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from attgmae.core.constants import IMAGENET_MEAN, IMAGENET_STD
 from attgmae.core.constants import MAP_INPUT_SIZE as INPUT_SIZE
+from attgmae.core.identity import UNKNOWN, image_identity
 from attgmae.data.images import ImageDecodeError, decode_rgb
 
 PREPROCESSING = (
@@ -59,11 +60,14 @@ def to_model_input(images: list[np.ndarray], device=None) -> torch.Tensor:
 
 
 class DecodedImages(Dataset):
-    """Row -> (row, uint8 [224, 224, 3] tensor or None, failure reason or None).
+    """Row -> (row, uint8 [224, 224, 3] tensor or None, failure reason or None, identity).
 
     Workers decode and resize (the CPU-heavy part) once per image for every method; only uint8
     224x224 pixels travel to the device. A bad image is a failure record, never an exception:
-    one unreadable JPEG must not stop an ImageNet run.
+    one unreadable JPEG must not stop an ImageNet run. ``identity``: (size, mtime_ns) of the file
+    as stat'ed just before decoding (``core.identity``; UNKNOWN when it cannot be stat'ed), kept
+    with the map so that an image replaced later is noticed; a change during the decode shows as
+    a change later, the safe side.
     """
 
     def __init__(self, root, keys: list[str]):
@@ -74,20 +78,27 @@ class DecodedImages(Dataset):
         return len(self.keys)
 
     def __getitem__(self, row: int):
+        path = self.root / self.keys[row]
         try:
-            image = decode_rgb(self.root / self.keys[row])  # uint8 [H, W, 3]
-            return row, torch.from_numpy(resize_uint8(image).copy()), None  # writable
+            identity = image_identity(path)
+        except OSError:
+            identity = (UNKNOWN, UNKNOWN)
+        try:
+            image = decode_rgb(path)  # uint8 [H, W, 3]
+            return row, torch.from_numpy(resize_uint8(image).copy()), None, identity  # writable
         except ImageDecodeError as err:
-            return row, None, err.reason
+            return row, None, err.reason, identity
         except Exception as err:  # noqa: BLE001 - any per-image failure is recorded, not raised
-            return row, None, f"{type(err).__name__}: {err}"
+            return row, None, f"{type(err).__name__}: {err}", identity
 
 
 def collate_decoded(items):
-    """-> rows int64 [B], pixels uint8 [B, 224, 224, 3] (zeros where failed), reasons [B]."""
-    rows = torch.tensor([row for row, _, _ in items], dtype=torch.int64)
+    """-> rows int64 [B], pixels uint8 [B, 224, 224, 3] (zeros where failed), reasons [B],
+    identities int64 [B, 2] (size, mtime_ns)."""
+    rows = torch.tensor([item[0] for item in items], dtype=torch.int64)
     pixels = torch.zeros((len(items), INPUT_SIZE, INPUT_SIZE, 3), dtype=torch.uint8)
-    for i, (_, image, _) in enumerate(items):
+    for i, (_, image, _, _) in enumerate(items):
         if image is not None:
             pixels[i] = image
-    return rows, pixels, [reason for _, _, reason in items]
+    identities = np.array([item[3] for item in items], dtype=np.int64).reshape(len(items), 2)
+    return rows, pixels, [item[2] for item in items], identities

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Sampler
 
 from attgmae.core.constants import MAP_GRID
 from attgmae.core.errors import InputError
+from attgmae.core.identity import changed_images
 from attgmae.core.listing import list_split
 from attgmae.data.images import ImageDecodeError, decode_rgb
 from attgmae.data.transforms import JointTransform
@@ -29,6 +30,9 @@ from attgmae.store import STATUS_OK, open_store
 
 GUIDANCE_MODES = ("store", "random", "none")
 MISSING_POLICIES = ("error", "uniform")
+# Images replaced since their maps were computed: stop, train them with uniform weights, or with
+# the maps of the images they replaced.
+CHANGED_POLICIES = ("error", "uniform", "accept")
 # How many following images to try in place of an undecodable one (--skip_bad_images).
 _MAX_SUBSTITUTES = 64
 
@@ -50,17 +54,25 @@ class MapJoin:
     missing: np.ndarray  # str [K]: image keys with no usable map
     extra: int  # maps whose key matches no image (fine: e.g. a subset of images is trained)
     method: str = "?"  # the store's map method, recorded with the run
+    changed: tuple[str, ...] = ()  # image keys replaced since their maps were computed
 
 
-def join_maps(keys: np.ndarray, store_path, missing_policy: str = "error") -> MapJoin:
+def join_maps(keys: np.ndarray, store_path, missing_policy: str = "error", image_root=None,
+              changed_policy: str = "error") -> MapJoin:  # fmt: skip
     """Look up every image key in the map store at ``store_path`` (loaded fully into memory).
 
     Maps that the store marks as failed count as missing. With ``missing_policy='error'`` any
     missing map raises MapJoinError naming how many and the first few; with ``'uniform'`` those
-    images train with a zero map (every patch weight gamma, as vanilla MAE).
+    images train with a zero map (every patch weight gamma, as vanilla MAE). With ``image_root``,
+    images whose size or mtime differ from what the store recorded when their map was computed
+    (``core.identity``) raise MapJoinError naming them too, unless ``changed_policy`` is
+    ``'uniform'`` (zero maps) or ``'accept'`` (the old maps). The stat of every joined image
+    costs about as much as the listing's own walk (docs/training.md).
     """
     if missing_policy not in MISSING_POLICIES:
         raise ValueError(f"missing_policy must be one of {MISSING_POLICIES}")
+    if changed_policy not in CHANGED_POLICIES:
+        raise ValueError(f"changed_policy must be one of {CHANGED_POLICIES}")
     store = open_store(store_path)
     table = store.load()
     rows = np.asarray(table.index_of([str(k) for k in keys]), dtype=np.int64)
@@ -79,9 +91,28 @@ def join_maps(keys: np.ndarray, store_path, missing_policy: str = "error") -> Ma
             f"`attg-maps generate <data_path>/train`, or pass --missing_maps uniform to train "
             f"those images with uniform weights."
         )
-    return MapJoin(
-        rows=rows, maps=np.asarray(table.maps), missing=missing, extra=extra, method=store.method
-    )
+    changed = [] if image_root is None else _changed_since_maps(store, image_root, keys, rows)
+    if changed and changed_policy == "error":
+        raise MapJoinError(
+            f"{len(changed)} of {len(keys)} training images changed since their maps in "
+            f"{store_path} were computed (another size or mtime; first: {', '.join(changed[:5])})"
+            ": their maps belong to the images they replaced. Rerun the `attg-maps generate` "
+            "that made the store (it recomputes only those), or pass --changed_images uniform to "
+            "train them with uniform weights, or --changed_images accept to keep the old maps."
+        )
+    if changed and changed_policy == "uniform":
+        rows[np.isin(np.asarray(keys, dtype=str), changed)] = -1
+    return MapJoin(rows=rows, maps=np.asarray(table.maps), missing=missing, extra=extra,
+                   method=store.method, changed=tuple(changed))  # fmt: skip
+
+
+def _changed_since_maps(store, image_root, keys, rows) -> list[str]:
+    """Joined image keys whose image is not the one the store recorded for its map."""
+    recorded = store.image_identity
+    if recorded is None:  # a store from before identities were recorded: nothing to compare
+        return []
+    joined = np.flatnonzero(rows >= 0)
+    return changed_images(image_root, [str(keys[i]) for i in joined], recorded[rows[joined]])
 
 
 class PretrainDataset(Dataset):
