@@ -285,6 +285,10 @@ def test_generate_verify_and_training_name_an_image_replaced_since_its_map(tmp_p
     assert (after.image_identity == image_identities(root, keys)).all()
     np.testing.assert_array_equal(after.read_all(), first_maps)  # random maps depend on keys
     assert run("verify", store_path, "--images", root) == 0
+    # the identities travel with exports and imports of the store
+    assert run("export", store_path, tmp_path / "e.h5") == 0
+    assert run("import", tmp_path / "e.h5", tmp_path / "again.zarr") == 0
+    assert (open_store(tmp_path / "again.zarr").image_identity == after.image_identity).all()
 
 
 def test_a_resumed_generate_redoes_staged_and_written_chunks_of_changed_images(tmp_path):
@@ -470,8 +474,10 @@ def small_limits(monkeypatch):
     monkeypatch.setattr(limits, "FLOOR_BYTES", 1 << 20)
 
 
-@pytest.mark.parametrize("kind", ["zip", "tar.gz", "npz"])
+@pytest.mark.parametrize("kind", ["zip", "tar.gz", "npz", "png"])
 def test_archive_bombs_are_refused_before_extracting(tmp_path, capsys, small_limits, kind):
+    import cv2
+
     zeros = np.zeros(4 << 20, dtype=np.uint8)  # 4 MiB of zeros compress ~1000x
     member = tmp_path / "m" / "a" / "x.JPEG.npy"
     member.parent.mkdir(parents=True)
@@ -480,13 +486,17 @@ def test_archive_bombs_are_refused_before_extracting(tmp_path, capsys, small_lim
     if kind == "tar.gz":
         with tarfile.open(source, "w:gz") as archive:
             archive.add(tmp_path / "m", arcname="m")
+    elif kind == "png":  # a map file whose header declares 4 MP
+        member.unlink()
+        cv2.imwrite(str(member.with_suffix(".png")), zeros.reshape(2048, 2048))
+        source = tmp_path / "m"
     else:
         with zipfile.ZipFile(source, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.write(member, "a/x.JPEG.npy" if kind == "zip" else "a.npy")
     before = set(os.listdir(tmp_path))
     assert run("import", source, tmp_path / "out.zarr") == 2
     err = capsys.readouterr().err
-    named = "a.npy" if kind == "npz" else "x.JPEG.npy"
+    named = {"npz": "a.npy", "png": "x.JPEG.png"}.get(kind, "x.JPEG.npy")
     assert "decompression bomb" in err and str(source) in err and named in err, err
     after = {name for name in os.listdir(tmp_path) if not name.endswith(".lock")}
     assert after == before  # nothing extracted, nothing written

@@ -13,6 +13,8 @@ read (``limits``); HDF5 files that reach outside themselves are refused (``backe
 from __future__ import annotations
 
 import os
+import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 from .backends import backend_for, check_sizes
 from .layout import H5_SUFFIXES, RefusedFileError, StoreError
-from .limits import ExpansionBudget
+from .limits import ExpansionBudget, check_declared
 from .reader import open_store
 
 MAP_FILE_EXTENSIONS = (".npy", ".pt", ".pth", ".png")
@@ -50,6 +52,7 @@ def _load_torch(path: Path):
     # torch only for .pt sources: it takes seconds to import, and most archives are .npy/.npz.
     from attgmae.core.torchfile import load_torch_file
 
+    _check_zip_members(path)  # a .pt is a zip (torch >= 1.6)
     return load_torch_file(path, what="map")
 
 
@@ -79,6 +82,7 @@ def read_map_file(path: Path) -> np.ndarray:
         if not hasattr(value, "numpy"):
             raise ValueError(f"holds a {type(value).__name__}, not a tensor")
         return value.float().numpy()
+    _check_png(path)
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError("not a readable PNG")
@@ -121,23 +125,35 @@ def read_tree(root: Path) -> RawMaps:
     return raw
 
 
-def _check_npz(path: Path) -> None:
-    """An .npz is a zip: its members' declared sizes against the file's (``limits``)."""
-    import zipfile
+def _check_zip_members(path: Path) -> None:
+    """An .npz (or .pt) is a zip: its members' declared sizes against the file's (``limits``)."""
+    if not zipfile.is_zipfile(path):
+        return  # not a zip: its own reader says what is wrong with it
+    with zipfile.ZipFile(path) as archive:
+        budget = ExpansionBudget(path, path.stat().st_size)
+        for info in archive.infolist():
+            budget.add(info.filename, info.file_size, info.compress_size)
 
-    try:
-        with zipfile.ZipFile(path) as archive:
-            budget = ExpansionBudget(path, path.stat().st_size)
-            for info in archive.infolist():
-                budget.add(info.filename, info.file_size, info.compress_size)
-    except zipfile.BadZipFile as err:
-        raise StoreError(f"{path}: cannot read npz ({err})") from None
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
+
+
+def _check_png(path: Path) -> None:
+    """A PNG's header declares its size: no more pixels than its bytes can hold (``limits``)."""
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+    if len(head) < 26 or not head.startswith(PNG_SIGNATURE):
+        return  # cv2 says it is not a readable PNG
+    width, height = struct.unpack(">II", head[16:24])
+    declared = width * height * PNG_CHANNELS.get(head[25], 4) * max(head[24], 8) // 8
+    check_declared(path, declared, path.stat().st_size, "its PNG header")
 
 
 def read_dict_file(path: Path) -> RawMaps:
     """A .npz, or a .pt/.pth dict {key: map}."""
     if path.name.lower().endswith(".npz"):
-        _check_npz(path)
+        _check_zip_members(path)
         try:
             with np.load(path, allow_pickle=False) as data:
                 items = {k: data[k] for k in data.files}
