@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checksums
-from .backends import backend_for, stamp
+from .backends import backend_for, check_rows, stamp
 from .layout import (
     FORMAT_NAME,
     GRID,
@@ -147,6 +147,12 @@ class MapStore:
         self.num_rows = meta["num_rows"]
         self.maps_shape = meta["maps_shape"]
         self.maps_dtype = meta["maps_dtype"]
+        if self.attrs.get("num_rows", self.num_rows) != self.num_rows:
+            raise StoreError(
+                f"{self.path}: its attributes say {self.attrs.get('num_rows')} rows, its arrays "
+                f"hold {self.num_rows}: a damaged or crafted store; regenerate it, or import it "
+                "again from a good copy"
+            )
         if tuple(self.maps_shape[1:]) != (GRID, GRID):
             grid = "x".join(str(n) for n in self.maps_shape[1:]) or "scalar"
             raise StoreError(
@@ -164,6 +170,7 @@ class MapStore:
         for _ in range(OPEN_TRIES):
             try:
                 self._stamp = stamp(self.path)
+                check_rows(self.path, self._backend.array_info(self.path))  # before allocating
                 meta = self._backend.read_meta(self.path)
             except StoreError:
                 raise
