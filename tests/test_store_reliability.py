@@ -309,6 +309,36 @@ def test_a_resumed_generate_redoes_staged_and_written_chunks_of_changed_images(t
     assert again.changed == [] and [c for c, _, _ in again.pending_chunks()] == [0, 2, 3]
 
 
+def _maps_of(root, keys) -> np.ndarray:
+    """Stand-in for a map method: each map made from its image file's bytes."""
+    return np.stack([np.resize(np.frombuffer((root / k).read_bytes(), np.uint8), (14, 14)) / 255
+                     for k in keys])  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_an_update_recomputes_the_changed_chunk_and_keeps_every_other_row(tmp_path, suffix):
+    root = tmp_path / "images"
+    keys = write_images(root, 8)
+    out = tmp_path / f"s{suffix}"
+    write_store(out, keys, _maps_of(root, keys), method="m",
+                image_identity=image_identities(root, keys), **LAYOUT)  # fmt: skip
+    before = open_store(out).read_all()
+    replace_image(root / keys[5])
+    writer = MapStoreWriter(out, keys, method="m", images_root=root, update=True, **LAYOUT)
+    assert writer.changed == [keys[5]]
+    assert writer.pending_chunks() == [(2, 4, 6)]
+    writer.write_chunk(2, _maps_of(root, keys[4:6]), np.ones(2, bool), None,
+                       image_identities(root, keys[4:6]))  # fmt: skip
+    writer.finish_rank()
+    writer.finalize()
+    after = open_store(out)
+    rows = np.arange(8) != 5
+    np.testing.assert_array_equal(after.read_all()[rows], before[rows])
+    np.testing.assert_array_equal(after.read_all()[5], _maps_of(root, [keys[5]])[0].astype("f2"))
+    assert (after.image_identity == image_identities(root, keys)).all()
+    assert verify_store(out, root).ok and not swap.partial_of(out).exists()
+
+
 def test_stores_without_image_identities_still_load_and_verify_says_so(tmp_path, capsys):
     root = tmp_path / "images"
     keys = write_images(root, 8)
