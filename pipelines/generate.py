@@ -29,7 +29,7 @@ from attgmae.core.constants import DEFAULT_TIMEOUT_MIN, MAP_INPUT_SIZE
 from attgmae.core.device import rank_device, resolve_device, resolve_precision
 from attgmae.core.errors import InputError
 from attgmae.core.files import write_json_atomic
-from attgmae.core.identity import changed_images
+from attgmae.core.identity import changed_images, image_identities
 from attgmae.core.listing import folder_labels, list_images
 from attgmae.core.lock import OutputLock
 from attgmae.core.resources import WorkerPlan, plan_workers
@@ -206,12 +206,14 @@ def _complete_already(path: Path, keys: list[str], params: dict):
     return store
 
 
-def _images_changed(store, cfg: GenerateConfig, keys, info: distributed.DistInfo) -> bool:
-    """Whether any image changed since its map in ``store`` was computed (rank 0 looks; every
-    rank learns the answer)."""
+def _images_changed(store, cfg: GenerateConfig, keys, info, now: list) -> bool:
+    """Whether any image changed since its map in ``store`` was computed. Rank 0 stats the
+    images once for all stores (``now`` keeps their identities); every rank learns the answer."""
     changed = False
     if info.is_main and store.image_identity is not None:
-        changed = bool(changed_images(cfg.images_root, keys, store.image_identity))
+        if not now:
+            now.append(image_identities(cfg.images_root, keys))
+        changed = bool(changed_images(cfg.images_root, keys, store.image_identity, now[0]))
     return bool(distributed.max_across_ranks(int(changed), info))
 
 
@@ -269,11 +271,11 @@ def _run(cfg, defining, keys, class_names, labels, device, amp, info, unreadable
     # Complete stores of these keys and parameters are left alone (a run killed between two
     # finalizations resumes here), unless images changed since: then only the chunks of those
     # are computed again ("update"). Anything else in the way needs --overwrite.
-    todo, skipped, update = [], [], []
+    todo, skipped, update, now = [], [], [], []
     for method, params in defining.items():
         path = store_path(out_dir, method, cfg.fmt)
         store = None if cfg.overwrite else _complete_already(path, keys, params)
-        if store is not None and _images_changed(store, cfg, keys, info):
+        if store is not None and _images_changed(store, cfg, keys, info, now):
             update.append(method)
         (skipped if store is not None and method not in update else todo).append(method)
     if skipped:

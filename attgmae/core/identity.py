@@ -37,14 +37,18 @@ def image_identities(root, keys) -> np.ndarray:
     return np.array(out, dtype=np.int64).reshape(len(keys), 2)
 
 
-def changed_images(root, keys, recorded) -> list[str]:
+def changed_images(root, keys, recorded, current=None) -> list[str]:
     """The keys whose image under ``root`` is no longer the one ``recorded`` (int64 [N, 2], as
     ``image_identities`` returns, one row per key) describes: another size or mtime, or gone.
-    Rows recorded as UNKNOWN are not compared."""
+    Rows recorded as UNKNOWN are not compared. ``current``: the images' identities now, when
+    already stat'ed (to compare several records with one pass over the files)."""
     recorded = np.asarray(recorded, dtype=np.int64).reshape(len(keys), 2)
     known = np.flatnonzero(recorded[:, 0] != UNKNOWN)
     if not len(known):
         return []
-    current = image_identities(root, [keys[i] for i in known])
+    if current is None:
+        current = image_identities(root, [keys[i] for i in known])
+    else:
+        current = np.asarray(current, dtype=np.int64).reshape(len(keys), 2)[known]
     differ = (current != recorded[known]).any(axis=1)
     return [str(keys[i]) for i in known[differ]]

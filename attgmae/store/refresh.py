@@ -46,11 +46,11 @@ def _recorded_identity(writer, complete) -> np.ndarray:
     recorded = np.full((writer.num_rows, 2), UNKNOWN, dtype=np.int64)
     if complete is not None and complete.image_identity is not None:
         recorded[:] = complete.image_identity
-    written = writer.backend.read_identity(writer.inner)
-    for shard in range(writer.num_shards):
-        if writer._shard_done(shard) and written is not None:
-            rows = slice(shard * writer.shard_rows, (shard + 1) * writer.shard_rows)
-            recorded[rows] = written[rows]
+    done = [shard for shard in range(writer.num_shards) if writer._shard_done(shard)]
+    written = writer.backend.read_identity(writer.inner) if done else None
+    for shard in done if written is not None else ():
+        rows = slice(shard * writer.shard_rows, (shard + 1) * writer.shard_rows)
+        recorded[rows] = written[rows]
     for chunk in range(writer.num_chunks):
         if writer._chunk_file(chunk).exists():
             start, stop = writer.chunk_rows_range(chunk)
