@@ -177,8 +177,8 @@ def import_maps(
 
 def _import(source, out, fmt, images, method, resize, normalize, maps_name, keys_name,
             overwrite) -> dict:  # fmt: skip
-    finalized = (swap.partial_of(out) / swap.MARKER).exists()  # a killed run's finished store
-    if out.exists() and not overwrite and not finalized:
+    finished = swap.finish_interrupted(out, fmt)  # a killed run's finalized store, put in place
+    if out.exists() and not overwrite and not finished:
         raise StoreError(f"{out} already exists; pass --overwrite to replace it")
     with unpacked(source, temporary_path(out, suffix=".unpacked")) as path:
         try:
@@ -198,7 +198,7 @@ def _import(source, out, fmt, images, method, resize, normalize, maps_name, keys
     keys, maps = [keys[i] for i in order], maps[order]
     summary = {"count": len(keys), "kind": raw.kind, "method": fields["method"], "out": str(out),
                "finished": False}  # fmt: skip
-    if swap.finish_interrupted(out, fmt):
+    if finished:  # the store now in place may be the very import asked for
         if _is_this_import(out, keys, maps, fields):
             return {**summary, "finished": True}
         if not overwrite:
