@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from attgmae.core.device import PRECISIONS
+from attgmae.core.constants import PRECISIONS
 from attgmae.core.errors import InputError
-from attgmae.engine.config import RunFlags
-from attgmae.eval.finetune import MIXUP_MODES
+from attgmae.core.run_flags import RunFlags
 
 # Published recipes: field -> value, applied before the explicit flags (which win). A value
 # BY_MODEL is taken from the pretrained encoder's depth (``by_model``).
@@ -63,6 +62,7 @@ class FinetuneConfig(RunFlags):
     preset: str | None = None  # the recipe applied (recorded; see PRESETS)
     # model (and RunFlags: the checkpoint's architecture flags, the run)
     timm_model: str | None = None  # any timm architecture by name (weights from checkpoint)
+    nb_classes: int | None = None  # MAE's; checked against the class folders of train/
     input_size: int = 224
     drop_path: float = 0.1
     global_pool: str = "avg"  # avg (MAE's --global_pool) | token (MAE's --cls_token)
@@ -116,6 +116,8 @@ def preset_values(preset: str | None, given=()) -> dict:
 
 def validate(cfg: FinetuneConfig) -> None:
     """Every inconsistent flag at once, as one InputError (exit code 2)."""
+    from attgmae.eval.finetune import MIXUP_MODES  # torch and timm: once a run starts
+
     problems = []
     if sum(x is not None for x in (cfg.subset_file, cfg.percent, cfg.shots)) > 1:
         problems.append("give at most one of --subset_file, --percent and --shots")
