@@ -168,8 +168,8 @@ def add_launch_flags(parser) -> None:
 def add_use_cuda(parser) -> None:
     group = habits_group(parser)
     group.add_argument("--use_cuda", action=_UseCuda, default=argparse.SUPPRESS, metavar="BOOL",
-                       help="DINO's k-NN on the GPU: true is the default here (--device); "
-                            "false is refused")  # fmt: skip
+                       help="DINO's k-NN on the GPU: true, as here (--device); false is "
+                            "refused")  # fmt: skip
 
 
 def arch_model(args: argparse.Namespace) -> str | None:

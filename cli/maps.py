@@ -24,7 +24,7 @@ def build_parser():
         help="folder of .npy/.pt/.png maps, .npz, .pt/.pth dict, .h5, .zarr, "
         ".zip or .tar(.gz) of any of them",
     )
-    p.add_argument("out", help="new store: *.zarr (default layout) or *.h5")
+    p.add_argument("out", help="new store: *.zarr (the usual format) or *.h5")
     p.add_argument("--images", help="image root: match map files to images by stem")
     p.add_argument(
         "--method", help="method name recorded in the store (default: the source's, or 'imported')"
@@ -45,7 +45,7 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     p = sub.add_parser("verify", help="check a store; exit 0 only when all is well")
-    p.add_argument("store")
+    p.add_argument("store", help="the store to check: .zarr, .zarr.zip or .h5")
     p.add_argument("--images", help="image root: report images without map and maps without image")
     p.add_argument(
         "--file_list", help="with --images: only these images (one relative path a line)"
@@ -54,7 +54,7 @@ def build_parser():
     p = sub.add_parser(
         "inspect", help="method, parameters, model identity, count, value statistics"
     )
-    p.add_argument("store")
+    p.add_argument("store", help="a store: .zarr, .zarr.zip or .h5")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser(
@@ -64,7 +64,7 @@ def build_parser():
         "the weights exp(M_norm/tau) at each (Fig. 2). --schedule: the weights along a run's own "
         "tau schedule (Fig. 3). Maps as their 14x14 patch grids, viridis, one scale per figure.",
     )
-    p.add_argument("store")
+    p.add_argument("store", help="a store: .zarr, .zarr.zip or .h5")
     p.add_argument("--images", required=True, help="image root the store's keys are relative to")
     p.add_argument("--keys", nargs="+", required=True, help="keys to show (one row each)")
     p.add_argument("--tau", type=float, nargs="+", default=[0.75], help="one tau, or several")
@@ -75,10 +75,10 @@ def build_parser():
     p.add_argument("-o", "--out", required=True, help="output PNG")
 
     p = sub.add_parser("make-example", help="write the built-in example image set with true masks")
-    p.add_argument("root")
-    p.add_argument("--train_per_class", type=int, default=25)
-    p.add_argument("--val_per_class", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("root", help="folder to write (train/, val/, masks/, labels/, classes.txt)")
+    p.add_argument("--train_per_class", type=int, default=25, help="training images per class")
+    p.add_argument("--val_per_class", type=int, default=10, help="validation images per class")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shapes, colours and textures")
     p.add_argument(
         "--taskonomy",
         action="store_true",
