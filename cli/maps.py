@@ -60,9 +60,11 @@ def build_parser():
     p = sub.add_parser(
         "show",
         help="the paper's Figures 1-3: a store's maps and the loss weights they give, per image",
-        description="One --tau: image | M_norm | M_norm/tau | exp(M_norm/tau) (Fig. 1). Several: "
-        "the weights exp(M_norm/tau) at each (Fig. 2). --schedule: the weights along a run's own "
-        "tau schedule (Fig. 3). Maps as their 14x14 patch grids, viridis, one scale per figure.",
+        description="One --tau: image | M_norm | M_norm/tau | exp(M_norm/tau) (Fig. 1, on 0 .. "
+        "exp(1/tau)). Several: the weights exp(M_norm/tau) at each (Fig. 2, on the paper's 1 .. "
+        "4.2, the range at tau 0.7). --schedule: the weights at five epochs of a run's own tau "
+        "schedule (Fig. 3, on Fig. 2's scale, raised if the schedule goes below 0.7). Maps as "
+        "their 14x14 patch grids, viridis, one scale per figure (--range fixes another).",
     )
     p.add_argument("store", help="a store: .zarr, .zarr.zip or .h5")
     p.add_argument("--images", required=True, help="image root the store's keys are relative to")
@@ -70,6 +72,16 @@ def build_parser():
     p.add_argument("--tau", type=float, nargs="+", default=[0.75], help="one tau, or several")
     p.add_argument(
         "--schedule", default=None, help="a run's checkpoint or config.json: its tau schedule"
+    )
+    p.add_argument(
+        "--range",
+        dest="value_range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="a fixed colour range for every panel, e.g. 1 4.2 for figures of several runs "
+        "(default: the paper's per figure, see above)",
     )
     p.add_argument("--overlay", action="store_true", help="draw the maps on the images")
     p.add_argument("-o", "--out", required=True, help="output PNG")
@@ -140,9 +152,8 @@ def _inspect(args) -> int:
 def _show(args) -> int:
     from attgmae.pipelines.show import render_show  # matplotlib: only when drawing
 
-    out = render_show(
-        args.store, args.images, args.keys, args.tau, args.out, args.schedule, args.overlay
-    )
+    out = render_show(args.store, args.images, args.keys, args.tau, args.out, args.schedule,
+                      args.overlay, args.value_range)  # fmt: skip
     print(f"wrote {out}")
     return 0
 

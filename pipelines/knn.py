@@ -111,7 +111,8 @@ def run_knn(cfg: KnnConfig, log=print) -> dict:
         "software": software_versions(python=True),
     }
     json_path = write_json_atomic(out_dir / f"knn_{label}.json", result)
-    png_path = plot_knn({label: by_k}, out_dir / f"knn_{label}.png", temperature=cfg.temperature)
+    png_path = plot_knn({label: by_k}, out_dir / f"knn_{label}.png", temperature=cfg.temperature,
+                        chance=100.0 / len(train.class_names))  # fmt: skip
     log(f"results: {json_path}  plot: {png_path}")
     return result
 
@@ -145,6 +146,7 @@ def run_knn_compare(cfg: KnnConfig, checkpoints, labels=None, log=print) -> list
             r["label"]: {row["k"]: (row["top1"], row["top5"]) for row in r["results"]}
             for r in results
         }
-        plot_knn(by_label, out / "knn_compare.png", temperature=cfg.temperature)
+        chance = 100.0 / results[0]["num_classes"]
+        plot_knn(by_label, out / "knn_compare.png", temperature=cfg.temperature, chance=chance)
         log(f"comparison: {out / 'knn_compare.json'}  {out / 'knn_compare.png'}")
     return results
