@@ -7,11 +7,9 @@ import sys
 
 from attgmae.cli import maps_generate
 from attgmae.cli._args import add_subparsers, make_parser, run_main
-from attgmae.data.example import write_example
-from attgmae.data.example_taskonomy import write_example_taskonomy
-from attgmae.store.exporting import export_store
-from attgmae.store.importing import import_maps
-from attgmae.store.verify import describe_store, verify_store
+
+# Each command imports what it runs (numpy, zarr, h5py, OpenCV, torch for some): building the
+# parser stays light, so --help and a bad flag answer at once.
 
 
 def build_parser():
@@ -102,6 +100,8 @@ def build_parser():
 
 
 def _import(args) -> int:
+    from attgmae.store.importing import import_maps
+
     summary = import_maps(
         args.src,
         args.out,
@@ -121,18 +121,24 @@ def _import(args) -> int:
 
 
 def _export(args) -> int:
+    from attgmae.store.exporting import export_store
+
     out, manifest = export_store(args.store, args.out, overwrite=args.overwrite)
     print(f"wrote {out} and {manifest}")
     return 0
 
 
 def _verify(args) -> int:
+    from attgmae.store.verify import verify_store
+
     report = verify_store(args.store, args.images, args.file_list)
     print(report.text())
     return 0 if report.ok else 1
 
 
 def _inspect(args) -> int:
+    from attgmae.store.verify import describe_store
+
     info = describe_store(args.store)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -159,6 +165,9 @@ def _show(args) -> int:
 
 
 def _make_example(args) -> int:
+    from attgmae.data.example import write_example
+    from attgmae.data.example_taskonomy import write_example_taskonomy
+
     if args.taskonomy:
         root = write_example_taskonomy(args.root, seed=args.seed)
         print(f"wrote the synthetic Taskonomy set to {root} (docs/dense.md: its layout)")
