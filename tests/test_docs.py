@@ -194,3 +194,24 @@ def test_the_masking_ratio_and_random_map_recipes_are_the_papers():
             maps,
         )
     assert "for RATIO in 0.7 0.75 0.8; do" in section and "--mask_ratio $RATIO" in section
+
+
+@pytest.mark.parametrize("page, command", [("generate.md", ("maps", "generate")),
+                                           ("finetune.md", ("eval", "finetune"))])  # fmt: skip
+def test_flag_tables_name_every_flag(page, command):
+    """The pages with a table of a command's flags name every flag the command has."""
+    import argparse
+    import importlib
+
+    module, name = command
+    parser = importlib.import_module(f"attgmae.cli.{module}").build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = (REPO / "docs" / page).read_text(encoding="utf-8")
+    missing = [
+        action.option_strings[0]
+        for action in sub.choices[name]._actions
+        if action.option_strings
+        and action.option_strings[0] not in ("-h", "--version")
+        and not re.search(re.escape(action.option_strings[0]) + r"(?![\w-])", text)
+    ]
+    assert not missing, f"docs/{page} does not name {missing}"
