@@ -5,7 +5,7 @@ background (0) keeps weight ``gamma``, the most attended patch (1) gets ``gamma 
 (2.72 at tau 1.0, 3.79 at tau 0.75, 4.17 at tau 0.7). A lower tau sharpens the guidance.
 
 The paper's main models follow a half-cycle cosine temperature schedule; the endpoints are not
-published. ``TauSchedule`` defaults to 1.0 -> 0.7 (docs/training.md says why): it starts with
+published. ``attg-train`` defaults to 1.0 -> 0.7 (docs/training.md says why): it starts with
 mild guidance (the top weight e = 2.72) and ends at the sharpest the paper draws (Fig. 2's scale,
 exp(1 / 0.7) = 4.2), passing the ablation's constant 0.75 (Fig. 1's scale, 3.8) late in
 training. It moves from the first iteration, warmup included: tau is a function of training
@@ -35,8 +35,8 @@ def loss_weights(maps_norm: torch.Tensor, tau: float, gamma: float = 1.0) -> tor
     return gamma * torch.exp(flat / tau)
 
 
-TAU_START, TAU_END = 1.0, 0.7  # the default cosine's endpoints (see the module docstring)
-TAU_CONSTANT = 0.75  # the masking-ratio ablation's (supplementary Sec. G)
+# The default endpoints TAU_START, TAU_END and the ablation's TAU_CONSTANT live in
+# attgmae.core.constants, where the command-line parsers read them without importing torch.
 
 
 @dataclass(frozen=True)

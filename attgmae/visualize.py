@@ -1,7 +1,9 @@
 """Pictures of maps and reconstructions.
 
 ``reconstruction_panels``: original | masked | reconstruction | loss weights, one row per image,
-the weights in the figures' style (``attgmae.figures``: viridis, patch grid, fixed scale).
+the weights in the figures' style (``attgmae.figures``: viridis, patch grid, fixed scale);
+``with_titles``, ``with_row_keys`` and ``with_colorbar`` add the column titles, each row's image
+key and the colour key of the weights' scale.
 """
 
 from __future__ import annotations
@@ -81,6 +83,38 @@ def with_titles(panel: np.ndarray, titles=PANEL_TITLES, height: int = 18) -> np.
     for i, title in enumerate(titles):
         draw.text((i * column + 4, 3), title, fill=(0, 0, 0))
     return np.concatenate([np.asarray(strip), panel], axis=0)
+
+
+def with_row_keys(panel: np.ndarray, keys, tile: int, band: int = 13) -> np.ndarray:
+    """A copy of ``panel`` (rows of ``tile`` px) with each row's image key written in a dark
+    band along the bottom of its first tile (a long key keeps its end: the file name)."""
+    image = Image.fromarray(panel.copy())
+    draw = ImageDraw.Draw(image)
+    fits = max((tile - 6) // 6, 4)  # characters of the default font across one tile
+    for row, key in enumerate(keys):
+        text = key if len(key) <= fits else "..." + key[-(fits - 3):]
+        top = (row + 1) * tile - band
+        draw.rectangle((0, top, tile - 1, (row + 1) * tile - 1), fill=(0, 0, 0))
+        draw.text((3, top + 1), text, fill=(255, 255, 255))
+    return np.asarray(image)
+
+
+def with_colorbar(panel: np.ndarray, low: float, high: float, label: str,
+                  height: int = 32) -> np.ndarray:  # fmt: skip
+    """uint8 [H, W, 3] -> [H + height, W, 3]: below the panel the weights' colour key, a viridis
+    gradient from ``low`` to ``high`` under the last of its four columns, its ends labelled,
+    and ``label`` (what the scale is) beside it."""
+    width = panel.shape[1]
+    column = width // len(PANEL_TITLES)
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    gradient = _viridis(np.linspace(0.0, 1.0, column - 8))[None].repeat(10, axis=0)
+    strip.paste(Image.fromarray(gradient), (width - column + 4, 3))
+    draw = ImageDraw.Draw(strip)
+    draw.text((width - column + 4, 15), f"{low:g}", fill=(0, 0, 0))
+    high_text = f"{high:.2f}"
+    draw.text((width - 6 * len(high_text) - 6, 15), high_text, fill=(0, 0, 0))
+    draw.text((4, 8), label, fill=(0, 0, 0))
+    return np.concatenate([panel, np.asarray(strip)], axis=0)
 
 
 def save_png(rgb: np.ndarray, path) -> Path:

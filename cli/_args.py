@@ -1,8 +1,17 @@
-"""Shared argparse helpers.
+"""Shared argparse helpers: both flag spellings, one help style, ``--version``, the error exit.
 
 Every flag is accepted both as ``--snake_case`` and as ``--kebab-case``: official MAE users type
 ``--batch_size``, shell users ``--batch-size``. Flags are declared once (in either spelling) and
-the other spelling is added as an alias.
+the other spelling is added as an alias. Abbreviations are off: ``--c`` never means
+``--checkpoint`` today and another flag tomorrow (and ``--config`` is read before parsing).
+
+Help: every flag has a help text, and its default is shown once, at the end, as
+``(default: X)``, by ``HelpFormatter``: from the flag's default, or from ``show_default`` where
+the parser suppresses defaults (finetune, segment, taskonomy: only the flags given reach the
+config). A flag whose default is None shows none (its help says what unset means); a switch
+shows its state only when a ``--no_`` form turns it off (``add_switch``).
+
+Nothing here imports torch: every ``--help``, ``--version`` and bad flag answers at once.
 """
 
 from __future__ import annotations
@@ -12,6 +21,73 @@ import dataclasses
 import sys
 
 from attgmae.core.errors import AttgError, user_message
+
+
+def package_version() -> str:
+    """The installed distribution's version (setup.cfg), else the package's own."""
+    from importlib import metadata  # tens of ms: only when asked
+
+    try:
+        return metadata.version("attgmae")
+    except metadata.PackageNotFoundError:
+        from attgmae import __version__
+
+        return __version__
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: prints ``attgmae X.Y.Z`` and exits 0."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        kwargs.update(nargs=0, default=argparse.SUPPRESS)
+        super().__init__(option_strings, argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser._print_message(f"attgmae {package_version()}\n", sys.stdout)
+        parser.exit()
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Each flag's default shown once, in one style; a description of several lines (examples)
+    kept as written, a one-line one wrapped."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def add_usage(self, usage, actions, groups, prefix=None):
+        # refused flags (attgmae.cli._habits) are listed in the help, not in the usage line
+        actions = [a for a in actions if not getattr(a, "refused", False)]
+        super().add_usage(usage, actions, groups, prefix)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = shown_default(action)
+        if shown is None:
+            return text
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def shown_default(action: argparse.Action) -> str | None:
+    """What ``--help`` shows as ``action``'s default, or None for nothing."""
+    if hasattr(action, "shown_default"):
+        value = action.shown_default
+    elif action.nargs == 0 or action.default in (None, argparse.SUPPRESS):
+        return None  # a switch or a constant; a None default is described by its help
+    else:
+        value = action.default
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def show_default(action: argparse.Action, value) -> argparse.Action:
+    """Show ``value`` as ``action``'s default (None: nothing), whatever ``action.default`` is."""
+    action.shown_default = value
+    return action
 
 
 def _with_both_spellings(names, kwargs):
@@ -34,7 +110,16 @@ class _BothSpellingsGroup(argparse._ArgumentGroup):
 
 
 class BothSpellingsParser(argparse.ArgumentParser):
-    """ArgumentParser whose long options (also in argument groups) answer to both spellings."""
+    """ArgumentParser whose long options (also in argument groups) answer to both spellings,
+    with ``HelpFormatter``, no abbreviations and ``--version``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--version", action=_VersionAction, help="print the installed attgmae version and exit"
+        )
 
     def add_argument(self, *names, **kwargs):
         spelled, kwargs = _with_both_spellings(names, kwargs)
@@ -47,31 +132,29 @@ class BothSpellingsParser(argparse.ArgumentParser):
 
 
 def make_parser(prog: str, description: str) -> BothSpellingsParser:
-    return BothSpellingsParser(
-        prog=prog,
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-
-
-class _CommandParser(BothSpellingsParser):
-    """A subcommand's parser: both spellings, defaults shown in --help."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        super().__init__(*args, **kwargs)
+    return BothSpellingsParser(prog=prog, description=description)
 
 
 def add_subparsers(parser: argparse.ArgumentParser):
-    """Subcommands whose parsers accept both flag spellings too and show their defaults."""
-    return parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
+    """Subcommands whose parsers take both flag spellings, the help style and --version too."""
+    return parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=BothSpellingsParser,
+        help="one of the commands below; COMMAND --help for its flags",
+    )
 
 
 def add_switch(parser, name: str, default: bool, help: str) -> None:
-    """``--name`` turns a setting on and ``--no_name`` off (both spellings each)."""
+    """``--name`` turns a setting on and ``--no_name`` off (both spellings each); the help of
+    ``--name`` shows whether it is on by default."""
     dest = name.replace("-", "_")
-    parser.add_argument(f"--{name}", action="store_true", default=default, dest=dest, help=help)
-    parser.add_argument(f"--no_{name}", action="store_false", dest=dest, help="(turns it off)")
+    on = parser.add_argument(
+        f"--{name}", action="store_true", default=default, dest=dest, help=help
+    )
+    show_default(on, "on" if default else "off")
+    parser.add_argument(f"--no_{name}", action="store_false", dest=dest, help=f"turn --{name} off")
 
 
 def config_from_args(config_class, args: argparse.Namespace, **overrides):

@@ -12,77 +12,42 @@ from __future__ import annotations
 import argparse
 import sys
 
+from attgmae.cli import eval_supervised
 from attgmae.cli._args import add_subparsers, config_from_args, make_parser, run_main
-from attgmae.core.constants import TRUST_FLAG
+from attgmae.cli._config_file import add_config_flag, parse_with_config
+from attgmae.cli._habits import (
+    CHECKPOINT_KEY_HELP,
+    COMMON_EVAL_REFUSED,
+    EVAL_ONLY_LINPROBE,
+    NO_PIN_MEM,
+    add_encoder_habits,
+    add_launch_flags,
+    add_refusals,
+    add_use_cuda,
+    arch_model,
+    habits_group,
+    launch_flags,
+)
+from attgmae.core.constants import PRECISIONS, TRUST_FLAG
 from attgmae.core.errors import InputError
-from attgmae.pipelines.finetune import run_finetune
-from attgmae.pipelines.finetune_config import PRESETS, FinetuneConfig, preset_values
-from attgmae.pipelines.knn import KnnConfig, run_knn_compare
-from attgmae.pipelines.linprobe import LinprobeConfig, run_linprobe, run_seeds
-from attgmae.pipelines.segment import run_segment
-from attgmae.pipelines.segment_config import INFERENCE_MODES, RECIPE_FIELDS, SegmentConfig
-from attgmae.pipelines.taskonomy import run_taskonomy_compare
-from attgmae.pipelines.taskonomy_config import TaskonomyConfig
+from attgmae.pipelines.knn_config import KnnConfig
+from attgmae.pipelines.linprobe_config import LinprobeConfig
 
-# attg-eval finetune's flags besides --checkpoint, --data_path and --preset: (name, type,
-# help). Each default lives in FinetuneConfig; a flag given overrides the preset's value.
-_FINETUNE_FLAGS = [
-    ("output_dir", str, "checkpoints, log.txt, finetune.json and .png go here"),
-    ("model", str, "architecture name when the checkpoint does not record it (sets the heads)"),
-    ("timm_model", str, "any timm architecture by name; --checkpoint holds its weights"),
-    ("num_heads", int, "attention heads (overrides the name and width tables)"),
-    ("checkpoint_key", str, "entry of a DINO/iBOT training checkpoint: teacher or student"),
-    ("input_size", int, "image size"),
-    ("drop_path", float, "stochastic depth rate"),
-    ("epochs", int, "training epochs"),
-    ("warmup_epochs", int, "linear lr warmup epochs"),
-    ("batch_size", int, "images per process and micro-batch"),
-    ("accum_iter", int, "micro-batches per optimizer step (unset: 1, or --eff_batch_size's)"),
-    ("eff_batch_size", int, "batch_size x accum_iter x processes; sets --accum_iter"),
-    ("blr", float, "base lr: lr = blr x effective batch / 256"),
-    ("lr", float, "absolute lr (overrides --blr)"),
-    ("min_lr", float, "lr at the end of the cosine"),
-    ("layer_decay", float, "layer-wise lr decay (ELECTRA/BEiT)"),
-    ("weight_decay", float, "AdamW weight decay (not on 1-D parameters, cls_token, pos_embed)"),
-    ("clip_grad", float, "max gradient norm (unset: no clipping)"),
-    ("aa", str, "RandAugment policy (timm name); none: off"),
-    ("color_jitter", float, "colour jitter (only acts without RandAugment)"),
-    ("smoothing", float, "label smoothing"),
-    ("reprob", float, "random erasing probability"),
-    ("remode", str, "random erasing mode"),
-    ("recount", int, "random erasing count"),
-    ("mixup", float, "mixup alpha (on when > 0)"),
-    ("cutmix", float, "cutmix alpha (on when > 0)"),
-    ("mixup_prob", float, "probability of mixup or cutmix per batch"),
-    ("mixup_switch_prob", float, "probability of cutmix when both are on"),
-    ("mixup_mode", str, "batch, pair or elem"),
-    ("subset_file", str, "train only on the images listed (ImageNet 1%% / 10%% files)"),
-    ("percent", float, "train on P%% of each class (seeded)"),
-    ("shots", int, "train on N images per class (seeded)"),
-    ("seed", int, "subset, sample order, augmentation and mixup seed"),
-    ("device", str, "auto (cuda when available), cuda, cuda:N, cpu"),
-    ("amp", str, "auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32"),
-    ("num_workers", int, "DataLoader workers per process"),
-    ("resume", str, "checkpoint to continue from (default: OUTPUT_DIR's newest)"),
-    ("save_every", int, "keep checkpoint-N.pth every N epochs (and the last)"),
-    ("ckpt_every_steps", int, "also write checkpoint-last.pth every N optimizer steps"),
-    ("print_freq", int, "iterations between progress lines"),
-    ("stop_after_iters", int, "leave after N iterations, as a killed run would (tests)"),
-]
-_FINETUNE_SWITCHES = [  # (flag, dest, value, help)
-    ("--force_model", "force_model", True, "use --model's head count even if it contradicts"),
-    (TRUST_FLAG, "trust_checkpoint", True, "unpickle the checkpoint in full (trusted files)"),
-    ("--cls_token", "global_pool", "token", "classify the CLS token (MAE's --cls_token)"),
-    ("--no_pin_mem", "pin_mem", False, "do not pin CPU memory in the DataLoader"),
-    ("--compile", "compile", True, "torch.compile the model"),
-    ("--no_auto_resume", "auto_resume", False, "start over even if OUTPUT_DIR has checkpoints"),
-    ("--eval_only", "eval_only", True, "evaluate the checkpoint as it is (MAE's --eval)"),
-]
+# The parsers are built from the light config modules alone (no torch): every --help and bad
+# flag answers at once; each command imports its pipeline when it runs.
+finetune_config = eval_supervised.finetune_config  # the flags given -> FinetuneConfig
+
+POOL_HELP = (
+    "cls: the CLS token after the final norm (DINO's k-NN feature; MAE's --cls_token); avg: "
+    "the mean of the patch tokens before the final norm, through a fresh LayerNorm without "
+    "affine part (MAE's linear probe with --global_pool)"
+)
 
 
-def _add_common(p, default_batch, default_out, default_precision="auto"):
+def _add_common(p, d) -> None:
+    """The flags k-NN and the linear probe share; ``d``: the command's config defaults."""
     p.add_argument("--data_path", required=True, help="image root holding train/ and val/")
-    p.add_argument("--output_dir", default=default_out, help="where results go")
+    p.add_argument("--output_dir", default=d.output_dir, help="where results go")
     p.add_argument(
         "--model",
         default=None,
@@ -95,51 +60,73 @@ def _add_common(p, default_batch, default_out, default_precision="auto"):
         action="store_true",
         help="take the head count from --model even if it contradicts the checkpoint",
     )
-    p.add_argument(
-        "--pool",
-        choices=("cls", "avg"),
-        default="cls",
-        help="cls: CLS token after the final norm; avg: mean patch token after it",
-    )
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cuda, cpu")
+    p.add_argument("--pool", choices=("cls", "avg"), default=d.pool, help=POOL_HELP)
+    p.add_argument("--global_pool", dest="pool", action="store_const", const="avg",
+                   help="MAE's switch: --pool avg")  # fmt: skip
+    p.add_argument("--cls_token", dest="pool", action="store_const", const="cls",
+                   help="MAE's switch: --pool cls")  # fmt: skip
+    p.add_argument("--device", default=d.device, help="auto (cuda when available), cuda, cpu")
     p.add_argument(
         "--precision",
-        choices=("auto", "bf16", "fp32"),
-        default=default_precision,
+        choices=PRECISIONS,
+        default=d.precision,
         help="encoder forward: fp32; bf16 autocast; auto = bf16 on CUDA, fp32 on CPU",
     )
+    p.add_argument("--checkpoint_key", default=None, help=CHECKPOINT_KEY_HELP)
     p.add_argument(
-        "--checkpoint_key",
-        default=None,
-        help="entry of a DINO/iBOT training checkpoint: teacher (default) or student",
+        "--batch_size",
+        "--batch_size_per_gpu",
+        type=int,
+        default=d.batch_size,
+        help="images per forward pass of the encoder (DINO's --batch_size_per_gpu)",
     )
-    p.add_argument("--batch_size", type=int, default=default_batch)
-    p.add_argument("--num_workers", type=int, default=8)
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        default=d.num_workers,
+        help="DataLoader workers (0: in the main process)",
+    )
     p.add_argument(
         "--features_dir",
         default=None,
         help="feature cache keyed by checkpoint sha256 and split (default: OUTPUT_DIR/features)",
     )
-    p.add_argument("--input_size", type=int, default=224)
+    p.add_argument(
+        "--input_size",
+        type=int,
+        default=d.input_size,
+        help="center crop size (resized to size x 256 / 224 first)",
+    )
     p.add_argument(
         TRUST_FLAG,
         action="store_true",
         help="the checkpoint may hold Python objects beyond tensors: unpickle it in full "
         "(only for files from a source you trust)",
     )
+    p.add_argument("--nb_classes", type=int, default=None,
+                   help="MAE's class count: checked against the class folders of "
+                        "DATA_PATH/train, which decide it")  # fmt: skip
+    add_config_flag(p)
+    add_encoder_habits(p)
+    add_launch_flags(p)
 
 
-def build_parser():
-    parser = make_parser("attg-eval", __doc__.splitlines()[0])
-    sub = add_subparsers(parser)
-
-    p = sub.add_parser("knn", help="weighted k-NN on frozen features (DINO protocol)")
+def _add_knn(sub) -> None:
+    d = KnnConfig(checkpoint="", data_path="")
+    p = sub.add_parser(
+        "knn",
+        help="weighted k-NN on frozen features (DINO protocol)",
+        description="Weighted k-NN on frozen features, as DINO's eval_knn.py.",
+    )
     p.add_argument(
         "--checkpoint",
+        "--pretrained_weights",
+        "--finetune",
         required=True,
         nargs="+",
         help="ours (checkpoint-*.pth), official mae_pretrain_*.pth, or timm ViT "
-        "weights (.pth/.safetensors); several to compare them",
+        "weights (.pth/.safetensors); several to compare them (DINO's --pretrained_weights, "
+        "MAE's --finetune)",
     )
     p.add_argument(
         "--labels",
@@ -151,21 +138,60 @@ def build_parser():
         "--nb_knn",
         type=int,
         nargs="+",
-        default=[5, 10, 20, 100, 200],
+        default=d.nb_knn,
         help="values of k (those above the training set size are skipped)",
     )
-    p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T)")
+    p.add_argument(
+        "--temperature", type=float, default=d.temperature, help="vote weight exp(sim / T)"
+    )
     # fp32 by default: DINO's k-NN extracts features in fp32 (docs/evaluation.md: the bf16 gap)
-    _add_common(p, default_batch=128, default_out="output_eval", default_precision="fp32")
+    _add_common(p, d)
+    add_use_cuda(p)
+    habits_group(p).add_argument(
+        "--eval",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="MAE's evaluation-only switch: accepted; k-NN only evaluates",
+    )
+    habits_group(p).add_argument(
+        "--pin_mem",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="MAE's switch: accepted; extraction pins memory on CUDA",
+    )
+    add_refusals(p, {
+        **COMMON_EVAL_REFUSED,
+        "--no_pin_mem": NO_PIN_MEM,
+        "--log_dir": "k-NN writes no TensorBoard log: its numbers are in OUTPUT_DIR/knn_*.json",
+    })  # fmt: skip
 
-    p = sub.add_parser("linprobe", help="linear probing (MAE protocol), few-shot, several seeds")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--epochs", type=int, default=90)
-    p.add_argument("--warmup_epochs", type=int, default=10)
+
+def _add_linprobe(sub) -> None:
+    d = LinprobeConfig(checkpoint="", data_path="")
+    p = sub.add_parser(
+        "linprobe",
+        help="linear probing (MAE protocol), few-shot, several seeds",
+        description="A linear head on the frozen encoder, as MAE's main_linprobe.py (the "
+        "paper's Table 2); few-shot subsets; several seeds.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        "--finetune",
+        "--pretrained_weights",
+        required=True,
+        help="the encoder to probe (MAE's --finetune, DINO's --pretrained_weights)",
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument(
+        "--warmup_epochs",
+        type=int,
+        default=d.warmup_epochs,
+        help="linear lr warmup epochs, then a half-cycle cosine",
+    )
     p.add_argument(
         "--eff_batch_size",
         type=int,
-        default=4096,
+        default=d.eff_batch_size,
         help="samples per optimizer step; accumulated over micro-batches",
     )
     p.add_argument(
@@ -174,10 +200,10 @@ def build_parser():
         default=None,
         help="micro-batches per step (default: eff_batch_size / batch_size)",
     )
-    p.add_argument("--blr", type=float, default=0.1, help="lr = blr * effective batch / 256")
+    p.add_argument("--blr", type=float, default=d.blr, help="lr = blr * effective batch / 256")
     p.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
-    p.add_argument("--min_lr", type=float, default=0.0)
-    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--min_lr", type=float, default=d.min_lr, help="lr at the end of the cosine")
+    p.add_argument("--weight_decay", type=float, default=d.weight_decay, help="LARS weight decay")
     shots = p.add_mutually_exclusive_group()
     shots.add_argument("--shots", type=int, default=None, help="N training images per class")
     shots.add_argument(
@@ -194,13 +220,13 @@ def build_parser():
     p.add_argument(
         "--small_subset",
         choices=("cycle", "partial"),
-        default="cycle",
+        default=d.small_subset,
         help="a subset smaller than --eff_batch_size: cycle = every epoch one step on exactly "
         "eff_batch_size samples cycled through it (the paper's A.8); partial = one step on "
         "the subset once (its samples only)",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="head init, training order and per-class subset"
+        "--seed", type=int, default=d.seed, help="head init, training order and per-class subset"
     )
     p.add_argument(
         "--seeds",
@@ -219,134 +245,46 @@ def build_parser():
     p.add_argument("--resume", default=None, help="head checkpoint to resume from")
     p.add_argument(
         "--no_auto_resume",
-        action="store_true",
+        dest="auto_resume",
+        action="store_false",
         help="do not resume from OUTPUT_DIR/checkpoint-last.pth",
     )
-    p.add_argument("--log_every", type=int, default=50, help="steps between log lines")
-    _add_common(p, default_batch=512, default_out="output_linprobe")
-    _add_finetune(sub)
-    _add_dense(sub)
+    p.add_argument("--log_every", type=int, default=d.log_every, help="steps between log lines")
+    p.add_argument(
+        "--log_dir", default=None, help="TensorBoard folder (default: OUTPUT_DIR/tensorboard)"
+    )
+    _add_common(p, d)
+    habits_group(p).add_argument(
+        "--pin_mem",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="MAE's switch: accepted; the loaders pin memory on CUDA",
+    )
+    add_refusals(p, {**COMMON_EVAL_REFUSED, "--no_pin_mem": NO_PIN_MEM,
+                     "--eval": EVAL_ONLY_LINPROBE})  # fmt: skip
+
+
+def build_parser():
+    parser = make_parser("attg-eval", __doc__.splitlines()[0])
+    sub = add_subparsers(parser)
+    _add_knn(sub)
+    _add_linprobe(sub)
+    eval_supervised.add_parsers(sub)
     return parser
 
 
-def _add_finetune(sub) -> None:
-    """Defaults are suppressed: the namespace holds only the flags given, so they override the
-    preset, which overrides FinetuneConfig's defaults."""
-    d = FinetuneConfig(checkpoint="", data_path="")
-    p = sub.add_parser(
-        "finetune",
-        help="end-to-end fine-tuning (MAE protocol), also on ImageNet 1%% / 10%% subsets",
-        argument_default=argparse.SUPPRESS,
-    )
-    p.add_argument(
-        "--checkpoint",
-        "--finetune",
-        required=True,
-        help="pretrained weights: ours, MAE (pretrained or fine-tuned), DINO, iBOT, BEiT, "
-        "SimMIM, timm ViT weights, or a timm model's weights with --timm_model",
-    )
-    p.add_argument("--data_path", required=True, help="image root holding train/ and val/")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a published recipe (docs)")
-    for name, kind, text in _FINETUNE_FLAGS:
-        p.add_argument(f"--{name}", type=kind, help=f"{text} [default: {getattr(d, name)}]")
-    p.add_argument("--global_pool", choices=("avg", "token"), help="avg [default] or token")
-    p.add_argument("--cutmix_minmax", type=float, nargs=2, help="cutmix box ratio range")
-    for flag, dest, value, text in _FINETUNE_SWITCHES:
-        p.add_argument(flag, dest=dest, action="store_const", const=value, help=text)
-
-
-# attg-eval segment / taskonomy flags besides --checkpoint and --data_path: (name, type, nargs,
-# help). Each default lives in SegmentConfig / TaskonomyConfig; None there = the recipe's.
-_DENSE_FLAGS = [
-    ("output_dir", str, None, "checkpoints, log.txt, results JSON and PNGs go here"),
-    ("model", str, None, "architecture name when the checkpoint does not record it"),
-    ("num_heads", int, None, "attention heads (overrides the name and width tables)"),
-    ("checkpoint_key", str, None, "entry of a DINO/iBOT training checkpoint"),
-    ("input_size", int, None, "training crop and evaluation size (a multiple of 16)"),
-    ("drop_path", float, None, "encoder stochastic depth rate"),
-    ("epochs", int, None, "training epochs"),
-    ("warmup_epochs", int, None, "lr warmup epochs"),
-    ("batch_size", int, None, "images per process and micro-batch (unset: eff_batch_size / procs)"),
-    ("accum_iter", int, None, "micro-batches per optimizer step (sets the effective batch)"),
-    ("eff_batch_size", int, None, "batch_size x accum_iter x processes"),
-    ("lr", float, None, "absolute peak lr"),
-    ("warmup_lr", float, None, "lr at the start of the warmup"),
-    ("min_lr", float, None, "lr at the end of the cosine"),
-    ("weight_decay", float, None, "AdamW weight decay (not on 1-D parameters, cls, pos_embed)"),
-    ("layer_decay", float, None, "layer-wise lr decay"),
-    ("clip_grad", float, None, "max gradient norm (unset: no clipping)"),
-    ("eval_every", int, None, "validate after epochs 0, N, 2N, ... and the last"),
-    ("num_vis", int, None, "images in the image | prediction | target PNG"),
-    ("seed", int, None, "sample order, augmentation and head init seed"),
-    ("device", str, None, "auto (cuda when available), cuda, cuda:N, cpu"),
-    ("amp", str, None, "auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32"),
-    ("num_workers", int, None, "DataLoader workers per process"),
-    ("resume", str, None, "checkpoint to continue from (default: OUTPUT_DIR's newest)"),
-    ("save_every", int, None, "keep checkpoint-N.pth every N epochs (and the last)"),
-    ("ckpt_every_steps", int, None, "also write checkpoint-last.pth every N optimizer steps"),
-    ("print_freq", int, None, "iterations between progress lines"),
-    ("stop_after_iters", int, None, "leave after N iterations, as a killed run would (tests)"),
-]
-_SEGMENT_FLAGS = [
-    ("dataset", str, None, "layout of --data_path: ade20k, nyuv2 or folder (docs/dense.md)"),
-    ("num_classes", int, None, "folder layout without classes.txt: the number of classes"),
-    ("head_dim", int, None, "ConvNeXt head: linear width per token (MultiMAE decoder_dim)"),
-    ("head_preds_per_patch", int, None, "ConvNeXt head: predictions per token (a square)"),
-    ("head_depth", int, None, "ConvNeXt head: blocks"),
-    ("inference", str, None, f"validation inference: {' or '.join(INFERENCE_MODES)}"),
-    ("slide_stride", int, None, "sliding window step (default: 2/3 of input_size)"),
-]
-_TASKONOMY_FLAGS = [
-    ("tasks", str, "+", "depth edges keypoints2d keypoints3d occlusion (or folder names)"),
-    ("labels", str, "+", "a name per checkpoint (default: file stems, else folder names)"),
-    ("dpt_feature_dim", int, None, "DPT head: fusion channels"),
-    ("dpt_layer_dims", int, 4, "DPT head: channels of the four reassembled stages"),
-    ("block_indices", int, 4, "the four encoder blocks DPT reads (default: quarter ends)"),
-    ("max_train_images", int, None, "training images used"),
-    ("max_val_images", int, None, "validation images used"),
-    ("max_test_images", int, None, "test images used (default: all)"),
-]
-_DENSE_SWITCHES = [  # (flag, dest, value, help)
-    ("--force_model", "force_model", True, "use --model's head count even if it contradicts"),
-    (TRUST_FLAG, "trust_checkpoint", True, "unpickle the checkpoint in full (trusted files)"),
-    ("--no_pin_mem", "pin_mem", False, "do not pin CPU memory in the DataLoader"),
-    ("--compile", "compile", True, "torch.compile the model"),
-    ("--no_auto_resume", "auto_resume", False, "start over even if OUTPUT_DIR has checkpoints"),
-]
-
-
-def _add_dense(sub) -> None:
-    """``segment`` and ``taskonomy``; as finetune, only the flags given reach the config."""
-    commands = (
-        ("segment", SegmentConfig, _SEGMENT_FLAGS, None, "semantic segmentation (Table 6)"),
-        ("taskonomy", TaskonomyConfig, _TASKONOMY_FLAGS, "+", "Taskonomy transfer (Tables 3, 7)"),
-    )
-    for command, config, own, checkpoints, text in commands:
-        d = config(checkpoint="", data_path="")
-        p = sub.add_parser(command, help=text, argument_default=argparse.SUPPRESS)
-        p.add_argument("--checkpoint", required=True, nargs=checkpoints, help="pretrained weights")
-        p.add_argument("--data_path", required=True, help="dataset root (docs/dense.md)")
-        for name, kind, nargs, help_text in _DENSE_FLAGS + own:
-            default = "the recipe's" if name in RECIPE_FIELDS else getattr(d, name, None)
-            shown = f" [default: {default}]" if default is not None else ""
-            p.add_argument(f"--{name}", type=kind, nargs=nargs, help=help_text + shown)
-        switches = _DENSE_SWITCHES
-        if command == "segment":
-            switches = switches + [
-                ("--reduce_zero_label", "reduce_zero_label", True, "folder: 0 ignored, v -> v-1")
-            ]
-        for flag, dest, value, help_text in switches:
-            p.add_argument(flag, dest=dest, action="store_const", const=value, help=help_text)
-
-
 def _knn(args) -> int:
+    from attgmae.pipelines.knn import run_knn_compare  # torch: only for a run
+
     cfg = config_from_args(KnnConfig, args, checkpoint=args.checkpoint[0])
     run_knn_compare(cfg, args.checkpoint, args.labels)
     return 0
 
 
 def _linprobe(args) -> int:
-    cfg = config_from_args(LinprobeConfig, args, auto_resume=not args.no_auto_resume)
+    from attgmae.pipelines.linprobe import run_linprobe, run_seeds  # torch: only for a run
+
+    cfg = config_from_args(LinprobeConfig, args)
     if args.seeds:
         if args.resume:
             raise InputError(
@@ -359,26 +297,27 @@ def _linprobe(args) -> int:
     return 0
 
 
-def finetune_config(args) -> FinetuneConfig:
-    """The flags given, over the preset's values, over FinetuneConfig's defaults."""
-    preset = getattr(args, "preset", None)
-    given = argparse.Namespace(**{**preset_values(preset, vars(args)), **vars(args)})
-    return config_from_args(FinetuneConfig, given, preset=preset)
+COMMANDS = {"knn": _knn, "linprobe": _linprobe, **eval_supervised.COMMANDS}
+
+
+def parse(argv=None) -> argparse.Namespace:
+    """The flags of ``argv`` (with ``--config``'s values under them), DINO's ``--arch`` /
+    ``--patch_size`` resolved into ``model``."""
+    args = parse_with_config(build_parser(), argv)
+    model = arch_model(args)
+    if model is not None:
+        args.model = model
+    return args
 
 
 def _main(argv) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "finetune":
-        run_finetune(finetune_config(args))
-        return 0
-    if args.command == "segment":
-        run_segment(config_from_args(SegmentConfig, args))
-        return 0
-    if args.command == "taskonomy":
-        cfg = config_from_args(TaskonomyConfig, args, checkpoint=args.checkpoint[0])
-        run_taskonomy_compare(cfg, args.checkpoint, getattr(args, "labels", None))
-        return 0
-    return _knn(args) if args.command == "knn" else _linprobe(args)
+    args = parse(argv)
+    launch = launch_flags(args)
+    if launch:
+        from attgmae.core.distributed import launched_world
+
+        launched_world(**launch)
+    return COMMANDS[args.command](args)
 
 
 def main(argv=None) -> int:

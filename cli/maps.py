@@ -7,11 +7,9 @@ import sys
 
 from attgmae.cli import maps_generate
 from attgmae.cli._args import add_subparsers, make_parser, run_main
-from attgmae.data.example import write_example
-from attgmae.data.example_taskonomy import write_example_taskonomy
-from attgmae.store.exporting import export_store
-from attgmae.store.importing import import_maps
-from attgmae.store.verify import describe_store, verify_store
+
+# Each command imports what it runs (numpy, zarr, h5py, OpenCV, torch for some): building the
+# parser stays light, so --help and a bad flag answer at once.
 
 
 def build_parser():
@@ -24,7 +22,7 @@ def build_parser():
         help="folder of .npy/.pt/.png maps, .npz, .pt/.pth dict, .h5, .zarr, "
         ".zip or .tar(.gz) of any of them",
     )
-    p.add_argument("out", help="new store: *.zarr (default layout) or *.h5")
+    p.add_argument("out", help="new store: *.zarr (the usual format) or *.h5")
     p.add_argument("--images", help="image root: match map files to images by stem")
     p.add_argument(
         "--method", help="method name recorded in the store (default: the source's, or 'imported')"
@@ -45,7 +43,7 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     p = sub.add_parser("verify", help="check a store; exit 0 only when all is well")
-    p.add_argument("store")
+    p.add_argument("store", help="the store to check: .zarr, .zarr.zip or .h5")
     p.add_argument("--images", help="image root: report images without map and maps without image")
     p.add_argument(
         "--file_list", help="with --images: only these images (one relative path a line)"
@@ -54,31 +52,43 @@ def build_parser():
     p = sub.add_parser(
         "inspect", help="method, parameters, model identity, count, value statistics"
     )
-    p.add_argument("store")
+    p.add_argument("store", help="a store: .zarr, .zarr.zip or .h5")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser(
         "show",
         help="the paper's Figures 1-3: a store's maps and the loss weights they give, per image",
-        description="One --tau: image | M_norm | M_norm/tau | exp(M_norm/tau) (Fig. 1). Several: "
-        "the weights exp(M_norm/tau) at each (Fig. 2). --schedule: the weights along a run's own "
-        "tau schedule (Fig. 3). Maps as their 14x14 patch grids, viridis, one scale per figure.",
+        description="One --tau: image | M_norm | M_norm/tau | exp(M_norm/tau) (Fig. 1, on 0 .. "
+        "exp(1/tau)). Several: the weights exp(M_norm/tau) at each (Fig. 2, on the paper's 1 .. "
+        "4.2, the range at tau 0.7). --schedule: the weights at five epochs of a run's own tau "
+        "schedule (Fig. 3, on Fig. 2's scale, raised if the schedule goes below 0.7). Maps as "
+        "their 14x14 patch grids, viridis, one scale per figure (--range fixes another).",
     )
-    p.add_argument("store")
+    p.add_argument("store", help="a store: .zarr, .zarr.zip or .h5")
     p.add_argument("--images", required=True, help="image root the store's keys are relative to")
     p.add_argument("--keys", nargs="+", required=True, help="keys to show (one row each)")
     p.add_argument("--tau", type=float, nargs="+", default=[0.75], help="one tau, or several")
     p.add_argument(
         "--schedule", default=None, help="a run's checkpoint or config.json: its tau schedule"
     )
+    p.add_argument(
+        "--range",
+        dest="value_range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="a fixed colour range for every panel, e.g. 1 4.2 for figures of several runs "
+        "(default: the paper's per figure, see above)",
+    )
     p.add_argument("--overlay", action="store_true", help="draw the maps on the images")
     p.add_argument("-o", "--out", required=True, help="output PNG")
 
     p = sub.add_parser("make-example", help="write the built-in example image set with true masks")
-    p.add_argument("root")
-    p.add_argument("--train_per_class", type=int, default=25)
-    p.add_argument("--val_per_class", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("root", help="folder to write (train/, val/, masks/, labels/, classes.txt)")
+    p.add_argument("--train_per_class", type=int, default=25, help="training images per class")
+    p.add_argument("--val_per_class", type=int, default=10, help="validation images per class")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shapes, colours and textures")
     p.add_argument(
         "--taskonomy",
         action="store_true",
@@ -90,6 +100,8 @@ def build_parser():
 
 
 def _import(args) -> int:
+    from attgmae.store.importing import import_maps
+
     summary = import_maps(
         args.src,
         args.out,
@@ -115,18 +127,24 @@ def _import(args) -> int:
 
 
 def _export(args) -> int:
+    from attgmae.store.exporting import export_store
+
     out, manifest = export_store(args.store, args.out, overwrite=args.overwrite)
     print(f"wrote {out} and {manifest}")
     return 0
 
 
 def _verify(args) -> int:
+    from attgmae.store.verify import verify_store
+
     report = verify_store(args.store, args.images, args.file_list)
     print(report.text())
     return 0 if report.ok else 1
 
 
 def _inspect(args) -> int:
+    from attgmae.store.verify import describe_store
+
     info = describe_store(args.store)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -146,14 +164,16 @@ def _inspect(args) -> int:
 def _show(args) -> int:
     from attgmae.pipelines.show import render_show  # matplotlib: only when drawing
 
-    out = render_show(
-        args.store, args.images, args.keys, args.tau, args.out, args.schedule, args.overlay
-    )
+    out = render_show(args.store, args.images, args.keys, args.tau, args.out, args.schedule,
+                      args.overlay, args.value_range)  # fmt: skip
     print(f"wrote {out}")
     return 0
 
 
 def _make_example(args) -> int:
+    from attgmae.data.example import write_example
+    from attgmae.data.example_taskonomy import write_example_taskonomy
+
     if args.taskonomy:
         root = write_example_taskonomy(args.root, seed=args.seed)
         print(f"wrote the synthetic Taskonomy set to {root} (docs/dense.md: its layout)")

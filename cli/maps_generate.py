@@ -81,7 +81,7 @@ def _add_generate(subparsers) -> None:
         help="forward precision: auto = bf16 autocast on CUDA (fast), fp32 on CPU; fp32 on CUDA "
         "(TF32 off) reproduces the original fp32 code most closely",
     )
-    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
     p.add_argument(
         "--num_workers",
         type=int,

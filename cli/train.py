@@ -12,19 +12,19 @@ import argparse
 import sys
 
 from attgmae.cli._args import add_switch, config_from_args, make_parser, run_main
-from attgmae.core.constants import TRUST_FLAG
-from attgmae.pipelines.train import run_pretrain
-from attgmae.pipelines.train_config import AMP_MODES, TrainConfig
+from attgmae.cli._config_file import add_config_flag, parse_with_config
+from attgmae.cli._habits import TRAIN_REFUSED, add_refusals
+from attgmae.core.constants import TAU_CONSTANT, TAU_START, TRUST_FLAG
+from attgmae.pipelines.train_config import AMP_MODES, TAU_SCHEDULES, TrainConfig
 
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, examples kept as written."""
+# The parser is built from TrainConfig alone (no torch): --help answers at once; the pipeline
+# is imported when a run starts.
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(data_path="")
     p = make_parser("attg-train", __doc__)
-    p.formatter_class = _HelpFormatter
+    add_config_flag(p)
 
     # data
     p.add_argument("--data_path", required=True, help="folder holding train/<class>/<image>")
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "resize: resize to input_size + flip (paper A.2)")
     p.add_argument(
         "--num_workers", type=int, default=d.num_workers,
-        help="loader processes per rank (official MAE default 10; 0: in the main process)",
+        help="loader processes per rank (as official MAE; 0: in the main process)",
     )
     add_switch(p, "pin_mem", d.pin_mem, "pin CPU memory in the DataLoader (CUDA)")
     p.add_argument("--skip_bad_images", action="store_true",
@@ -45,12 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store: maps from --maps; random: random maps (control); none: vanilla MAE")
     p.add_argument("--maps", help="map store (*.zarr or *.h5) keyed by paths under data_path/train")
     p.add_argument("--tau", type=float, default=d.tau,
-                   help="temperature of the weights exp(M_norm/tau): the cosine's start (default "
-                        "1.0), or the constant with --tau_schedule constant (default 0.75)")
+                   help="temperature of the weights exp(M_norm/tau): the cosine's start, or the "
+                        f"constant with --tau_schedule constant (default: {TAU_START} for the "
+                        f"cosine, ours; {TAU_CONSTANT} constant, the paper's Sec. G)")
     p.add_argument("--tau_end", type=float, default=d.tau_end,
                    help="the cosine's end: tau falls from --tau to this over the whole run, "
-                        "as for the paper's main models")
-    p.add_argument("--tau_schedule", choices=("cosine", "constant"), default=d.tau_schedule,
+                        "as for the paper's main models (their endpoints are not published: "
+                        "this one is ours, the top of Fig. 2's scale)")
+    p.add_argument("--tau_schedule", choices=TAU_SCHEDULES, default=d.tau_schedule,
                    help="cosine (the paper's main models); constant: --tau throughout (the "
                         "masking-ratio ablation of Sec. G, tau 0.75)")
     p.add_argument("--gamma", type=float, default=d.gamma, help="weight scale")
@@ -70,36 +72,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_switch(p, "norm_pix_loss", d.norm_pix_loss, "per-patch normalized pixel targets (MAE)")
 
     # optimization
-    p.add_argument("--batch_size", type=int, default=d.batch_size,
+    p.add_argument("--batch_size", "--batch_size_per_gpu", type=int, default=d.batch_size,
                    help="per process; effective batch = batch_size * accum_iter * processes")
     p.add_argument("--accum_iter", type=int, default=None,
                    help="gradient accumulation steps (default: enough for an effective batch of "
                         "512, the paper's)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--warmup_epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--warmup_epochs", type=int, default=d.warmup_epochs,
+                   help="linear lr warmup epochs, then a half-cycle cosine")
     p.add_argument("--blr", type=float, default=d.blr,
                    help="base lr: lr = blr * effective batch / 256")
     p.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
     p.add_argument("--min_lr", type=float, default=d.min_lr, help="cosine floor")
-    p.add_argument("--weight_decay", type=float, default=d.weight_decay)
+    p.add_argument("--weight_decay", type=float, default=d.weight_decay, help="AdamW weight decay")
 
     # run
     p.add_argument("--output_dir", default=d.output_dir, help="checkpoints, log.txt, vis/")
-    p.add_argument("--log_dir", default=None, help="TensorBoard folder (default output_dir)")
+    p.add_argument("--log_dir", default=None, help="TensorBoard folder (default: --output_dir)")
     p.add_argument(
         "--device", default=d.device, help="auto (CUDA when available), cpu, cuda, cuda:N"
     )
     p.add_argument("--amp", choices=AMP_MODES, default=d.amp,
                    help="auto: bf16 autocast on CUDA, fp32 on CPU; fp16 uses a grad scaler")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="model init, masks and data order")
     p.add_argument("--resume", default="", help="checkpoint to resume from")
     p.add_argument(TRUST_FLAG, action="store_true",
                    help="--resume may hold Python objects beyond tensors: unpickle it in full "
                         "(only for files from a source you trust)")
     p.add_argument("--auto_resume", action="store_true",
                    help="resume from the newest readable checkpoint in output_dir, if any")
-    p.add_argument("--start_epoch", type=int, default=d.start_epoch)
+    p.add_argument("--start_epoch", type=int, default=d.start_epoch,
+                   help="first epoch when not resuming (MAE's; a resumed run starts where its "
+                        "checkpoint ends)")
     p.add_argument("--save_every", type=int, default=d.save_every,
                    help="keep checkpoint-{epoch}.pth every this many epochs (and the last)")
     p.add_argument("--keep_checkpoints", type=int, default=d.keep_checkpoints,
@@ -112,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop_after_iters", type=int, default=0,
                    help="leave after this many iterations without saving, as a killed run "
                         "(for tests of resumption)")
-    p.add_argument("--print_freq", type=int, default=d.print_freq)
+    p.add_argument("--print_freq", type=int, default=d.print_freq,
+                   help="iterations between progress lines")
     p.add_argument("--vis_every", type=int, default=0,
                    help="every this many epochs write vis/recon-epochNNNN.png")
     p.add_argument("--vis_count", type=int, default=d.vis_count, help="images in that PNG")
@@ -121,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knn_data", default=None, help="folder with train/ and val/ for --knn_every")
 
     # distributed (torchrun / SLURM set the ranks)
-    p.add_argument("--dist_url", default=d.dist_url, help="process-group init method")
+    p.add_argument("--dist_url", default=d.dist_url,
+                   help="process-group init method: env:// only (torchrun or SLURM set it up)")
     p.add_argument("--dist_timeout_min", type=float, default=d.dist_timeout_min,
                    help="minutes a rank waits for the others (rank 0 alone saves, runs the "
                         "k-NN monitor and the visualization)")
@@ -130,11 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local_rank", type=int, default=None,
                    help="this process's GPU on its node, as torch.distributed.launch passes it "
                         "(torchrun sets LOCAL_RANK instead)")
+    add_refusals(p, TRAIN_REFUSED)
     return p
 
 
 def _main(argv) -> int:
-    run_pretrain(config_from_args(TrainConfig, build_parser().parse_args(argv)))
+    cfg = config_from_args(TrainConfig, parse_with_config(build_parser(), argv))
+    from attgmae.pipelines.train import run_pretrain  # torch, timm: only for a run
+
+    run_pretrain(cfg)
     return 0
 
 

@@ -32,9 +32,24 @@ def spread_keys(stores, num: int) -> list[str]:
     return [common[i] for i in dict.fromkeys(picks.tolist())]
 
 
-def _column_title(store) -> str:
-    name = Path(store.path).name
-    return store.method if store.method in name else f"{store.method} ({name})"
+def column_titles(stores) -> list[str]:
+    """Each store's column title: its method, with its file name when that does not say the
+    method or when another column has the same method (then with its folder too if the file
+    names are the same), and a note when its networks had random weights."""
+    methods = [store.method for store in stores]
+    names = [Path(store.path).name for store in stores]
+    titles = []
+    for store, method, name in zip(stores, methods, names):
+        if methods.count(method) > 1:
+            where = Path(store.path)
+            name = f"{where.parent.name}/{name}" if names.count(name) > 1 else name
+            title = f"{method} ({name})"
+        else:
+            title = method if method in name else f"{method} ({name})"
+        if store.attrs.get("random_weights"):
+            title += "\nrandom weights"
+        titles.append(title)
+    return titles
 
 
 def _store_maps(store, keys: list[str]) -> tuple[np.ndarray, list[str | None]]:
@@ -76,9 +91,11 @@ def write_compare_grid(
             images.append(decode_rgb(Path(images_root) / key))  # uint8 [H, W, 3]
         except ImageDecodeError as err:
             raise InputError(f"image {key} under {images_root}: {err.reason}") from None
-    columns = [
-        (_column_title(store), maps, notes) for store, (maps, notes) in zip(stores, per_store)
-    ]
-    title = f"M_norm of {len(stores)} map store(s): {', '.join(name for name, _, _ in columns)}"
+    titles = column_titles(stores)
+    columns = [(title, maps, notes) for title, (maps, notes) in zip(titles, per_store)]
+    named = ", ".join(t.split("\n")[0] for t in titles)
+    title = f"M_norm of {len(stores)} map store(s): {named}"
+    if any(store.attrs.get("random_weights") for store in stores):
+        title += "\n(networks marked 'random weights' were not trained: not the paper's maps)"
     fig = compare_figure(images, keys, columns, title, overlay, alpha, cmap)
     return save_figure(fig, out_png)

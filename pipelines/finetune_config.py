@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from attgmae.core.device import PRECISIONS
+from attgmae.core.constants import PRECISIONS
 from attgmae.core.errors import InputError
-from attgmae.engine.config import RunFlags
-from attgmae.eval.finetune import MIXUP_MODES
+from attgmae.core.run_flags import RunFlags
 
 # Published recipes: field -> value, applied before the explicit flags (which win). A value
 # BY_MODEL is taken from the pretrained encoder's depth (``by_model``).
@@ -20,6 +19,8 @@ _MAE_FULL = dict(batch_size=32, eff_batch_size=1024, weight_decay=0.05, reprob=0
 # 5 warmup epochs, weight decay 0.05, layer decay 0.75 for ViT-L and 0.65 for ViT-B.
 _LOWSHOT = dict(batch_size=32, eff_batch_size=1024, epochs=50, warmup_epochs=5, lr=1e-3,
                 weight_decay=0.05, layer_decay=BY_MODEL)  # fmt: skip
+_CROP_FLIP = dict(aa="none", reprob=0.0, mixup=0.0, cutmix=0.0)  # A.6's 1% augmentations
+_MAE_AUGMENTATIONS = dict(aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0)
 PRESETS: dict[str, dict] = {
     # MAE, FINETUNE.md "Fine-tuning", ViT-Base: 4 nodes x 8 GPUs x batch 32 = 1024, 100 epochs,
     # --blr 5e-4 --layer_decay 0.65 --weight_decay 0.05 --drop_path 0.1 --reprob 0.25
@@ -35,12 +36,23 @@ PRESETS: dict[str, dict] = {
         _MAE_FULL, batch_size=16, epochs=50, blr=1e-3, layer_decay=0.75, drop_path=0.3
     ),  # fmt: skip
     # Sec. A.6, 1%: crop and flip only (no RandAugment, random erasing, mixup or cutmix).
-    "lowshot-1pct": dict(_LOWSHOT, percent=1.0, aa="none", reprob=0.0, mixup=0.0, cutmix=0.0),
+    "lowshot-1pct": dict(_LOWSHOT, percent=1.0, **_CROP_FLIP),
     # Sec. A.6, 10%: MAE's augmentations (RandAugment, random erasing, mixup, cutmix).
-    "lowshot-10pct": dict(
-        _LOWSHOT, percent=10.0, aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0
-    ),  # fmt: skip
+    "lowshot-10pct": dict(_LOWSHOT, percent=10.0, **_MAE_AUGMENTATIONS),
 }
+# Sec. A.6's other models, each at 1% (crop and flip) and 10% (MAE's augmentations), weight
+# decay 0.05, layer decay 0.75 for a ViT-L and 0.65 for a ViT-B: "For the SemMAE ViT-B ... reduce
+# the learning rate to 5e-4, increase the epochs to 90"; "For the BEiT ViT-L, we finetune for 50
+# epochs with a learning rate of 5e-3"; "For the SimMIM ViT-B, we also use a learning rate of
+# 5e-3 and increase the warmup epochs to 20 instead of 5 ... We finetune for 100 epochs".
+_A6_MODELS = {
+    "semmae": dict(lr=5e-4, epochs=90, layer_decay=0.65),  # SemMAE ViT-B
+    "beit": dict(lr=5e-3, epochs=50, layer_decay=0.75),  # BEiT ViT-L
+    "simmim": dict(lr=5e-3, epochs=100, warmup_epochs=20, layer_decay=0.65),  # SimMIM ViT-B
+}
+for _name, _recipe in _A6_MODELS.items():
+    PRESETS[f"lowshot-1pct-{_name}"] = dict(PRESETS["lowshot-1pct"], **_recipe)
+    PRESETS[f"lowshot-10pct-{_name}"] = dict(PRESETS["lowshot-10pct"], **_recipe)
 # A preset's own subset gives way to one named on the command line.
 SUBSET_FIELDS = ("subset_file", "percent", "shots")
 
@@ -63,6 +75,7 @@ class FinetuneConfig(RunFlags):
     preset: str | None = None  # the recipe applied (recorded; see PRESETS)
     # model (and RunFlags: the checkpoint's architecture flags, the run)
     timm_model: str | None = None  # any timm architecture by name (weights from checkpoint)
+    nb_classes: int | None = None  # MAE's; checked against the class folders of train/
     input_size: int = 224
     drop_path: float = 0.1
     global_pool: str = "avg"  # avg (MAE's --global_pool) | token (MAE's --cls_token)
@@ -116,6 +129,8 @@ def preset_values(preset: str | None, given=()) -> dict:
 
 def validate(cfg: FinetuneConfig) -> None:
     """Every inconsistent flag at once, as one InputError (exit code 2)."""
+    from attgmae.eval.finetune import MIXUP_MODES  # torch and timm: once a run starts
+
     problems = []
     if sum(x is not None for x in (cfg.subset_file, cfg.percent, cfg.shots)) > 1:
         problems.append("give at most one of --subset_file, --percent and --shots")

@@ -10,7 +10,13 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from attgmae.core.distributed import DistInfo
-from attgmae.eval.features import ImageSplit, LabelledImages, image_split, make_loader
+from attgmae.eval.features import (
+    ImageSplit,
+    LabelledImages,
+    check_class_count,
+    image_split,
+    make_loader,
+)
 from attgmae.eval.fewshot import configured_subset, subset_sha256
 from attgmae.eval.transforms import finetune_eval_transform, finetune_train_transform
 from attgmae.pipelines.finetune_config import FinetuneConfig
@@ -35,6 +41,7 @@ class FinetuneData:
 
 def build_finetune_data(cfg: FinetuneConfig, info: DistInfo, device) -> FinetuneData:
     train = image_split(cfg.data_path, "train")
+    check_class_count(train, cfg.nb_classes)
     val = image_split(cfg.data_path, "val", train.class_names)
     subset = configured_subset(cfg, train)
     augment = finetune_train_transform(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from attgmae.core.errors import InputError
 from attgmae.core.files import file_sha256, write_json_atomic
 from attgmae.core.provenance import software_versions
 from attgmae.eval.features import (
+    check_class_count,
     check_data_root,
     extraction_options,
     image_split,
@@ -28,31 +29,7 @@ from attgmae.eval.features import (
 from attgmae.eval.knn import DEFAULT_CHUNK_BYTES, knn_classify_multi, vote_columns
 from attgmae.eval.report import plot_knn
 from attgmae.models.encoder import load_encoder_as_configured
-
-DEFAULT_NB_KNN = (5, 10, 20, 100, 200)
-
-
-@dataclass
-class KnnConfig:
-    checkpoint: str
-    data_path: str
-    output_dir: str = "output_eval"
-    label: str | None = None  # name in the outputs; default: the checkpoint's file stem
-    model: str | None = None  # architecture name when the checkpoint does not say
-    num_heads: int | None = None
-    force_model: bool = False  # take the heads from --model even if it contradicts
-    checkpoint_key: str | None = None  # DINO/iBOT training checkpoints: teacher (default)
-    nb_knn: list[int] = field(default_factory=lambda: list(DEFAULT_NB_KNN))
-    temperature: float = 0.07
-    pool: str = "cls"
-    device: str = "auto"
-    batch_size: int = 128
-    num_workers: int = 4
-    features_dir: str | None = None  # default: <output_dir>/features
-    precision: str = "fp32"  # as DINO extracts features; bf16 (or auto) is faster
-    input_size: int = 224
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    trust_checkpoint: bool = False  # the checkpoint may be unpickled in full
+from attgmae.pipelines.knn_config import KnnConfig
 
 
 def run_knn(cfg: KnnConfig, log=print) -> dict:
@@ -69,6 +46,7 @@ def run_knn(cfg: KnnConfig, log=print) -> dict:
     log(f"encoder: {info.source_format} {info.spec} from {cfg.checkpoint} (sha256 {sha256[:12]})")
 
     train = image_split(cfg.data_path, "train")
+    check_class_count(train, cfg.nb_classes)
     val = image_split(cfg.data_path, "val", train.class_names)
     common = extraction_options(cfg, sha256, device, features_dir, log)
     t0 = time.perf_counter()
@@ -94,7 +72,7 @@ def run_knn(cfg: KnnConfig, log=print) -> dict:
         usable,
         cfg.temperature,
         num_classes=vote_columns(len(train.class_names)),  # 1000 columns, as DINO's script
-        max_chunk_bytes=cfg.chunk_bytes,
+        max_chunk_bytes=cfg.chunk_bytes or DEFAULT_CHUNK_BYTES,
     )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -133,7 +111,8 @@ def run_knn(cfg: KnnConfig, log=print) -> dict:
         "software": software_versions(python=True),
     }
     json_path = write_json_atomic(out_dir / f"knn_{label}.json", result)
-    png_path = plot_knn({label: by_k}, out_dir / f"knn_{label}.png", temperature=cfg.temperature)
+    png_path = plot_knn({label: by_k}, out_dir / f"knn_{label}.png", temperature=cfg.temperature,
+                        chance=100.0 / len(train.class_names))  # fmt: skip
     log(f"results: {json_path}  plot: {png_path}")
     return result
 
@@ -167,6 +146,7 @@ def run_knn_compare(cfg: KnnConfig, checkpoints, labels=None, log=print) -> list
             r["label"]: {row["k"]: (row["top1"], row["top5"]) for row in r["results"]}
             for r in results
         }
-        plot_knn(by_label, out / "knn_compare.png", temperature=cfg.temperature)
+        chance = 100.0 / results[0]["num_classes"]
+        plot_knn(by_label, out / "knn_compare.png", temperature=cfg.temperature, chance=chance)
         log(f"comparison: {out / 'knn_compare.json'}  {out / 'knn_compare.png'}")
     return results

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from attgmae.core.torchfile import load_torch_file
 from attgmae.eval.features import (
     ImageSplit,
     LabelledImages,
+    check_class_count,
     check_data_root,
     extraction_options,
     image_split,
@@ -61,43 +62,7 @@ from attgmae.eval.report import plot_probe
 from attgmae.eval.transforms import probe_train_transform
 from attgmae.models.encoder import load_encoder_as_configured
 from attgmae.optim import lr_at
-
-
-@dataclass
-class LinprobeConfig:
-    checkpoint: str
-    data_path: str
-    output_dir: str = "output_linprobe"
-    model: str | None = None
-    num_heads: int | None = None
-    force_model: bool = False  # take the heads from --model even if it contradicts
-    checkpoint_key: str | None = None  # DINO/iBOT training checkpoints: teacher (default)
-    pool: str = "cls"
-    epochs: int = 90
-    warmup_epochs: int = 10
-    batch_size: int = 512  # micro-batch per step
-    eff_batch_size: int = 4096  # gradient accumulated up to this many samples per update
-    accum_iter: int | None = None  # default: eff_batch_size / batch_size
-    blr: float = 0.1
-    lr: float | None = None  # absolute lr; default blr * effective batch / 256
-    min_lr: float = 0.0
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    subset_file: str | None = None  # ImageNet 1% / 10% list: one image name (or key) a line
-    shots: int | None = None
-    percent: float | None = None
-    small_subset: str = "cycle"  # a subset < eff_batch_size: "cycle" (A.8) or "partial"
-    seed: int = 0
-    cached_features: bool = False
-    features_dir: str | None = None  # default: <output_dir>/features
-    device: str = "auto"
-    precision: str = "auto"
-    num_workers: int = 8
-    input_size: int = 224
-    resume: str | None = None
-    auto_resume: bool = True
-    log_every: int = 50
-    trust_checkpoint: bool = False  # the checkpoint may be unpickled in full
+from attgmae.pipelines.linprobe_config import LinprobeConfig
 
 
 def _save_torch(obj, path: Path) -> None:
@@ -157,6 +122,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     started = time.perf_counter()
 
     train = image_split(cfg.data_path, "train")
+    check_class_count(train, cfg.nb_classes)
     val = image_split(cfg.data_path, "val", train.class_names)
     num_classes = len(train.class_names)
     subset = configured_subset(cfg, train)
@@ -226,7 +192,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         start_epoch, history = state["epoch"] + 1, state["history"]
         log(f"resumed from {resume_path} at epoch {start_epoch}")
 
-    writer = open_tensorboard(out_dir / "tensorboard")
+    writer = open_tensorboard(cfg.log_dir or out_dir / "tensorboard")
     lr_schedule = partial(
         lr_at, lr=lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs
     )

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from attgmae.core.errors import InputError
-from attgmae.data.dense_datasets import SEGMENTATION_DATASETS
+from attgmae.core.run_flags import RunFlags
 from attgmae.data.dense_recipes import DenseRecipe, flag_problems
-from attgmae.engine.config import RunFlags
 
 INFERENCE_MODES = ("whole", "slide")
 # Config fields whose None means "the recipe's value" (segment and taskonomy alike).
@@ -55,6 +54,8 @@ class SegmentConfig(RunFlags):
 
 def validate(cfg: SegmentConfig) -> None:
     """Every inconsistent flag at once, as one InputError (exit code 2)."""
+    from attgmae.data.dense_datasets import SEGMENTATION_DATASETS  # torch: once a run starts
+
     problems = flag_problems(cfg)
     if cfg.dataset not in SEGMENTATION_DATASETS:
         problems.append(f"--dataset must be one of {', '.join(SEGMENTATION_DATASETS)}")

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from attgmae.core.errors import InputError
+from attgmae.core.run_flags import RunFlags
 from attgmae.data.dense_recipes import flag_problems
-from attgmae.data.dense_taskonomy import resolve_tasks
-from attgmae.engine.config import RunFlags
 
 # Table 3's tasks, in its order (the words --tasks takes; see dense_taskonomy.TASK_ALIASES).
 PAPER_TASKS = ("depth", "edges", "keypoints2d", "keypoints3d", "occlusion")
@@ -54,6 +53,8 @@ class TaskonomyConfig(RunFlags):
 
 def validate(cfg: TaskonomyConfig) -> None:
     """Every inconsistent flag at once, as one InputError (exit code 2)."""
+    from attgmae.data.dense_taskonomy import resolve_tasks  # torch: once a run starts
+
     problems = flag_problems(cfg)
     try:
         folders = resolve_tasks(cfg.tasks)

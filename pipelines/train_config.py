@@ -1,20 +1,24 @@
 """``attg-train``'s configuration: every flag as a field with the paper's default, its checks,
-and the values derived from it (precision, gradient accumulation)."""
+and the values derived from it (precision, gradient accumulation).
+
+Light on purpose: ``attg-train --help`` builds its parser from ``TrainConfig`` without importing
+torch; the checks import the heavy modules they need when a run starts
+(tests/test_cli_startup.py holds this).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from attgmae.core.constants import DEFAULT_TIMEOUT_MIN
-from attgmae.core.device import resolve_precision
+from attgmae.core.constants import DEFAULT_TIMEOUT_MIN, TAU_CONSTANT, TAU_END, TAU_START
 from attgmae.core.errors import InputError
-from attgmae.data.pretrain_dataset import CHANGED_POLICIES, GUIDANCE_MODES, MISSING_POLICIES
-from attgmae.data.transforms import AUGMENTATIONS
-from attgmae.guidance import TAU_CONSTANT, TAU_END, TAU_START, TauSchedule
-from attgmae.models import MODEL_FACTORIES
+
+if TYPE_CHECKING:
+    import torch
+
+    from attgmae.guidance import TauSchedule
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 TAU_SCHEDULES = ("cosine", "constant")
@@ -78,6 +82,10 @@ class TrainConfig:
 
 def validate(cfg: TrainConfig) -> None:
     """Reject inconsistent flags before any work (exit code 2)."""
+    from attgmae.data.pretrain_dataset import CHANGED_POLICIES, GUIDANCE_MODES, MISSING_POLICIES
+    from attgmae.data.transforms import AUGMENTATIONS
+    from attgmae.models import MODEL_FACTORIES
+
     problems = []
     if cfg.model not in MODEL_FACTORIES:
         problems.append(f"--model {cfg.model!r} is not one of {', '.join(MODEL_FACTORIES)}")
@@ -121,6 +129,8 @@ def validate(cfg: TrainConfig) -> None:
 
 def resolve_amp(amp: str, device: torch.device) -> str:
     """'auto' -> bf16 autocast on CUDA, fp32 ('none') on CPU."""
+    from attgmae.core.device import resolve_precision
+
     if amp == "auto":
         return "bf16" if resolve_precision("auto", device) == "bf16" else "none"
     return amp
@@ -167,6 +177,8 @@ def divergence_advice(cfg: TrainConfig, tau: float) -> str:
 
 def tau_schedule(cfg: TrainConfig) -> TauSchedule:
     """The run's temperature: the cosine spans the whole run, warmup included."""
+    from attgmae.guidance import TauSchedule
+
     if cfg.tau_schedule == "constant":
         return TauSchedule(TAU_CONSTANT if cfg.tau is None else cfg.tau)
     return TauSchedule(TAU_START if cfg.tau is None else cfg.tau, cfg.tau_end, 0.0, cfg.epochs)

@@ -21,7 +21,7 @@ $BIN/attg-maps import "$EX/masks/train" "$OUT/maps/truth.zarr" --images "$EX/tra
 $BIN/attg-maps verify "$OUT/maps/truth.zarr" --images "$EX/train"
 $BIN/attg-maps show "$OUT/maps/truth.zarr" --images "$EX/train" --tau 0.75 --keys $KEYS \
   -o "$OUT/fig1_weights.png"
-$BIN/attg-maps show "$OUT/maps/truth.zarr" --images "$EX/train" --tau 0.5 0.7 0.75 1.0 \
+$BIN/attg-maps show "$OUT/maps/truth.zarr" --images "$EX/train" --tau 0.7 0.75 0.85 1.0 \
   --keys circle/circle_0000.JPEG triangle/triangle_0000.JPEG -o "$OUT/fig2_tau.png"
 
 echo "== stage 1: DINO attention, TokenCut, Grad-CAM and random maps"
@@ -57,7 +57,7 @@ echo
 echo "(a tiny model on 100 toy images: these k-NN numbers show the pipeline works, not the paper's gain)"
 echo "demo outputs in $OUT/ (the PNGs, what each shows):"
 echo "  fig1_weights.png     Fig. 1: image | M_norm | M_norm/tau | exp(M_norm/tau), tau 0.75 (true masks)"
-echo "  fig2_tau.png         Fig. 2: the weights exp(M_norm/tau) at tau 0.5, 0.7, 0.75, 1.0"
+echo "  fig2_tau.png         Fig. 2: the weights exp(M_norm/tau) at tau 0.7, 0.75, 0.85, 1.0 on 1..4.2"
 echo "  fig3_schedule.png    Fig. 3: the weights along the guided run's own tau schedule"
 echo "  fig4_compare.png     Fig. 4: each method's map beside the image (random networks here)"
 echo "  pretrain_guided/vis/ every 4 epochs: original | masked | reconstruction | loss weights"

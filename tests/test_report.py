@@ -8,6 +8,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from attgmae.eval.report import (
+    ACCURACY_LIMITS,
     finetune_figure,
     knn_figure,
     plot_finetune,
@@ -38,7 +39,7 @@ def test_knn_axis_shows_the_k_values_as_plain_ticks():
     assert list(ax.get_xticks()) == KS
     assert [t.get_text() for t in ax.get_xticklabels()] == ["5", "10", "20", "100", "200"]
     assert ax.get_xticks(minor=True).size == 0  # no minor ticks between them
-    assert ax.get_ylim() == (0.0, 100.0)
+    assert ax.get_ylim() == ACCURACY_LIMITS and list(ax.get_yticks()) == [0, 20, 40, 60, 80, 100]
     title = fig.get_suptitle()
     assert "k-NN" in title and "DINO" in title and "T = 0.07" in title
     assert "guided" in title and "vanilla" in title
@@ -48,9 +49,21 @@ def test_knn_axis_shows_the_k_values_as_plain_ticks():
     assert lines[2].get_color() != lines[0].get_color()
 
 
+def test_knn_draws_the_chance_level_and_keeps_curves_off_the_frame():
+    perfect = {"perfect": {k: (100.0, 100.0) for k in KS}}
+    fig = knn_figure(perfect, temperature=0.07, chance=25.0)
+    ax = fig.axes[0]
+    chance = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert len(chance) == 1 and list(chance[0].get_ydata()) == [25.0, 25.0]
+    assert "chance (25%)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    low, high = ax.get_ylim()
+    assert low < 0 and high > 100  # a curve at 0 or 100 % is drawn inside the frame
+    assert all(line.get_linestyle() != ":" for line in knn_figure(KNN).axes[0].get_lines())
+
+
 def test_probe_and_finetune_figures_keep_their_titles_and_scale():
     fig = probe_figure({"seed 0": [10.0, 20.0, 25.0], "seed 1": [12.0, 18.0]}, "Linear probe x")
-    assert fig.get_suptitle() == "Linear probe x" and fig.axes[0].get_ylim() == (0.0, 100.0)
+    assert fig.get_suptitle() == "Linear probe x" and fig.axes[0].get_ylim() == ACCURACY_LIMITS
     assert [line.get_ydata().tolist() for line in fig.axes[0].get_lines()] == [
         [10.0, 20.0, 25.0],
         [12.0, 18.0],
@@ -62,7 +75,7 @@ def test_probe_and_finetune_figures_keep_their_titles_and_scale():
     ]  # fmt: skip
     fig = finetune_figure(history, "fine-tuning: run")
     acc_ax, loss_ax = fig.axes
-    assert fig.get_suptitle() == "fine-tuning: run" and acc_ax.get_ylim() == (0.0, 100.0)
+    assert fig.get_suptitle() == "fine-tuning: run" and acc_ax.get_ylim() == ACCURACY_LIMITS
     assert "top-1" in acc_ax.get_title() and "loss" in loss_ax.get_title()
     assert acc_ax.get_lines()[1].get_ydata().tolist() == [60.0, 61.0, 62.0]
 

@@ -68,7 +68,8 @@ def test_guided_run_writes_official_checkpoints_log_and_png(data, tmp_path):
         per_iter = [lr_at(e["epoch"] + i / 2, lr, 0.0, 1, 2) for i in (0, 1)]
         assert e["train_lr"] == pytest.approx(np.mean(per_iter))
     png = Image.open(log[-1]["vis"])
-    assert png.size == (4 * 64, 18 + 2 * 64)  # title strip, original | masked | recon | weights
+    # title strip, original | masked | recon | weights, then the weights' colour key strip
+    assert png.size == (4 * 64, 18 + 2 * 64 + 32)
     assert json.loads((out / "config.json").read_text())["guidance"] == "store"
     # TensorBoard (the test extra installs it): loss, lr and tau at every metric line
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

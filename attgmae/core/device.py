@@ -6,10 +6,10 @@ import re
 
 import torch
 
+from attgmae.core.constants import PRECISIONS
 from attgmae.core.errors import InputError
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from attgmae.core.constants import DEFAULT_TIMEOUT_MIN
 from attgmae.core.device import use_device
+from attgmae.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,22 @@ def env_dist_info() -> tuple[int, int, int]:
         env.setdefault("LOCAL_RANK", str(local_rank))
         return rank, world, local_rank
     return 0, 1, 0
+
+
+def launched_world(world_size: int | None = None, local_rank: int | None = None) -> tuple[int, int]:
+    """(world size, local rank) as launched (``env_dist_info``), with the official scripts'
+    flags taken as MAE takes them under a launcher: ``local_rank`` (torch.distributed.launch
+    passes ``--local_rank``) fills LOCAL_RANK when unset; ``world_size``, when given, must be
+    the number of processes launched (InputError otherwise)."""
+    if local_rank is not None and local_rank >= 0:
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    _, launched, local = env_dist_info()
+    if world_size is not None and world_size != launched:
+        raise InputError(
+            f"--world_size {world_size}, but {launched} process(es) were launched: drop "
+            "the flag (torchrun or SLURM set the world size) or launch that many"
+        )
+    return launched, local
 
 
 def init_distributed(device: torch.device, timeout_min: float = DEFAULT_TIMEOUT_MIN) -> DistInfo:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from attgmae.core.device import PRECISIONS
+from attgmae.core.constants import PRECISIONS
 
 
 @dataclass(frozen=True)

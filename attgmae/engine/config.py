@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attgmae.core.device import PRECISIONS
+from attgmae.core.constants import PRECISIONS
 from attgmae.core.errors import InputError
 from attgmae.optim import lr_at
 
@@ -32,43 +32,17 @@ class RunConfig:
     ckpt_every_steps: int = 0  # also write checkpoint-last.pth every N iterations (mid-epoch)
     print_freq: int = 20  # iterations between progress lines
     eval_every: int = 1  # evaluate after epochs 0, N, 2N, ... and the last (MultiMAE's eval_freq)
+    log_dir: str | None = None  # TensorBoard events; None: output_dir/tensorboard
     resume: str | None = None  # a checkpoint to continue from
     auto_resume: bool = True  # continue from output_dir's newest readable checkpoint
     trust_checkpoint: bool = False  # the resumed checkpoint may be unpickled in full
     stop_after_iters: int = 0  # leave (as a killed run would) after N iterations; for tests
 
 
-@dataclass(kw_only=True)
-class RunFlags:
-    """The flags every supervised command (finetune, segment, taskonomy) has for loading the
-    pretrained encoder and for its run; a command's config adds its own fields to these."""
-
-    # the encoder's checkpoint (attgmae.models.encoder reads any accepted format)
-    model: str | None = None  # architecture name when the checkpoint does not record it
-    num_heads: int | None = None
-    force_model: bool = False  # take the heads from --model even if it contradicts
-    checkpoint_key: str | None = None  # DINO/iBOT training checkpoints: teacher (default)
-    trust_checkpoint: bool = False
-    clip_grad: float | None = None
-    # the run
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    num_workers: int = 8
-    pin_mem: bool = True
-    compile: bool = False
-    resume: str | None = None
-    auto_resume: bool = True
-    save_every: int = 20
-    ckpt_every_steps: int = 0
-    print_freq: int = 20
-    stop_after_iters: int = 0
-
-
 # The settings a command's config passes to the run unchanged (same names in both).
 PASSED_THROUGH = ("amp", "clip_grad", "seed", "num_workers", "pin_mem", "compile", "save_every",
-                  "ckpt_every_steps", "print_freq", "resume", "auto_resume", "trust_checkpoint",
-                  "stop_after_iters")  # fmt: skip
+                  "ckpt_every_steps", "print_freq", "log_dir", "resume", "auto_resume",
+                  "trust_checkpoint", "stop_after_iters")  # fmt: skip
 
 
 def run_config_from(cfg, **schedule) -> RunConfig:

@@ -73,6 +73,16 @@ def image_split(data_root, split: str, class_names: list[str] | None = None) -> 
     return ImageSplit(root, keys, labels, names)
 
 
+def check_class_count(split: ImageSplit, nb_classes: int | None) -> None:
+    """MAE's ``--nb_classes``, when given, must be the number of class folders, which decide it
+    here (MAE would size its head by the flag and train on the folders' labels)."""
+    if nb_classes is not None and nb_classes != len(split.class_names):
+        raise InputError(
+            f"--nb_classes {nb_classes}, but {split.root} has {len(split.class_names)} class "
+            "folders, which set the classes here: drop --nb_classes or fix the folder"
+        )
+
+
 def load_rgb(path) -> Image.Image:
     """An evaluation image for the torchvision transforms, read by the project's one decoder
     (``decode_rgb``: as torchvision's ImageFolder loader reads it, which DINO's eval_knn.py and

@@ -2,12 +2,14 @@
 
 Both are written atomically (``attgmae.core.files``). The figures follow the project's style
 (``attgmae.figures``): matplotlib ``Figure`` objects (no pyplot state, no backend switch in the
-caller's process), viridis colours (one per curve, dark to light), fixed scales (accuracy on
-0 .. 100 %, so two figures compare at a glance) and a title that says what is shown. Each
-figure is built by a ``*_figure`` function (tested without a file) and written by ``plot_*``.
+caller's process), viridis colours (one per curve, dark to light), fixed scales (accuracy ticks
+0 .. 100 %, so two figures compare at a glance, with a margin that keeps a curve at 0 or 100 %
+off the frame) and a title that says what is shown. Each figure is built by a ``*_figure``
+function (tested without a file) and written by ``plot_*``.
 
-- ``knn_figure``: top-1 (solid) and top-5 (dashed) against k; the k axis is logarithmic with
-  exactly the k values as its plain tick labels (5, 10, 20, 100, 200), no minor ticks.
+- ``knn_figure``: top-1 (solid) and top-5 (dashed) against k, and the chance level (dotted,
+  100 / classes %); the k axis is logarithmic with exactly the k values as its plain tick labels
+  (5, 10, 20, 100, 200), no minor ticks.
 - ``probe_figure``: validation top-1 per epoch, one curve per run (seed).
 - ``finetune_figure``: validation top-1 / top-5 and train / validation loss per epoch.
 """
@@ -36,6 +38,14 @@ def curve_colors(n: int) -> list:
     return [colormaps[CMAP](x) for x in np.linspace(0.0, 0.8, n)]
 
 
+ACCURACY_LIMITS = (-3.0, 103.0)  # 0 .. 100 % and a margin: no curve runs along the frame
+
+
+def _accuracy_axis(ax) -> None:
+    ax.set_ylim(*ACCURACY_LIMITS)
+    ax.set_yticks(range(0, 101, 20))
+
+
 def _axes(title: str, size=(6, 4)):
     fig = Figure(figsize=size, layout="constrained")
     ax = fig.subplots()
@@ -50,8 +60,10 @@ def knn_title(labels, temperature: float | None = None) -> str:
     return f"Weighted k-NN ({protocol}) of {', '.join(labels)}: val top-1 / top-5 against k"
 
 
-def knn_figure(results: dict, title: str | None = None, temperature: float | None = None):
-    """results {label: {k: (top1, top5)}} -> Figure; ``title`` defaults to ``knn_title``."""
+def knn_figure(results: dict, title: str | None = None, temperature: float | None = None,
+               chance: float | None = None):  # fmt: skip
+    """results {label: {k: (top1, top5)}} -> Figure; ``title`` defaults to ``knn_title``;
+    ``chance``: the accuracy of a guess (percent, 100 / classes), drawn as a dotted line."""
     fig, ax = _axes(title or knn_title(list(results), temperature))
     ks = sorted({int(k) for by_k in results.values() for k in by_k})
     for (label, by_k), color in zip(results.items(), curve_colors(len(results))):
@@ -70,15 +82,19 @@ def knn_figure(results: dict, title: str | None = None, temperature: float | Non
     ax.xaxis.set_minor_locator(NullLocator())
     if ks:
         ax.set_xlim(ks[0] / 1.25, ks[-1] * 1.25)
-    ax.set_ylim(0, 100)
+    if chance is not None:
+        ax.axhline(chance, color="0.45", linestyle=":", linewidth=1.2,
+                   label=f"chance ({chance:.3g}%)")  # fmt: skip
+    _accuracy_axis(ax)
     ax.set_xlabel("k (neighbours voting)")
     ax.set_ylabel("val accuracy (%)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the curves
     return fig
 
 
-def plot_knn(results: dict, path, title: str | None = None, temperature=None) -> Path:
-    return save_figure(knn_figure(results, title, temperature), path, dpi=120)
+def plot_knn(results: dict, path, title: str | None = None, temperature=None,
+             chance=None) -> Path:  # fmt: skip
+    return save_figure(knn_figure(results, title, temperature, chance), path, dpi=120)
 
 
 def probe_figure(curves: dict, title: str) -> Figure:
@@ -88,7 +104,7 @@ def probe_figure(curves: dict, title: str) -> Figure:
         marker = "." if len(acc) < 30 else None
         ax.plot(range(len(acc)), acc, "-", marker=marker, color=color, label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(0, 100)
+    _accuracy_axis(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("val top-1 (%)")
     if curves:
@@ -121,7 +137,7 @@ def finetune_figure(history: list[dict], title: str) -> Figure:
         loss_ax.plot(
             epochs, [h.get(key) for h in history], "-", marker=marker, color=color, label=label
         )
-    acc_ax.set_ylim(0, 100)
+    _accuracy_axis(acc_ax)
     acc_ax.set_ylabel("accuracy (%)")
     acc_ax.set_title("val top-1 / top-5 per epoch", fontsize=9)
     loss_ax.set_ylabel("loss")

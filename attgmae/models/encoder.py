@@ -122,17 +122,24 @@ def read_checkpoint(
     """Read ``path`` -> (state dict with the encoder's keys, source format, model name or None).
 
     ``checkpoint_key``: the entry holding the weights (``teacher``, ``student``, ``model``);
-    by default the first of ``WRAPPERS`` present, else the whole file.
+    by default the first of ``WRAPPERS`` present, else the whole file. A file without any entry
+    of weights (released weights, a plain state dict) is read whole also when a key is given,
+    as DINO's ``load_pretrained_weights`` reads it (its ``--checkpoint_key teacher`` default
+    meets released backbones); a key the file lacks while it has other entries is an error.
     """
     obj = load_torch_file(path, trusted=trusted)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
     model_name = _recorded_model(obj.get("args"))
+    entries = [w for w in WRAPPERS if isinstance(obj.get(w), dict)]
     if checkpoint_key is not None and not isinstance(obj.get(checkpoint_key), dict):
-        raise CheckpointError(
-            f"{path}: no {checkpoint_key!r} entry of weights (it holds {sorted(obj)[:8]})"
-        )
-    wrapper = checkpoint_key or next((w for w in WRAPPERS if isinstance(obj.get(w), dict)), None)
+        if entries:
+            raise CheckpointError(
+                f"{path}: no {checkpoint_key!r} entry of weights (it holds {sorted(obj)[:8]}): "
+                f"use --checkpoint_key {entries[0]}, or leave it out"
+            )
+        checkpoint_key = None  # plain weights: the whole file, as DINO
+    wrapper = checkpoint_key or (entries[0] if entries else None)
     state = strip_prefixes(tensors_only(obj[wrapper] if wrapper else obj))
     if "cls_token" not in state or "patch_embed.proj.weight" not in state:
         raise CheckpointError(
