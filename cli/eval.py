@@ -80,8 +80,14 @@ _FINETUNE_SWITCHES = [  # (flag, dest, value, help)
 ]
 
 
-def _add_common(p, default_batch, default_out, default_precision="auto"):
-    p.add_argument("--data_path", required=True, help="image root holding train/ and val/")
+def _add_common(p, default_batch, default_out, default_precision="auto", data_required=True):
+    p.add_argument(
+        "--data_path",
+        required=data_required,
+        default=None,
+        help="image root holding train/ and val/"
+        + ("" if data_required else " (required unless --load_features)"),
+    )
     p.add_argument("--output_dir", default=default_out, help="where results go")
     p.add_argument(
         "--model",
@@ -118,7 +124,8 @@ def _add_common(p, default_batch, default_out, default_precision="auto"):
     p.add_argument(
         "--features_dir",
         default=None,
-        help="feature cache keyed by checkpoint sha256 and split (default: OUTPUT_DIR/features)",
+        help="feature cache, keyed by everything that defines the features and checked "
+        "against every image's size and mtime (default: OUTPUT_DIR/features)",
     )
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument(
@@ -136,10 +143,22 @@ def build_parser():
     p = sub.add_parser("knn", help="weighted k-NN on frozen features (DINO protocol)")
     p.add_argument(
         "--checkpoint",
-        required=True,
         nargs="+",
+        default=None,
         help="ours (checkpoint-*.pth), official mae_pretrain_*.pth, or timm ViT "
-        "weights (.pth/.safetensors); several to compare them",
+        "weights (.pth/.safetensors); several to compare them (required unless "
+        "--load_features)",
+    )
+    p.add_argument(
+        "--dump_features",
+        default=None,
+        help="also write the features as DINO's eval_knn.py dumps them (trainfeat.pth, "
+        "testfeat.pth, trainlabels.pth, testlabels.pth) into this folder",
+    )
+    p.add_argument(
+        "--load_features",
+        default=None,
+        help="run the k-NN on such dumped files (ours or DINO's) instead of a checkpoint",
     )
     p.add_argument(
         "--labels",
@@ -156,7 +175,8 @@ def build_parser():
     )
     p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T)")
     # fp32 by default: DINO's k-NN extracts features in fp32 (docs/evaluation.md: the bf16 gap)
-    _add_common(p, default_batch=128, default_out="output_eval", default_precision="fp32")
+    _add_common(p, default_batch=128, default_out="output_eval", default_precision="fp32",
+                data_required=False)  # fmt: skip
 
     p = sub.add_parser("linprobe", help="linear probing (MAE protocol), few-shot, several seeds")
     p.add_argument("--checkpoint", required=True)
@@ -340,8 +360,9 @@ def _add_dense(sub) -> None:
 
 
 def _knn(args) -> int:
-    cfg = config_from_args(KnnConfig, args, checkpoint=args.checkpoint[0])
-    run_knn_compare(cfg, args.checkpoint, args.labels)
+    checkpoints = args.checkpoint or []
+    cfg = config_from_args(KnnConfig, args, checkpoint=checkpoints[0] if checkpoints else None)
+    run_knn_compare(cfg, checkpoints, args.labels)
     return 0
 
 
