@@ -262,7 +262,11 @@ def load_cache(path: Path, split: ImageSplit, description: dict, log=print):
     except CheckpointError:
         log(f"{name}: {path} is not a readable feature cache: recomputing")
         return None
-    if payload.get("description") != description or payload.get("keys") != split.keys:
+    if (
+        not isinstance(payload, dict)
+        or payload.get("description") != description
+        or payload.get("keys") != split.keys
+    ):
         log(f"{name}: {path} holds features of other settings or images: recomputing")
         return None
     changed = changed_images(split.root, split.keys, payload["identities"].numpy())
