@@ -44,9 +44,15 @@ POOL_HELP = (
 )
 
 
-def _add_common(p, d) -> None:
+def _add_common(p, d, data_required: bool = True) -> None:
     """The flags k-NN and the linear probe share; ``d``: the command's config defaults."""
-    p.add_argument("--data_path", required=True, help="image root holding train/ and val/")
+    p.add_argument(
+        "--data_path",
+        required=data_required,
+        default=None,
+        help="image root holding train/ and val/"
+        + ("" if data_required else " (required unless --load_features)"),
+    )
     p.add_argument("--output_dir", default=d.output_dir, help="where results go")
     p.add_argument(
         "--model",
@@ -89,7 +95,8 @@ def _add_common(p, d) -> None:
     p.add_argument(
         "--features_dir",
         default=None,
-        help="feature cache keyed by checkpoint sha256 and split (default: OUTPUT_DIR/features)",
+        help="feature cache, keyed by everything that defines the features and checked "
+        "against every image's size and mtime (default: OUTPUT_DIR/features)",
     )
     p.add_argument(
         "--input_size",
@@ -122,11 +129,22 @@ def _add_knn(sub) -> None:
         "--checkpoint",
         "--pretrained_weights",
         "--finetune",
-        required=True,
         nargs="+",
+        default=None,
         help="ours (checkpoint-*.pth), official mae_pretrain_*.pth, or timm ViT "
         "weights (.pth/.safetensors); several to compare them (DINO's --pretrained_weights, "
-        "MAE's --finetune)",
+        "MAE's --finetune; required unless --load_features)",
+    )
+    p.add_argument(
+        "--dump_features",
+        default=None,
+        help="also write the features as DINO's eval_knn.py dumps them (trainfeat.pth, "
+        "testfeat.pth, trainlabels.pth, testlabels.pth) into this folder",
+    )
+    p.add_argument(
+        "--load_features",
+        default=None,
+        help="run the k-NN on such dumped files (ours or DINO's) instead of a checkpoint",
     )
     p.add_argument(
         "--labels",
@@ -145,7 +163,7 @@ def _add_knn(sub) -> None:
         "--temperature", type=float, default=d.temperature, help="vote weight exp(sim / T)"
     )
     # fp32 by default: DINO's k-NN extracts features in fp32 (docs/evaluation.md: the bf16 gap)
-    _add_common(p, d)
+    _add_common(p, d, data_required=False)
     add_use_cuda(p)
     habits_group(p).add_argument(
         "--eval",
@@ -276,8 +294,9 @@ def build_parser():
 def _knn(args) -> int:
     from attgmae.pipelines.knn import run_knn_compare  # torch: only for a run
 
-    cfg = config_from_args(KnnConfig, args, checkpoint=args.checkpoint[0])
-    run_knn_compare(cfg, args.checkpoint, args.labels)
+    checkpoints = args.checkpoint or []
+    cfg = config_from_args(KnnConfig, args, checkpoint=checkpoints[0] if checkpoints else None)
+    run_knn_compare(cfg, checkpoints, args.labels)
     return 0
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from attgmae.core import distributed
 from attgmae.core.constants import MAP_GRID
 from attgmae.core.errors import InputError
+from attgmae.core.progress import Progress
 from attgmae.data.map_inputs import DecodedImages, collate_decoded, normalize_batch
 from attgmae.store import MapStoreWriter, StoreError
 
@@ -174,14 +174,7 @@ def compute_pending(cfg, keys, labels, writers, computer, device, info, workers)
         pin_memory=device.type == "cuda",
         prefetch_factor=workers.prefetch,
     )
-    bar = tqdm(
-        total=num_todo,
-        unit="img",
-        desc="generate",
-        dynamic_ncols=True,
-        disable=not (cfg.progress and info.is_main) or num_todo == 0,
-        mininterval=0.5 if sys.stderr.isatty() else 30.0,
-    )
+    bar = Progress(num_todo, "generate", enabled=cfg.progress and info.is_main)
     labels_on_device = torch.as_tensor(labels, dtype=torch.int64, device=device)
     buffers: deque[ChunkBuffer] = deque()
     computed = failed = 0

@@ -11,8 +11,8 @@ DEFAULT_NB_KNN = (5, 10, 20, 100, 200)  # the paper's A.7 (DINO's script: 10 20 
 
 @dataclass
 class KnnConfig:
-    checkpoint: str
-    data_path: str
+    checkpoint: str | None = None  # None with load_features
+    data_path: str | None = None  # holds train/ and val/ (not needed with load_features)
     output_dir: str = "output_eval"
     label: str | None = None  # name in the outputs; default: the checkpoint's file stem
     model: str | None = None  # architecture name when the checkpoint does not say
@@ -31,3 +31,5 @@ class KnnConfig:
     input_size: int = 224
     chunk_bytes: int | None = None  # similarity chunk budget; None: attgmae.eval.knn's (4 GiB)
     trust_checkpoint: bool = False  # the checkpoint may be unpickled in full
+    dump_features: str | None = None  # also write DINO's trainfeat.pth ... files here
+    load_features: str | None = None  # k-NN on such files instead of a checkpoint's features

@@ -18,6 +18,12 @@ computed once per run (and cached in ``features_dir``) rather than every epoch; 
 evaluated on them after every epoch. ``cached_features`` trains on cached center-crop features
 of the training images too: much faster, but without augmentation (an approximation of the
 protocol, documented as such in the result).
+
+Under torchrun, MAE's batch arithmetic (``batch_size`` per process, effective batch = batch x
+accum x processes, the same lr rule) and one process's results: the ranks share the encoder's
+work (validation features as ``split_features``, training micro-batches as
+``ImageFeatureBatches``) and every rank runs the same head steps on the gathered features; rank
+0 alone evaluates and writes. With ``cached_features`` rank 0 alone trains the head.
 """
 
 from __future__ import annotations
@@ -32,12 +38,14 @@ from pathlib import Path
 
 import torch
 
-from attgmae.core.device import resolve_device, use_device
+from attgmae.core.distributed import main_value
 from attgmae.core.errors import InputError
 from attgmae.core.files import atomic_path, file_sha256, write_json_atomic
+from attgmae.core.progress import duration
 from attgmae.core.provenance import software_versions
 from attgmae.core.tensorboard import open_tensorboard
 from attgmae.core.torchfile import load_torch_file
+from attgmae.engine.launch import distributed_session
 from attgmae.eval.features import (
     ImageSplit,
     LabelledImages,
@@ -47,7 +55,7 @@ from attgmae.eval.features import (
     image_split,
     split_features,
 )
-from attgmae.eval.fewshot import configured_subset, subset_sha256
+from attgmae.eval.fewshot import configured_subset, subset_sha256, subset_text
 from attgmae.eval.lars import LARS
 from attgmae.eval.linprobe import (
     SMALL_SUBSET_MODES,
@@ -55,6 +63,7 @@ from attgmae.eval.linprobe import (
     ImageFeatureBatches,
     LinearProbeHead,
     epoch_batches,
+    epoch_sampling,
     evaluate,
 )
 from attgmae.eval.linprobe import train_one_epoch as train_head_one_epoch
@@ -77,47 +86,32 @@ def _find_resume(cfg: LinprobeConfig, out_dir: Path):
     return last if cfg.auto_resume and last.is_file() else None
 
 
-def _subset_text(cfg: LinprobeConfig, num_used: int) -> str:
-    """The training subset in words, for figure titles."""
-    if cfg.subset_file:
-        return f"{num_used} images listed in {Path(cfg.subset_file).name}"
-    if cfg.shots is not None:
-        return f"{cfg.shots} shot(s) per class ({num_used} images)"
-    if cfg.percent is not None:
-        return f"{cfg.percent:g}% of each class ({num_used} images)"
-    return f"all {num_used} training images"
-
-
-def _sampling(cfg: LinprobeConfig, num_used: int, eff_batch: int) -> tuple[str, str]:
-    """(name, description) of how an epoch's samples are drawn (``epoch_batches``)."""
-    if num_used >= eff_batch:
-        steps = num_used // eff_batch
-        return "whole", (
-            f"{steps} optimizer step(s) of {eff_batch} samples per epoch, a seeded permutation "
-            f"cut into whole effective batches, the last {num_used - steps * eff_batch} unused "
-            "(MAE's drop_last)"
-        )
-    if cfg.small_subset == "cycle":
-        return "cycle", (
-            f"1 optimizer step of {eff_batch} samples per epoch, cycled through the {num_used} "
-            f"training images (each pass a permutation seeded with (seed, pass)): the gradient "
-            "of a full effective batch at its lr (the paper's A.8)"
-        )
-    return "partial", (
-        f"1 optimizer step of the {num_used} training images per epoch (fewer than "
-        f"{eff_batch}), at the lr of {eff_batch} (not the paper's A.8)"
-    )
-
-
-def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
+def _check(cfg: LinprobeConfig) -> None:
     if cfg.warmup_epochs > cfg.epochs:
         raise InputError(f"--warmup_epochs {cfg.warmup_epochs} exceeds --epochs {cfg.epochs}")
     if cfg.small_subset not in SMALL_SUBSET_MODES:
         raise InputError(f"--small_subset {cfg.small_subset}: choose one of {SMALL_SUBSET_MODES}")
     check_data_root(cfg.data_path, cfg.checkpoint)
-    device = use_device(resolve_device(cfg.device))
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def run_linprobe(cfg: LinprobeConfig, log=print) -> dict | None:
+    """One probe; under torchrun the ranks share the encoder's work (``ImageFeatureBatches``,
+    ``split_features``) and rank 0 alone evaluates and writes (the result on rank 0, None on
+    the others)."""
+    _check(cfg)
+    with distributed_session(cfg.device) as (info, device):
+        return _probe(cfg, info, device, log)
+
+
+def _probe(cfg: LinprobeConfig, info, device, log) -> dict | None:
+    log = log if info.is_main else _quiet
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     features_dir = Path(cfg.features_dir) if cfg.features_dir else out_dir / "features"
     started = time.perf_counter()
 
@@ -132,20 +126,22 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         "subset_file_sha256": file_sha256(cfg.subset_file) if cfg.subset_file else None,
     }
     sha256 = fingerprint["checkpoint_sha256"]
-    encoder, info = load_encoder_as_configured(cfg, sha256)
+    encoder, info_encoder = load_encoder_as_configured(cfg, sha256)
     encoder.to(device)
-    accum_iter = cfg.accum_iter or max(1, round(cfg.eff_batch_size / cfg.batch_size))
-    eff_batch = cfg.batch_size * accum_iter
+    # MAE's arithmetic: batch_size per process, effective batch = batch x accum x processes.
+    world = info.world_size
+    accum_iter = cfg.accum_iter or max(1, round(cfg.eff_batch_size / (cfg.batch_size * world)))
+    eff_batch = cfg.batch_size * accum_iter * world
     lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
-    sampling, sampling_text = _sampling(cfg, len(subset), eff_batch)
+    sampling, sampling_text = epoch_sampling(len(subset), eff_batch, cfg.small_subset)
     fingerprint["sampling"] = sampling
     log(
         f"train images: {len(subset)} of {len(train.keys)}, val: {len(val.keys)}, "
-        f"classes: {num_classes}; micro-batch {cfg.batch_size} x accum {accum_iter} = "
-        f"effective batch {eff_batch}; lr {lr:.4g} (blr {cfg.blr}); {sampling_text}"
+        f"classes: {num_classes}; micro-batch {cfg.batch_size} x accum {accum_iter} x {world} "
+        f"proc = effective batch {eff_batch}; lr {lr:.4g} (blr {cfg.blr}); {sampling_text}"
     )
 
-    common = extraction_options(cfg, sha256, device, features_dir, log)
+    common = extraction_options(cfg, info_encoder, device, features_dir, log, dist=info)
     val_feats, val_labels = split_features(encoder, val, "val", **common)
     if cfg.cached_features:
         # Only the subset's images: a 1% probe should not extract the other 99%.
@@ -153,8 +149,10 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
             train.root, [train.keys[i] for i in subset], train.labels[subset], train.class_names
         )
         train_feats, train_labels = split_features(encoder, used, "train", **common)
-        source = CachedFeatureBatches(train_feats, train_labels, device)
         del encoder
+        if not info.is_main:  # rank 0 alone trains the head on the gathered features
+            return None
+        source = CachedFeatureBatches(train_feats, train_labels, device)
     else:
         dataset = LabelledImages(train, probe_train_transform(cfg.input_size), subset)
         source = ImageFeatureBatches(
@@ -164,12 +162,15 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
             pool=cfg.pool,
             precision=cfg.precision,
             num_workers=cfg.num_workers,
+            seed=cfg.seed,
+            dist=info,
         )
 
     # Seeded here, not earlier: whether features came from the cache (no loader drew from the
-    # global RNG) must not change the head's initial weights.
+    # global RNG) must not change the head's initial weights. The same head on every rank.
     torch.manual_seed(cfg.seed)
-    head = LinearProbeHead(val_feats.shape[1], num_classes).to(device)
+    width = main_value(val_feats.shape[1] if info.is_main else 0, info)
+    head = LinearProbeHead(width, num_classes).to(device)
     optimizer = LARS(head.parameters(), lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     n_parameters = sum(p.numel() for p in head.parameters())
 
@@ -192,31 +193,36 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         start_epoch, history = state["epoch"] + 1, state["history"]
         log(f"resumed from {resume_path} at epoch {start_epoch}")
 
-    writer = open_tensorboard(cfg.log_dir or out_dir / "tensorboard")
+    writer = open_tensorboard(cfg.log_dir or out_dir / "tensorboard") if info.is_main else None
     lr_schedule = partial(
         lr_at, lr=lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs
     )
+    run_started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
+        # One process's micro-batches (accum_iter x world of them per step): the ranks share them
         batches = epoch_batches(
             len(subset),
             cfg.batch_size,
             seed=cfg.seed,
             epoch=epoch,
-            accum_iter=accum_iter,
+            accum_iter=accum_iter * world,
             small_subset=cfg.small_subset,
         )
         train_stats = train_head_one_epoch(
             head,
-            source.epoch(batches),
+            source.epoch(batches, epoch),
             [len(b) for b in batches],
             optimizer,
             epoch=epoch,
-            accum_iter=accum_iter,
+            accum_iter=accum_iter * world,
             lr_at=lr_schedule,
             device=device,
             log_every=cfg.log_every,
             log=log,
+            epochs=cfg.epochs,
         )
+        if not info.is_main:  # the same head on every rank: rank 0 evaluates and writes
+            continue
         test_stats = evaluate(head, val_feats, val_labels, device)
         stats = {
             **{f"train_{k}": v for k, v in train_stats.items()},
@@ -225,9 +231,12 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
             "n_parameters": n_parameters,
         }
         history.append(stats)
+        per_epoch = (time.perf_counter() - run_started) / (epoch + 1 - start_epoch)
         log(
             f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val top-1 "
-            f"{test_stats['acc1']:.2f} top-5 {test_stats['acc5']:.2f}"
+            f"{test_stats['acc1']:.2f} top-5 {test_stats['acc5']:.2f}, "
+            f"{train_stats['img_per_s']:.1f} img/s, {duration(per_epoch)} per epoch, "
+            f"ETA {duration(per_epoch * (cfg.epochs - epoch - 1))}"
         )
         checkpoint = {
             "head": head.state_dict(),
@@ -247,6 +256,8 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
                 writer.add_scalar(key.replace("_", "/", 1), stats[key], epoch)
             writer.flush()
 
+    if not info.is_main:
+        return None
     if not history:
         raise InputError(f"nothing to do: --epochs {cfg.epochs}")
     acc1 = [h["test_acc1"] for h in history]
@@ -254,7 +265,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         "protocol": "linprobe",
         "checkpoint": str(Path(cfg.checkpoint).resolve()),
         "checkpoint_sha256": sha256,
-        "encoder": info.to_dict(),
+        "encoder": info_encoder.to_dict(),
         "data_path": str(Path(cfg.data_path).resolve()),
         "num_train_used": len(subset),
         "num_train": len(train.keys),
@@ -275,6 +286,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
             "blr": cfg.blr,
             "effective_batch": eff_batch,
             "accum_iter": accum_iter,
+            "world_size": world,
             "sampling": sampling,
             "epoch_definition": sampling_text,
             "schedule": f"{cfg.warmup_epochs} warmup epochs, half-cycle cosine per iteration",
@@ -299,7 +311,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         {f"seed {cfg.seed}": acc1},
         out_dir / "linprobe.png",
         f"Linear probe (MAE protocol) of {Path(cfg.checkpoint).name}: val top-1 per epoch\n"
-        f"{_subset_text(cfg, len(subset))}, effective batch {eff_batch}, seed {cfg.seed}",
+        f"{subset_text(cfg, len(subset))}, effective batch {eff_batch}, seed {cfg.seed}",
     )
     log(
         f"final val top-1 {result['final']['acc1']:.2f} (best {result['best_acc1']:.2f}); "
@@ -308,7 +320,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     return result
 
 
-def run_seeds(cfg: LinprobeConfig, seeds, log=print) -> dict:
+def run_seeds(cfg: LinprobeConfig, seeds, log=print) -> dict | None:
     """One probe per seed, then mean and std of the final top-1. A seed draws the head's
     initialisation, the training order and a per-class subset; a --subset_file subset is the
     same for every seed."""
@@ -317,20 +329,22 @@ def run_seeds(cfg: LinprobeConfig, seeds, log=print) -> dict:
     features_dir = cfg.features_dir or str(out_dir / "features")  # shared by the seeds
     if cfg.subset_file:
         log(f"{cfg.subset_file} fixes the subset: the seeds vary the head's init and the order")
-    runs = []
-    for seed in seeds:
-        log(f"--- seed {seed} ---")
-        runs.append(
-            run_linprobe(
-                dataclasses.replace(
-                    cfg,
-                    seed=seed,
-                    output_dir=str(out_dir / f"seed_{seed}"),
-                    features_dir=features_dir,
-                ),
-                log=log,
-            )
+    seeded_cfgs = [
+        dataclasses.replace(
+            cfg, seed=seed, output_dir=str(out_dir / f"seed_{seed}"), features_dir=features_dir
         )
+        for seed in seeds
+    ]
+    for seeded_cfg in seeded_cfgs:
+        _check(seeded_cfg)
+    runs = []
+    with distributed_session(cfg.device) as (info, device):
+        for seed, seeded_cfg in zip(seeds, seeded_cfgs):
+            if info.is_main:
+                log(f"--- seed {seed} ---")
+            runs.append(_probe(seeded_cfg, info, device, log))
+    if not info.is_main:
+        return None
     final1 = [r["final"]["acc1"] for r in runs]
     final5 = [r["final"]["acc5"] for r in runs]
 
@@ -367,7 +381,7 @@ def run_seeds(cfg: LinprobeConfig, seeds, log=print) -> dict:
         {f"seed {s}": [h["test_acc1"] for h in r["history"]] for s, r in zip(seeds, runs)},
         out_dir / "fewshot.png",
         f"Linear probe (MAE protocol) of {Path(cfg.checkpoint).name}: val top-1 per epoch\n"
-        f"{_subset_text(cfg, runs[0]['num_train_used'])}, seeds {', '.join(map(str, seeds))}: "
+        f"{subset_text(cfg, runs[0]['num_train_used'])}, seeds {', '.join(map(str, seeds))}: "
         f"{summary['acc1_mean']:.2f} +- {summary['acc1_std']:.2f}",
     )
     log(f"top-1 over seeds {seeds}: {summary['acc1_mean']:.2f} +- {summary['acc1_std']:.2f}")

@@ -11,12 +11,16 @@ the test split (as MultiMAE: "Testing with best checkpoint").
 Writes to its ``out_dir``: ``config.json``, ``log.txt``, checkpoints, ``checkpoint-best.pth``,
 ``taskonomy.json`` (every number), ``taskonomy.png`` (train loss and validation L1 per epoch)
 and ``<task>_samples.png`` (image | prediction | target for ``num_vis`` test images). A run whose
-``taskonomy.json`` was written by the same inputs and settings is not run again.
+``taskonomy.json`` was written by the same inputs and settings (its ``reuse_key``: the checkpoint
+and its entry, the recipe, seed, precision and every file read, by path, size and mtime) is not
+run again; one made otherwise is run again, the log naming what differs (and a resume refuses
+checkpoints of other inputs, ``defining_inputs``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -25,8 +29,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
+from attgmae.core.device import resolve_precision
 from attgmae.core.distributed import barrier
 from attgmae.core.files import write_json_atomic
+from attgmae.core.identity import image_identities
 from attgmae.data.dense_recipes import RECIPE_SOURCES, DenseRecipe
 from attgmae.data.dense_taskonomy import TASKONOMY_TASKS, TaskonomyDataset
 from attgmae.engine import SupervisedRun
@@ -94,8 +100,38 @@ def _details(cfg, task: str, folder: str, recipe: DenseRecipe, batching, world: 
     }
 
 
-def _finished(out_dir: Path, reuse_key: dict) -> dict | None:
-    """The result of a finished run with the same inputs and settings, else None."""
+def inputs_digest(dataset: TaskonomyDataset) -> str:
+    """sha256 of the files a split reads: their paths under the root, sizes and mtimes."""
+    root = dataset.layout.root
+    names = [str(path.relative_to(root)) for _, _, path in dataset.files()]
+    identities = image_identities(root, names)
+    return hashlib.sha256("\n".join(names).encode() + identities.tobytes()).hexdigest()
+
+
+def defining_inputs(cfg: TaskonomyConfig, sets: dict, device) -> dict:
+    """What besides the checkpoint file, task, input size and head defines a run: the entry and
+    architecture read from the checkpoint, seed and precision, and the files of every split
+    (paths, sizes, mtimes). Part of the resume fingerprint and of ``taskonomy.json``'s reuse
+    key."""
+    return {
+        "encoder": {
+            k: getattr(cfg, k) for k in ("checkpoint_key", "model", "num_heads", "force_model")
+        },
+        "run": {
+            "seed": cfg.seed,
+            "amp": resolve_precision(cfg.amp, device),
+            "clip_grad": cfg.clip_grad,
+        },
+        "data": {
+            "root": str(Path(cfg.data_path).resolve()),
+            **{split: inputs_digest(dataset) for split, dataset in sets.items()},
+        },
+    }
+
+
+def _finished(out_dir: Path, key: dict, say) -> dict | None:
+    """The result of a finished run with the same inputs and settings, else None (saying what
+    differs from the one found)."""
     path = out_dir / RESULT_NAME
     if not path.is_file():
         return None
@@ -103,7 +139,14 @@ def _finished(out_dir: Path, reuse_key: dict) -> dict | None:
         result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    return result if result.get("reuse_key") == json.loads(json.dumps(reuse_key)) else None
+    key, found = json.loads(json.dumps(key)), result.get("reuse_key") or {}
+    if found == key:
+        return result
+    differ = [name for name in key if found.get(name) != key[name]]
+    data = [name for name in key["data"] if found.get("data", {}).get(name) != key["data"][name]]
+    say(f"{path}: made with other {', '.join(differ)}"
+        + (f" ({', '.join(data)})" if data else "") + ": running again")  # fmt: skip
+    return None
 
 
 def run_task(
@@ -122,18 +165,19 @@ def run_task(
     score the test split -> the result dict (``taskonomy.json``'s)."""
     started = time.perf_counter()
     details = _details(cfg, task, folder, recipe, batching, info.world_size)
+    sets = _datasets(cfg, folder, recipe)
     fingerprint = {
         "checkpoint_sha256": sha256,
         "task": folder,
         "input_size": recipe.input_size,
         "head": [cfg.dpt_feature_dim, list(cfg.dpt_layer_dims), cfg.block_indices],
+        **defining_inputs(cfg, sets, device),
     }
-    reuse_key = {**fingerprint, "recipe": asdict(recipe), "max_test_images": cfg.max_test_images}
-    done = _finished(out_dir, reuse_key)
+    key = {**fingerprint, "recipe": asdict(recipe), "max_test_images": cfg.max_test_images}
+    done = _finished(out_dir, key, say)
     if done is not None:
         say(f"{task}: finished already ({out_dir / RESULT_NAME}), test L1 {done['test_l1']:.4f}")
         return done
-    sets = _datasets(cfg, folder, recipe)
     batch = batching[0]
     val_loader = _own_loader(sets["val"], batch, cfg, info, device)
     test_loader = _own_loader(sets["test"], batch, cfg, info, device)
@@ -194,7 +238,7 @@ def run_task(
         **run_record(cfg, fit, sha256, encoder),
         "elapsed_s": time.perf_counter() - started,
         "device": str(device),
-        "reuse_key": reuse_key,
+        "reuse_key": key,
     }
     if info.is_main:
         indices = spread_indices(len(sets["test"]), cfg.num_vis)

@@ -38,6 +38,7 @@ from attgmae.core.distributed import (
 )
 from attgmae.core.errors import AttgError
 from attgmae.core.files import write_json_atomic
+from attgmae.core.progress import loop_pace
 from attgmae.core.tensorboard import open_tensorboard
 from attgmae.data.transforms import crop_resize_maps, normalize_images
 from attgmae.engine.history import EpochLog
@@ -293,10 +294,12 @@ class PretrainRun:
                 sums["loss"] += window_sum
                 seconds = time.perf_counter() - window_t0
                 img_per_s = window_iters * cfg.batch_size * self.info.world_size / seconds
+                iters = self.data.iters_per_epoch
+                timing = loop_pace(epoch_t0, start_step, it, iters, epoch, cfg.epochs, self.device)
                 self.log(
-                    f"Epoch [{epoch}] [{it + 1}/{self.data.iters_per_epoch}] loss "
+                    f"Epoch [{epoch}] [{it + 1}/{iters}] loss "
                     f"{window_sum / window_iters:.4f} lr {lr:.3e} tau {tau:.3f} "
-                    f"img/s {img_per_s:.1f}"
+                    f"img/s {img_per_s:.1f} {timing}"
                 )
                 if self.log_writer is not None:
                     x = int((epoch + it / self.data.iters_per_epoch) * 1000)  # epoch_1000x, MAE

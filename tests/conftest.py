@@ -88,16 +88,17 @@ def make_truth_example():
 def _torchrun(module: str, *args, nproc: int = 2, timeout: int = 300):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    target = [str(module)] if str(module).endswith(".py") else ["-m", module]  # a script or -m
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", str(nproc), "-m", module, *map(str, args)]  # fmt: skip
+               "--nproc-per-node", str(nproc), *target, *map(str, args)]  # fmt: skip
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
 def torchrun():
-    """``torchrun(module, *args, nproc=2)``: ``torchrun --standalone -m module args`` on CPU
-    (gloo), one thread a process, outside any process group of this test run -> the finished
-    process (its stdout and stderr captured)."""
+    """``torchrun(module, *args, nproc=2)``: ``torchrun --standalone -m module args`` (or a
+    script, ``module`` a ``.py`` path) on CPU (gloo), one thread a process, outside any process
+    group of this test run -> the finished process (its stdout and stderr captured)."""
     return _torchrun
 
 

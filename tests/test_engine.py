@@ -262,6 +262,15 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6)
 
 
+def test_iteration_lines_show_time_per_iteration_and_the_etas():
+    messages = []
+    make_run(None, epochs=2, print_freq=2, log=messages.append).fit()
+    lines = [m for m in messages if m.startswith("epoch 0 [")]
+    assert lines and all(
+        "img/s" in m and "s/iter" in m and "ETA epoch" in m and " run " in m for m in lines
+    )
+
+
 if __name__ == "__main__":  # one rank of test_two_gloo_processes_match_one_process
     torch.set_num_threads(1)
     with distributed_session("cpu") as (dist_info, dist_device):

@@ -10,6 +10,7 @@ images, the sums are reduced) must equal 1 process's."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,3 +94,45 @@ def test_taskonomy_scores_every_view_once_across_ranks(torchrun, tiny_mae_checkp
         (a,), (b,) = log_lines(path.parent), log_lines(two / path.parent.relative_to(one))
         assert b["test_l1"] == pytest.approx(a["test_l1"], rel=1e-6)
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.05)
+
+
+def test_knn_and_linprobe_on_two_processes_equal_one(
+    torchrun, tiny_mae_checkpoints, example_root, tmp_path
+):
+    """Each rank extracts its share of the images, rank 0 alone searches and writes (DINO's
+    eval_knn); the probe's encoder work is shared and its head is one process's, exactly."""
+    cpu = ["--checkpoint", tiny_mae_checkpoints[0], "--data_path", example_root, "--device",
+           "cpu", "--num_workers", "0", "--input_size", "32"]  # fmt: skip
+    knn = ["knn", *cpu, "--nb_knn", "3", "5", "20", "--batch_size", "5"]
+    probe = ["linprobe", *cpu, "--batch_size", "4", "--eff_batch_size", "16", "--blr", "2",
+             "--epochs", "2", "--warmup_epochs", "1", "--log_every", "0"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([str(a) for a in [*knn, "--output_dir", one / "knn"]]) == 0
+    assert main([str(a) for a in [*probe, "--output_dir", one / "probe"]]) == 0
+    ranks = Path(__file__).with_name("eval_ranks.py")
+    proc = torchrun(ranks, *knn, "--output_dir", two / "knn", "--",
+                    *probe, "--output_dir", two / "probe")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    a, b = (json.loads((out / "knn" / "knn_mae_seed0.json").read_text()) for out in (one, two))
+    assert b["results"] == a["results"]  # top-1 and top-5 of every k, exactly
+    assert (a["protocol_details"]["world_size"], b["protocol_details"]["world_size"]) == (1, 2)
+    assert proc.stdout.count("knn_mae_seed0.json  plot:") == 1  # rank 0 alone writes
+    cached = sorted((one / "knn/features").glob("*.pt"))
+    assert len(cached) == 2
+    for path in cached:  # the same description, so the same name; the features gathered
+        gathered = torch.load(two / "knn/features" / path.name)["features"]
+        torch.testing.assert_close(gathered, torch.load(path)["features"], atol=1e-5, rtol=0)
+
+    assert "micro-batch 4 x accum 2 x 2 proc = effective batch 16" in proc.stdout
+    first, second = log_lines(one / "probe"), log_lines(two / "probe")  # one line per epoch
+    assert len(first) == len(second) == 2
+    for x, y in zip(first, second):
+        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5)
+        assert y["test_acc1"] == x["test_acc1"] and y["test_acc5"] == x["test_acc5"]
+    head_a = torch.load(one / "probe/checkpoint-1.pth")["head"]
+    head_b = torch.load(two / "probe/checkpoint-1.pth")["head"]
+    for name, value in head_a.items():
+        torch.testing.assert_close(head_b[name], value, atol=1e-5, rtol=1e-4, msg=name)
+    details = json.loads((two / "probe/linprobe.json").read_text())["protocol_details"]
+    assert (details["effective_batch"], details["accum_iter"], details["world_size"]) == (16, 2, 2)

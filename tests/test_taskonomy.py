@@ -5,6 +5,7 @@ average rank, continues where it stopped (to identical weights), and names bad i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -160,3 +161,26 @@ def test_bad_inputs_are_named(checkpoints, root, tmp_path, capsys):
     assert "--resume names one run; these are 10" in capsys.readouterr().err
     assert main(argv(one, root, tmp_path / "o5", "--tasks", "depth", "depth_euclidean")) == 2
     assert "names a task twice" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_reused_only_for_the_same_checkpoint_entry_and_files(
+    checkpoints, root, tmp_path, capsys
+):
+    data = tmp_path / "data"
+    shutil.copytree(root, data, copy_function=shutil.copy2)
+    run = argv(checkpoints[:1], data, tmp_path / "out", "--tasks", "depth", "--epochs", "1",
+               "--warmup_epochs", "0")  # fmt: skip
+    assert main(run) == 0
+    capsys.readouterr()
+    # another entry of the checkpoint: not the finished result, and not its checkpoints either
+    assert main([*run, "--checkpoint_key", "model"]) == 2
+    out, err = capsys.readouterr()
+    assert "made with other encoder: running again" in out and "different encoder" in err
+    # an image replaced under its name (another size and mtime)
+    test_rgb = sorted(TaskonomyDataset(data, "test", ["depth"], SIZE).files())[0][2]
+    shutil.copyfile(sorted(test_rgb.parent.iterdir())[-1], test_rgb)
+    stat = test_rgb.stat()
+    os.utime(test_rgb, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert main(run) == 2
+    out, err = capsys.readouterr()
+    assert "made with other data (test): running again" in out and "different data" in err

@@ -143,6 +143,38 @@ def max_across_ranks(value: int, info: DistInfo) -> int:
     return int(tensor.item())
 
 
+def main_value(value: int, info: DistInfo) -> int:
+    """Rank 0's ``value`` on every rank (a decision rank 0 alone can take, e.g. a cache hit)."""
+    if not info.distributed:
+        return int(value)
+    tensor = torch.tensor([value], dtype=torch.int64, device=_collective_device(info))
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
+
+
+def all_gather_rows(tensor: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Every rank's ``tensor`` [n_rank, ...], in rank order, on every rank ([tensor] on one
+    process). The ranks may hold different numbers of rows (a rank with none may pass any empty
+    tensor of the same dimensions and dtype); parts come back on the collective device."""
+    if not info.distributed:
+        return [tensor]
+    device = _collective_device(info)
+    shape = torch.tensor(tensor.shape, dtype=torch.int64, device=device)
+    shapes = [torch.empty_like(shape) for _ in range(info.world_size)]
+    dist.all_gather(shapes, shape)
+    shapes = [[int(n) for n in s.tolist()] for s in shapes]
+    rows = max(s[0] for s in shapes)
+    trailing = [max(s[d] for s in shapes) for d in range(1, tensor.ndim)]
+    if rows == 0:
+        return [torch.zeros([0, *trailing], dtype=tensor.dtype, device=device) for _ in shapes]
+    padded = torch.zeros([rows, *trailing], dtype=tensor.dtype, device=device)
+    if tensor.shape[0]:  # padded: all_gather needs equal sizes
+        padded[: tensor.shape[0]] = tensor.to(device)
+    parts = [torch.empty_like(padded) for _ in shapes]
+    dist.all_gather(parts, padded)
+    return [part[: s[0]] for part, s in zip(parts, shapes)]
+
+
 def cleanup(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -252,16 +252,23 @@ class TaskonomyDataset(Dataset):
     def _mask_path(self, key) -> Path:
         return self.layout.path(self.mask_task, key, self._mask_domain())
 
+    def files(self) -> list[tuple[str, tuple, Path]]:
+        """(task folder, key, path) of every file a sample reads: rgb, targets, valid mask."""
+        wanted = [(task, None) for task in ("rgb", *self.tasks)]
+        if self.mask_task is not None:
+            wanted.append((self.mask_task, self._mask_domain()))
+        return [
+            (task, key, self.layout.path(task, key, domain))
+            for key in self.keys
+            for task, domain in wanted
+        ]
+
     def _check_files(self) -> None:
-        missing = []
-        for key in self.keys:
-            wanted = [(task, None) for task in ("rgb", *self.tasks)]
-            if self.mask_task is not None:
-                wanted.append((self.mask_task, self._mask_domain()))
-            for task, domain in wanted:
-                path = self.layout.path(task, key, domain)
-                if path.name not in self.layout.names(task, key[0]):
-                    missing.append(path)
+        missing = [
+            path
+            for task, key, path in self.files()
+            if path.name not in self.layout.names(task, key[0])
+        ]
         if missing:
             raise InputError(
                 f"{len(missing)} Taskonomy files are missing under {self.layout.root}; first: "

@@ -39,6 +39,7 @@ from attgmae.checkpoint import LAST_NAME, restore_state, save_checkpoint, traini
 from attgmae.core.device import resolve_precision
 from attgmae.core.distributed import DistInfo, barrier, sum_across_ranks
 from attgmae.core.errors import AttgError, InputError
+from attgmae.core.progress import loop_pace
 from attgmae.core.tensorboard import open_tensorboard
 from attgmae.engine.config import RunConfig, evaluation_due, scheduled_lr, validate_run
 from attgmae.engine.history import EpochLog
@@ -275,9 +276,10 @@ class SupervisedRun:
             if (it + 1) % cfg.print_freq == 0 or it + 1 == iters:
                 seconds = max(time.perf_counter() - window_t0, 1e-9)
                 img_per_s = window * cfg.batch_size * self.info.world_size / seconds
+                timing = loop_pace(epoch_t0, start, it, iters, epoch, cfg.epochs, self.device)
                 self.log(
                     f"epoch {epoch} [{it + 1}/{iters}] loss {loss_value:.4f} lr {lr:.3e} "
-                    f"img/s {img_per_s:.1f}"
+                    f"img/s {img_per_s:.1f} {timing}"
                 )
                 window_t0, window = time.perf_counter(), 0
             steps_due = cfg.ckpt_every_steps and self.global_step % cfg.ckpt_every_steps == 0

@@ -3,18 +3,25 @@
 A split is ``<data_root>/<split>/<class>/<image>`` (ImageFolder layout); labels are the class
 folders, with the class list taken from ``train`` so ``val`` uses the same indices. Features are
 extracted once on Resize(256, bicubic) + CenterCrop(224), bf16 autocast on CUDA (fp32 on CPU),
-and cached raw (not normalized: the linear probe's BatchNorm wants them raw; k-NN normalizes) in
-``features_dir`` under a name made of the checkpoint's sha256, the split, the pooling, the input
-size, the head count, the precision and a digest of the image list, so a changed checkpoint or
-image set never hits a stale file.
+and cached raw (not normalized: the linear probe's BatchNorm wants them raw; k-NN normalizes).
+
+The cache never serves stale features. A file in ``features_dir`` is named by a digest of
+everything that defines its features (``feature_description``: the checkpoint's sha256 and the
+entry its weights were read from, the resolved encoder architecture, how positions were
+resized, pooling, precision, device type, transform, image root and list, a code version),
+holds that description and is used only when it matches exactly; it also records every image's
+identity (size, mtime: ``attgmae.core.identity``), and a changed image is named in the log and
+the split recomputed. Under torchrun every rank extracts its share of a split and rank 0
+gathers the features (DINO's eval_knn), then alone reads and writes the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +31,18 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from attgmae.core.device import resolve_precision
+from attgmae.core.distributed import DistInfo, all_gather_rows, main_value
 from attgmae.core.errors import InputError
 from attgmae.core.files import atomic_path
+from attgmae.core.identity import changed_images, image_identities
 from attgmae.core.listing import folder_labels, list_split, split_root
+from attgmae.core.progress import Progress
 from attgmae.core.torchfile import CheckpointError, load_torch_file
 from attgmae.data.images import ImageDecodeError, decode_rgb
 from attgmae.eval.transforms import eval_transform
 from attgmae.models.tokens import features as encoder_features
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the whole description and the images' identities inside
 
 
 @dataclass
@@ -175,24 +185,73 @@ def l2_normalize(feats: torch.Tensor) -> torch.Tensor:
     return F.normalize(feats, dim=1, p=2)
 
 
-def cache_file(
-    features_dir,
-    checkpoint_sha256: str,
-    split: ImageSplit,
-    split_name: str,
-    pool: str,
-    input_size: int,
-    variant: str = "",
-) -> Path:
-    """``variant`` names what else changes the features (heads, precision)."""
-    digest = hashlib.sha256("\n".join(split.keys).encode()).hexdigest()[:12]
-    # "avgln": MAE's global-pool feature (since 2026-12-02); files of the earlier "avg" never match
-    tag = "avgln" if pool == "avg" else pool
-    name = (
-        f"{checkpoint_sha256[:16]}_{split_name}_{tag}_{input_size}px_"
-        f"{variant + '_' if variant else ''}{digest}.pt"
-    )
-    return Path(features_dir) / name
+# How the checkpoint's positions meet the input grid (``attgmae.models.encoder``): part of what
+# defines the features; bump CACHE_VERSION when that code, the decoder or the pooling changes.
+POSITION_HANDLING = (
+    "absolute positions resampled bicubic without antialiasing to the input grid (MAE's "
+    "interpolate_pos_embed); BEiT's relative tables by BEiT's spline"
+)
+# Rows per collective when the ranks' shares of a split are gathered (8192 x 1024 floats x 8
+# ranks: 256 MB in flight on each rank).
+GATHER_ROWS = 8192
+
+
+def resolved_checkpoint_key(requested: str | None, source_format: str) -> str | None:
+    """The checkpoint entry the weights were read from, as far as it decides them: the entry
+    asked for, else a DINO/iBOT training checkpoint's default (``teacher``, or ``student`` when
+    it has no teacher), else None (the format's own entry: a function of the file)."""
+    if requested:
+        return requested
+    return {"training-teacher": "teacher", "training-student": "student"}.get(source_format)
+
+
+def encoder_description(info, cfg) -> dict:
+    """What about a loaded encoder (``EncoderInfo``) and an evaluation config (its
+    ``checkpoint_key`` and ``force_model``) defines the features it computes."""
+    return {
+        "checkpoint_sha256": info.sha256,
+        "checkpoint_key": resolved_checkpoint_key(cfg.checkpoint_key, info.source_format),
+        "source_format": info.source_format,
+        "model_name": info.model_name,
+        "force_model": bool(cfg.force_model),
+        "spec": asdict(info.spec) if info.spec is not None else None,
+        "positions": POSITION_HANDLING,
+    }
+
+
+def split_transform(input_size: int):
+    """The feature transform: Resize(input * 256 / 224, bicubic) + CenterCrop(input)."""
+    return eval_transform(input_size, round(input_size * 256 / 224))
+
+
+def feature_description(
+    split: ImageSplit, split_name: str, *, encoder: dict, pool: str, input_size: int,
+    precision: str, device,
+) -> dict:  # fmt: skip
+    """Everything that defines the features of ``split`` (JSON-able): the encoder
+    (``encoder_description``), pooling, precision, device type, transform, the image root and
+    list, and the code version. The images' identities are recorded beside it (``save_cache``)."""
+    return {
+        "version": CACHE_VERSION,
+        "encoder": encoder,
+        # "avgln": MAE's global-pool feature (since 2026-12-02; files of the earlier "avg" differ)
+        "pool": "avgln" if pool == "avg" else pool,
+        "precision": resolve_precision(precision, device),
+        "device_type": torch.device(device).type,  # CUDA convolutions round otherwise (TF32)
+        "input_size": int(input_size),
+        "transform": repr(split_transform(input_size)),
+        "split": split_name,
+        "root": str(Path(split.root).resolve()),
+        "num_images": len(split.keys),
+        "images_sha256": hashlib.sha256("\n".join(split.keys).encode()).hexdigest(),
+    }
+
+
+def cache_file(features_dir, description: dict) -> Path:
+    """``<checkpoint sha256[:16]>_<split>_<digest of the whole description>.pt``."""
+    digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+    sha = description["encoder"]["checkpoint_sha256"][:16]
+    return Path(features_dir) / f"{sha}_{description['split']}_{digest[:16]}.pt"
 
 
 def save_cache(path: Path, payload: dict) -> None:
@@ -201,28 +260,42 @@ def save_cache(path: Path, payload: dict) -> None:
         torch.save(payload, tmp)
 
 
-def load_cache(path: Path, split: ImageSplit, checkpoint_sha256: str):
-    """Cached (features, labels) if ``path`` holds exactly this split's images, else None."""
+def load_cache(path: Path, split: ImageSplit, description: dict, log=print):
+    """Cached (features, labels) if ``path`` was written for exactly ``description`` and the
+    images of ``split`` are still those it was computed from, else None (with the reason in the
+    log: another description, or the images that changed since)."""
     if not path.is_file():
         return None
+    name = description["split"]
     try:
         payload = load_torch_file(path, what="feature cache")
     except CheckpointError:
-        return None  # unreadable (e.g. an interrupted copy): recompute and overwrite
+        log(f"{name}: {path} is not a readable feature cache: recomputing")
+        return None
     if (
-        payload.get("version") != CACHE_VERSION
+        not isinstance(payload, dict)
+        or payload.get("description") != description
         or payload.get("keys") != split.keys
-        or payload.get("checkpoint_sha256") != checkpoint_sha256
     ):
+        log(f"{name}: {path} holds features of other settings or images: recomputing")
+        return None
+    changed = changed_images(split.root, split.keys, payload["identities"].numpy())
+    if changed:
+        shown = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
+        log(
+            f"{name}: {len(changed)} image(s) changed since their features were cached in "
+            f"{path} ({shown}): recomputing"
+        )
         return None
     return payload["features"], payload["labels"]
 
 
-def extraction_options(cfg, checkpoint_sha256: str, device, features_dir, log) -> dict:
+def extraction_options(cfg, encoder_info, device, features_dir, log, dist=None) -> dict:
     """The keyword arguments of ``split_features`` that an evaluation config fixes (its fields
-    pool, batch_size, num_workers, input_size and precision), the same for every split."""
+    pool, batch_size, num_workers, input_size, precision, checkpoint_key and force_model) with
+    the loaded encoder's ``EncoderInfo``, the same for every split."""
     return {
-        "checkpoint_sha256": checkpoint_sha256,
+        "encoder": encoder_description(encoder_info, cfg),
         "device": device,
         "pool": cfg.pool,
         "batch_size": cfg.batch_size,
@@ -231,7 +304,33 @@ def extraction_options(cfg, checkpoint_sha256: str, device, features_dir, log) -
         "precision": cfg.precision,
         "features_dir": features_dir,
         "log": log,
+        "dist": dist,
     }
+
+
+def rank_share(split: ImageSplit, info: DistInfo) -> ImageSplit:
+    """The images one rank extracts: every ``world_size``-th from its rank on (no padding)."""
+    rows = slice(info.rank, None, info.world_size)
+    return ImageSplit(split.root, split.keys[rows], split.labels[rows], split.class_names)
+
+
+def gather_shares(share_feats: torch.Tensor, num_rows: int, info: DistInfo):
+    """Rank 0: the features [num_rows, D] of the whole split from every rank's ``rank_share``
+    (the rows put back in the split's order); None on the other ranks. Gathered in pieces of
+    ``GATHER_ROWS`` rows, as DINO's eval_knn gathers batch by batch."""
+    world = info.world_size
+    largest = -(-num_rows // world)  # rank 0's share, the largest
+    full = None
+    for start in range(0, largest, GATHER_ROWS):
+        parts = all_gather_rows(share_feats[start : start + GATHER_ROWS], info)
+        if not info.is_main:
+            continue
+        if full is None:
+            full = torch.zeros(num_rows, parts[0].shape[1], dtype=torch.float32)
+        for rank, part in enumerate(parts):
+            positions = torch.arange(start, start + part.shape[0]) * world + rank
+            full[positions] = part.cpu().float()
+    return full
 
 
 def split_features(
@@ -239,7 +338,7 @@ def split_features(
     split: ImageSplit,
     split_name: str,
     *,
-    checkpoint_sha256: str,
+    encoder: dict | None = None,
     device,
     pool="cls",
     batch_size=64,
@@ -248,40 +347,63 @@ def split_features(
     precision="auto",
     features_dir=None,
     log=print,
+    dist: DistInfo | None = None,
 ):
-    """Features of a whole split, from the cache when present -> (feats [N, D], labels [N])."""
-    path = None
+    """Features of a whole split, from the cache when present -> (feats [N, D], labels [N]).
+
+    ``features_dir``: the cache (needs ``encoder``, an ``encoder_description``). Under torchrun
+    (``dist``) every rank extracts its ``rank_share`` and rank 0 gathers them: rank 0 alone
+    reads and writes the cache and gets the features; the other ranks get (None, labels).
+    """
+    info = dist or DistInfo()
+    labels = torch.from_numpy(split.labels)
+    path = description = None
     if features_dir is not None:
-        # The head count (not visible in the weights) and the precision change the features.
-        heads = getattr(model.blocks[0].attn, "num_heads", "x")
-        variant = f"h{heads}_{resolve_precision(precision, device)}"
-        path = cache_file(
-            features_dir, checkpoint_sha256, split, split_name, pool, input_size, variant
-        )
-        cached = load_cache(path, split, checkpoint_sha256)
-        if cached is not None:
+        if encoder is None:
+            raise ValueError("a feature cache needs the encoder's description (encoder=)")
+        description = feature_description(split, split_name, encoder=encoder, pool=pool,
+                                          input_size=input_size, precision=precision,
+                                          device=device)  # fmt: skip
+        path = cache_file(features_dir, description)
+        cached = load_cache(path, split, description, log) if info.is_main else None
+        if main_value(cached is not None, info):
             log(f"{split_name}: {len(split.keys)} cached features from {path}")
-            return cached
-    dataset = LabelledImages(split, eval_transform(input_size, round(input_size * 256 / 224)))
-    loader = make_loader(dataset, batch_size, num_workers, device)
-    feats, labels, img_per_s = extract_features(model, loader, device, pool, precision)
+            return cached if info.is_main else (None, labels)
+    # Recorded before the images are read: one replaced meanwhile is caught by the next run.
+    identities = image_identities(split.root, split.keys) if path and info.is_main else None
+    share = rank_share(split, info) if info.distributed else split
+    started = time.perf_counter()
+    of = f" (rank 0's share of {len(split.keys)})" if info.distributed else ""
+    with Progress(len(share.keys), f"{split_name} features{of}", enabled=info.is_main) as bar:
+        if share.keys:
+            dataset = LabelledImages(share, split_transform(input_size))
+            loader = make_loader(dataset, batch_size, num_workers, device)
+            feats, _, _ = extract_features(
+                model, loader, device, pool, precision, progress=bar.moved_to
+            )
+        else:  # more ranks than images
+            feats = torch.zeros(0, 0)
+    if info.distributed:
+        feats = gather_shares(feats, len(split.keys), info)
+    img_per_s = len(split.keys) / max(time.perf_counter() - started, 1e-9)
+    if not info.is_main:
+        return None, labels
+    procs = f" on {info.world_size} processes" if info.distributed else ""
     log(
         f"{split_name}: {len(split.keys)} images -> features {tuple(feats.shape)} "
-        f"at {img_per_s:.1f} img/s"
+        f"at {img_per_s:.1f} img/s{procs}"
     )
     if path is not None:
         save_cache(
             path,
             {
                 "version": CACHE_VERSION,
+                "description": description,
                 "features": feats,
                 "labels": labels,
                 "keys": split.keys,
+                "identities": torch.from_numpy(identities),
                 "class_names": split.class_names,
-                "checkpoint_sha256": checkpoint_sha256,
-                "split": split_name,
-                "pool": pool,
-                "input_size": input_size,
             },
         )
         log(f"{split_name}: features cached in {path}")

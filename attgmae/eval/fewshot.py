@@ -15,6 +15,7 @@ seed) or the seeded per-class sample above; ``subset_sha256`` fingerprints the p
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -88,3 +89,15 @@ def configured_subset(cfg, split) -> np.ndarray:
         percent=cfg.percent,
         seed=cfg.seed,
     )
+
+
+def subset_text(cfg, num_used: int) -> str:
+    """The training subset a config names (``subset_file``, ``shots``, ``percent``) in words,
+    for figure titles."""
+    if cfg.subset_file:
+        return f"{num_used} images listed in {Path(cfg.subset_file).name}"
+    if cfg.shots is not None:
+        return f"{cfg.shots} shot(s) per class ({num_used} images)"
+    if cfg.percent is not None:
+        return f"{cfg.percent:g}% of each class ({num_used} images)"
+    return f"all {num_used} training images"

@@ -101,12 +101,14 @@ def knn_classify_multi(
     T=0.07,
     num_classes=1000,
     max_chunk_bytes=DEFAULT_CHUNK_BYTES,
+    progress=None,
 ):
     """Weighted k-NN top-1 / top-5 (percent) for every k in ``ks``, each as DINO's function.
 
     train_features [N, D], train_labels [N] int, test_features [M, D], test_labels [M] int, all
     on the device the search runs on (the train features' device). Test images are processed in
     DINO's chunks of M // 100 (smaller only if a chunk would not fit ``max_chunk_bytes``).
+    ``progress``: called with the number of test images done after each chunk.
     Returns {k: (top1, top5)}.
     """
     ks = [int(k) for k in ks]
@@ -144,6 +146,8 @@ def knn_classify_multi(
             hits = ranked == targets[:, None]  # [B, n_top]
             correct1[k] += int(hits[:, 0].sum())
             correct5[k] += int(hits.any(dim=1).sum())
+        if progress is not None:
+            progress(start + feats.shape[0])
     return {k: (100.0 * correct1[k] / num_test, 100.0 * correct5[k] / num_test) for k in ks}
 
 

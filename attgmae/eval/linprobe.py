@@ -7,7 +7,8 @@ fractional epoch (as MAE's lr_sched). Gradients are accumulated over ``accum_ite
 micro-batches so the effective batch (4096 by default) need not fit the device at once; each
 micro-batch's summed loss is divided by its whole group's size, so a step uses the mean
 gradient over the samples of its effective batch. The head's BatchNorm sees one micro-batch at
-a time.
+a time. A training image's crop and flip are drawn from ``(seed, epoch, slot)`` (``SeededDraws``),
+so a resumed run and a run on several processes draw the same ones.
 
 Which samples an epoch's micro-batches hold (``epoch_batches``), reproducible from
 (seed, epoch) alone so a resumed run sees the same batches:
@@ -40,9 +41,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from attgmae.core.distributed import DistInfo, all_gather_rows
 from attgmae.core.errors import InputError
+from attgmae.core.progress import pace
+from attgmae.engine.seeding import SAMPLE_STREAM, seeded, stable_seed
 from attgmae.eval.features import autocast_for
 from attgmae.models.tokens import features as encoder_features
 
@@ -109,27 +113,95 @@ def epoch_batches(
     return batches
 
 
+def epoch_sampling(num_used: int, eff_batch: int, small_subset: str) -> tuple[str, str]:
+    """(name, description) of how ``epoch_batches`` draws an epoch's samples."""
+    if num_used >= eff_batch:
+        steps = num_used // eff_batch
+        return "whole", (
+            f"{steps} optimizer step(s) of {eff_batch} samples per epoch, a seeded permutation "
+            f"cut into whole effective batches, the last {num_used - steps * eff_batch} unused "
+            "(MAE's drop_last)"
+        )
+    if small_subset == "cycle":
+        return "cycle", (
+            f"1 optimizer step of {eff_batch} samples per epoch, cycled through the {num_used} "
+            f"training images (each pass a permutation seeded with (seed, pass)): the gradient "
+            "of a full effective batch at its lr (the paper's A.8)"
+        )
+    return "partial", (
+        f"1 optimizer step of the {num_used} training images per epoch (fewer than "
+        f"{eff_batch}), at the lr of {eff_batch} (not the paper's A.8)"
+    )
+
+
+class SeededDraws(Dataset):
+    """``dataset[position]`` with its random draws (crop, flip) seeded from ``(seed, epoch,
+    slot)``, ``slot`` the sample's place in the epoch's list of micro-batches: the same image
+    whichever process, worker or resumed run draws it, and a position listed twice in a cycled
+    epoch still gets two crops. Items are ``(position, epoch, slot)``."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        position, epoch, slot = item
+        with seeded(stable_seed(self.seed, SAMPLE_STREAM, epoch, slot)):
+            return self.dataset[position]
+
+
 class ImageFeatureBatches:
     """Training micro-batches as features [B, D] (fp32) of augmented images through the frozen
-    encoder; ``dataset`` yields (image, label, row) at the positions the batches name."""
+    encoder; ``dataset`` yields (image, label, row) at the positions the batches name.
 
-    def __init__(self, encoder, dataset, device, *, pool: str, precision: str, num_workers: int):
+    Under torchrun (``dist``) rank r encodes micro-batches r, r + world, r + 2 world, ... and
+    every rank receives every micro-batch's features, in order: each rank then runs the same
+    head steps on the same features (the head is tiny next to the encoder), so N processes train
+    exactly the head of one process whose accumulation holds N times as many micro-batches.
+    """
+
+    def __init__(self, encoder, dataset, device, *, pool: str, precision: str, num_workers: int,
+                 seed: int = 0, dist: DistInfo | None = None):  # fmt: skip
         self.encoder, self.dataset, self.device = encoder, dataset, device
         self.pool, self.precision, self.num_workers = pool, precision, num_workers
+        self.seed, self.dist = seed, dist or DistInfo()
 
-    def epoch(self, batches):
+    def _encode(self, imgs):
+        with torch.no_grad(), autocast_for(self.device, self.precision):
+            imgs = imgs.to(self.device, non_blocking=True)
+            return encoder_features(self.encoder, imgs, self.pool).float()
+
+    def epoch(self, batches, epoch: int = 0):
+        info = self.dist
+        starts = np.cumsum([0, *[len(b) for b in batches]])
+        mine = range(info.rank, len(batches), info.world_size)
         # A position listed twice (a cycled epoch) is loaded, and augmented, twice.
         loader = DataLoader(
-            self.dataset,
-            batch_sampler=[b.tolist() for b in batches],
+            SeededDraws(self.dataset, self.seed),
+            batch_sampler=[
+                [(int(p), epoch, int(starts[j]) + i) for i, p in enumerate(batches[j])]
+                for j in mine
+            ],
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        for imgs, targets, _ in loader:
-            with torch.no_grad(), autocast_for(self.device, self.precision):
-                imgs = imgs.to(self.device, non_blocking=True)
-                feats = encoder_features(self.encoder, imgs, self.pool)
-            yield feats.float(), targets
+        if not info.distributed:
+            for imgs, targets, _ in loader:
+                yield self._encode(imgs), targets
+            return
+        own = iter(loader)
+        for first in range(0, len(batches), info.world_size):
+            if first + info.rank < len(batches):
+                imgs, targets, _ = next(own)
+                feats = self._encode(imgs)
+            else:  # the last round may leave a rank without a micro-batch
+                feats, targets = torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
+            all_feats = all_gather_rows(feats, info)
+            all_targets = all_gather_rows(targets, info)
+            for rank in range(min(info.world_size, len(batches) - first)):
+                yield all_feats[rank], all_targets[rank]
 
 
 class CachedFeatureBatches:
@@ -138,7 +210,7 @@ class CachedFeatureBatches:
     def __init__(self, feats, labels, device):
         self.feats, self.labels = feats.to(device), labels.to(device)
 
-    def epoch(self, batches):
+    def epoch(self, batches, epoch: int = 0):
         for batch in batches:
             rows = torch.as_tensor(batch, device=self.feats.device)
             yield self.feats[rows], self.labels[rows]
@@ -156,9 +228,12 @@ def train_one_epoch(
     device,
     log_every: int = 0,
     log=print,
+    epochs: int | None = None,
 ) -> dict:
     """One epoch over ``feature_batches`` (yields (feats [B, D], targets [B]) in the order of
-    ``batch_sizes``); optimizer step after each group of ``accum_iter`` micro-batches.
+    ``batch_sizes``); optimizer step after each group of ``accum_iter`` micro-batches. Every
+    ``log_every`` micro-batches a line with the loss, lr, img/s and the ETA of the epoch (and of
+    the run, ``epochs`` long).
 
     Each micro-batch's loss is its summed cross-entropy divided by the size of its whole group,
     so the accumulated gradient is the mean over the effective batch.
@@ -189,9 +264,13 @@ def train_one_epoch(
         loss_sum += loss.item()
         seen += targets.shape[0]
         if log_every and (step + 1) % log_every == 0:
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            left = num_batches - step - 1
+            later_epochs = (epochs or epoch + 1) - epoch - 1
+            timing = pace(elapsed / (step + 1), left, left + later_epochs * num_batches, device)
             log(
                 f"epoch {epoch} [{step + 1}/{num_batches}] loss {loss.item() / len(targets):.4f}"
-                f" lr {lr:.6f}"
+                f" lr {lr:.6f} img/s {seen / elapsed:.1f} {timing}"
             )
     elapsed = max(time.perf_counter() - start, 1e-9)
     return {

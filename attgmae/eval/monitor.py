@@ -26,7 +26,6 @@ def knn_top1(model, data_root, device, k=20, T=0.07, batch_size=64, num_workers=
         img_size = model.patch_embed.img_size
         common = {
             "input_size": int(img_size[0] if isinstance(img_size, (tuple, list)) else img_size),
-            "checkpoint_sha256": "",
             "device": device,
             "batch_size": batch_size,
             "num_workers": num_workers,

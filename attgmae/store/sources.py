@@ -20,7 +20,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
+
+from attgmae.core.progress import Progress
 
 from .backends import backend_for, check_sizes
 from .layout import H5_SUFFIXES, RefusedFileError, StoreError
@@ -112,14 +113,16 @@ def read_tree(root: Path) -> RawMaps:
             for name in sorted(filenames)
             if name.lower().endswith(MAP_FILE_EXTENSIONS) and not name.startswith(".")
         ]
-    # A published ImageNet archive is ~1.28M small files: show progress (on a terminal only).
-    for path in tqdm(paths, desc="reading maps", unit="map", disable=None, mininterval=1.0):
-        try:
-            raw.maps.append(read_map_file(path))
-            raw.keys.append(_strip_map_extension(path.relative_to(root).as_posix()))
-            raw.origins.append(str(path))
-        except Exception as err:  # any reader error is reported by file name
-            raw.problems.append(f"{path}: unreadable ({err})")
+    # A published ImageNet archive is ~1.28M small files: show progress (lines in a log file).
+    with Progress(len(paths), "reading maps", unit="map") as bar:
+        for path in paths:
+            try:
+                raw.maps.append(read_map_file(path))
+                raw.keys.append(_strip_map_extension(path.relative_to(root).as_posix()))
+                raw.origins.append(str(path))
+            except Exception as err:  # any reader error is reported by file name
+                raw.problems.append(f"{path}: unreadable ({err})")
+            bar.update(1)
     if not raw.keys and not raw.problems:
         raise StoreError(f"{root}: no map files (.npy, .pt, .png) found")
     return raw
