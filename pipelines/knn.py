@@ -208,6 +208,10 @@ def run_knn_compare(cfg: KnnConfig, checkpoints, labels=None, log=print) -> list
     Under torchrun the results are rank 0's (an empty list on the others)."""
     checkpoints = list(checkpoints or [])
     if not checkpoints:
+        if labels:  # one name for the dumped features' outputs
+            if len(labels) != 1:
+                raise InputError(f"--labels gives {len(labels)} names for one --load_features")
+            cfg = dataclasses.replace(cfg, label=labels[0])
         _check_sources(cfg)
         with distributed_session(cfg.device) as (info, device):
             result = _run_knn(cfg, info, device, log)

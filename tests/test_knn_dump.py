@@ -53,7 +53,7 @@ def test_files_in_dinos_layout_give_dinos_knn(tmp_path, normalized):
         torch.save(value, folder / name)
     out = tmp_path / "out"
     assert main(["knn", "--load_features", str(folder), "--output_dir", str(out),
-                 "--nb_knn", "5", "10", "20", "--label", "dino", *CPU]) == 0  # fmt: skip
+                 "--nb_knn", "5", "10", "20", "--labels", "dino", *CPU]) == 0  # fmt: skip
     results = json.loads((out / "knn_dino.json").read_text())["results"]
     unit = [torch.nn.functional.normalize(x, dim=1, p=2) for x in (train, test)]
     if normalized:
