@@ -12,7 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attgmae.cli._args import add_subparsers, config_from_args, make_parser, run_main
+from attgmae.cli._args import (
+    ACCEPT_CHANGED_HELP,
+    OVERWRITE_HELP,
+    add_subparsers,
+    config_from_args,
+    make_parser,
+    name_list,
+    run_main,
+)
 from attgmae.core.constants import TRUST_FLAG
 from attgmae.core.errors import InputError
 from attgmae.pipelines.finetune import run_finetune
@@ -68,6 +76,7 @@ _FINETUNE_FLAGS = [
     ("ckpt_every_steps", int, "also write checkpoint-last.pth every N optimizer steps"),
     ("print_freq", int, "iterations between progress lines"),
     ("stop_after_iters", int, "leave after N iterations, as a killed run would (tests)"),
+    ("accept_changed", name_list, ACCEPT_CHANGED_HELP),
 ]
 _FINETUNE_SWITCHES = [  # (flag, dest, value, help)
     ("--force_model", "force_model", True, "use --model's head count even if it contradicts"),
@@ -76,6 +85,7 @@ _FINETUNE_SWITCHES = [  # (flag, dest, value, help)
     ("--no_pin_mem", "pin_mem", False, "do not pin CPU memory in the DataLoader"),
     ("--compile", "compile", True, "torch.compile the model"),
     ("--no_auto_resume", "auto_resume", False, "start over even if OUTPUT_DIR has checkpoints"),
+    ("--overwrite", "overwrite", True, OVERWRITE_HELP),
     ("--eval_only", "eval_only", True, "evaluate the checkpoint as it is (MAE's --eval)"),
 ]
 
@@ -222,6 +232,8 @@ def build_parser():
         action="store_true",
         help="do not resume from OUTPUT_DIR/checkpoint-last.pth",
     )
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--accept_changed", type=name_list, default=(), help=ACCEPT_CHANGED_HELP)
     p.add_argument("--log_every", type=int, default=50, help="steps between log lines")
     _add_common(p, default_batch=512, default_out="output_linprobe")
     _add_finetune(sub)
@@ -286,6 +298,7 @@ _DENSE_FLAGS = [
     ("ckpt_every_steps", int, None, "also write checkpoint-last.pth every N optimizer steps"),
     ("print_freq", int, None, "iterations between progress lines"),
     ("stop_after_iters", int, None, "leave after N iterations, as a killed run would (tests)"),
+    ("accept_changed", name_list, None, ACCEPT_CHANGED_HELP),
 ]
 _SEGMENT_FLAGS = [
     ("dataset", str, None, "layout of --data_path: ade20k, nyuv2 or folder (docs/dense.md)"),
@@ -312,6 +325,7 @@ _DENSE_SWITCHES = [  # (flag, dest, value, help)
     ("--no_pin_mem", "pin_mem", False, "do not pin CPU memory in the DataLoader"),
     ("--compile", "compile", True, "torch.compile the model"),
     ("--no_auto_resume", "auto_resume", False, "start over even if OUTPUT_DIR has checkpoints"),
+    ("--overwrite", "overwrite", True, OVERWRITE_HELP),
 ]
 
 

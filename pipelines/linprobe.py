@@ -2,10 +2,15 @@
 
 One run writes to its output directory: ``log.txt`` (one JSON line per epoch, as MAE),
 ``checkpoint-last.pth`` every epoch and ``checkpoint-<last epoch>.pth`` at the end (head,
-optimizer, epoch, config; written atomically), ``linprobe.json`` (every number) and
-``linprobe.png`` (validation top-1 per epoch). A run finds its ``checkpoint-last.pth`` and
-resumes (``auto_resume``) or resumes from ``resume``. Several seeds: one sub-directory
-``seed_<s>`` each, and ``fewshot_summary.json`` / ``fewshot.png`` with mean and std.
+optimizer, epoch, config, resume state; written atomically: ``pipelines/linprobe_state.py``),
+``linprobe.json`` (every number) and ``linprobe.png`` (validation top-1 per epoch). A run
+resumes as every command does (``attgmae.engine.resume``): from its output directory's
+checkpoints by default, refusing one made with other settings (``--accept_changed`` names the
+changes to allow, recorded under ``changes``). On SIGTERM / SIGUSR1 it saves
+``checkpoint-last.pth`` after the current optimizer step and leaves with exit code 75; the rerun
+continues inside that epoch (exactly so with ``cached_features``). Several seeds: one
+sub-directory ``seed_<s>`` each, and ``fewshot_summary.json`` / ``fewshot.png`` with mean and
+std.
 
 The training subset is every image, a list file (``subset_file``, fixed: the seeds then vary
 only the head's initialisation and the training order) or a seeded per-class sample (``shots``
@@ -23,21 +28,21 @@ protocol, documented as such in the result).
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-from attgmae.core.device import resolve_device, use_device
+from attgmae.core.device import resolve_device, resolve_precision, use_device
 from attgmae.core.errors import InputError
-from attgmae.core.files import atomic_path, file_sha256, write_json_atomic
+from attgmae.core.files import file_sha256, write_json_atomic
 from attgmae.core.provenance import software_versions
-from attgmae.core.tensorboard import open_tensorboard
-from attgmae.core.torchfile import load_torch_file
+from attgmae.core.signals import preempted, stop_requested, stop_requests
+from attgmae.engine.resume import config_settings
 from attgmae.eval.features import (
     ImageSplit,
     LabelledImages,
@@ -61,6 +66,7 @@ from attgmae.eval.report import plot_probe
 from attgmae.eval.transforms import probe_train_transform
 from attgmae.models.encoder import load_encoder_as_configured
 from attgmae.optim import lr_at
+from attgmae.pipelines.linprobe_state import ProbeState, find_probe_checkpoint
 
 
 @dataclass
@@ -96,20 +102,18 @@ class LinprobeConfig:
     input_size: int = 224
     resume: str | None = None
     auto_resume: bool = True
+    overwrite: bool = False  # with auto_resume off: delete output_dir's previous checkpoints
+    accept_changed: tuple[str, ...] = ()  # settings a resume may change (recorded)
     log_every: int = 50
     trust_checkpoint: bool = False  # the checkpoint may be unpickled in full
 
-
-def _save_torch(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _find_resume(cfg: LinprobeConfig, out_dir: Path):
-    if cfg.resume:
-        return Path(cfg.resume)
-    last = out_dir / "checkpoint-last.pth"
-    return last if cfg.auto_resume and last.is_file() else None
+    # What defines a probe (attgmae.engine.resume), with what run_linprobe resolves: epochs
+    # (which may change), accumulation, lr, precision, the encoder's and subset's digests.
+    DEFINES_RUN: ClassVar[tuple[str, ...]] = (
+        "model", "num_heads", "force_model", "checkpoint_key", "pool", "warmup_epochs",
+        "batch_size", "blr", "min_lr", "weight_decay", "momentum", "small_subset", "seed",
+        "cached_features", "input_size",
+    )  # fmt: skip (the subset: its digest, however it was chosen)
 
 
 def _subset_text(cfg: LinprobeConfig, num_used: int) -> str:
@@ -160,19 +164,23 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     val = image_split(cfg.data_path, "val", train.class_names)
     num_classes = len(train.class_names)
     subset = configured_subset(cfg, train)
-    fingerprint = {  # what a resumed run must share with the run it continues
+    digests = {
         "checkpoint_sha256": file_sha256(cfg.checkpoint),
         "subset_sha256": subset_sha256(subset),
         "subset_file_sha256": file_sha256(cfg.subset_file) if cfg.subset_file else None,
     }
-    sha256 = fingerprint["checkpoint_sha256"]
-    encoder, info = load_encoder_as_configured(cfg, sha256)
-    encoder.to(device)
+    sha256 = digests["checkpoint_sha256"]
     accum_iter = cfg.accum_iter or max(1, round(cfg.eff_batch_size / cfg.batch_size))
     eff_batch = cfg.batch_size * accum_iter
     lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
     sampling, sampling_text = _sampling(cfg, len(subset), eff_batch)
-    fingerprint["sampling"] = sampling
+    settings = config_settings(  # what a resumed run must share with the run it continues
+        cfg, epochs=cfg.epochs, accum_iter=accum_iter, eff_batch_size=eff_batch, lr=lr,
+        precision=resolve_precision(cfg.precision, device), sampling=sampling, **digests,
+    )  # fmt: skip
+    resumed = find_probe_checkpoint(cfg, out_dir, settings, log)  # before any extraction
+    encoder, info = load_encoder_as_configured(cfg, sha256)
+    encoder.to(device)
     log(
         f"train images: {len(subset)} of {len(train.keys)}, val: {len(val.keys)}, "
         f"classes: {num_classes}; micro-batch {cfg.batch_size} x accum {accum_iter} = "
@@ -205,81 +213,42 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     torch.manual_seed(cfg.seed)
     head = LinearProbeHead(val_feats.shape[1], num_classes).to(device)
     optimizer = LARS(head.parameters(), lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    n_parameters = sum(p.numel() for p in head.parameters())
-
-    history, start_epoch = [], 0
-    resume_path = _find_resume(cfg, out_dir)
-    if resume_path is not None:
-        state = load_torch_file(resume_path)
-        # Written before sampling was recorded: small subsets were then drawn as "partial".
-        state.setdefault("sampling", "whole" if sampling == "whole" else "partial")
-        keys = ("checkpoint_sha256", "subset_sha256", "sampling")
-        changed = [key for key in keys if state.get(key) != fingerprint[key]]
-        if changed:
-            raise InputError(
-                f"{resume_path} belongs to another encoder, training subset or --small_subset "
-                f"({', '.join(changed)} differ); use another --output_dir or pass "
-                "--no_auto_resume"
-            )
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        log(f"resumed from {resume_path} at epoch {start_epoch}")
-
-    writer = open_tensorboard(out_dir / "tensorboard")
+    probe = ProbeState(cfg, out_dir, head, optimizer, settings, resumed, log)
     lr_schedule = partial(
         lr_at, lr=lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs
     )
-    for epoch in range(start_epoch, cfg.epochs):
-        batches = epoch_batches(
-            len(subset),
-            cfg.batch_size,
-            seed=cfg.seed,
-            epoch=epoch,
-            accum_iter=accum_iter,
-            small_subset=cfg.small_subset,
-        )
-        train_stats = train_head_one_epoch(
-            head,
-            source.epoch(batches),
-            [len(b) for b in batches],
-            optimizer,
-            epoch=epoch,
-            accum_iter=accum_iter,
-            lr_at=lr_schedule,
-            device=device,
-            log_every=cfg.log_every,
-            log=log,
-        )
-        test_stats = evaluate(head, val_feats, val_labels, device)
-        stats = {
-            **{f"train_{k}": v for k, v in train_stats.items()},
-            **{f"test_{k}": v for k, v in test_stats.items()},
-            "epoch": epoch,
-            "n_parameters": n_parameters,
-        }
-        history.append(stats)
-        log(
-            f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val top-1 "
-            f"{test_stats['acc1']:.2f} top-5 {test_stats['acc5']:.2f}"
-        )
-        checkpoint = {
-            "head": head.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "config": asdict(cfg),
-            "history": history,
-            **fingerprint,
-        }
-        _save_torch(checkpoint, out_dir / "checkpoint-last.pth")
-        if epoch == cfg.epochs - 1:
-            _save_torch(checkpoint, out_dir / f"checkpoint-{epoch}.pth")
-        with open(out_dir / "log.txt", "a", encoding="utf-8") as f:
-            f.write(json.dumps(stats) + "\n")
-        if writer is not None:
-            for key in ("test_acc1", "test_acc5", "test_loss", "train_loss", "train_lr"):
-                writer.add_scalar(key.replace("_", "/", 1), stats[key], epoch)
-            writer.flush()
+    with stop_requests():  # SIGTERM / SIGUSR1: save after the current optimizer step, leave
+        for epoch in range(probe.start_epoch, cfg.epochs):
+            batches = epoch_batches(
+                len(subset),
+                cfg.batch_size,
+                seed=cfg.seed,
+                epoch=epoch,
+                accum_iter=accum_iter,
+                small_subset=cfg.small_subset,
+            )
+            start, sums = probe.take_start()
+            train_stats = train_head_one_epoch(
+                head,
+                source.epoch(batches[start:]),
+                [len(b) for b in batches],
+                optimizer,
+                epoch=epoch,
+                accum_iter=accum_iter,
+                lr_at=lr_schedule,
+                device=device,
+                log_every=cfg.log_every,
+                log=log,
+                start=start,
+                sums=sums,
+                should_stop=lambda: stop_requested() is not None,  # (one process)
+            )
+            if train_stats["stopped_at"] is not None:
+                raise preempted(probe.save_partial(epoch, train_stats))
+            probe.end_epoch(epoch, train_stats, evaluate(head, val_feats, val_labels, device))
+            if epoch + 1 < cfg.epochs and stop_requested():
+                raise preempted(f"{out_dir / 'checkpoint-last.pth'} (epoch {epoch} done)")
+    history = probe.history
 
     if not history:
         raise InputError(f"nothing to do: --epochs {cfg.epochs}")
@@ -296,11 +265,11 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         "num_classes": num_classes,
         "fewshot": {
             "subset_file": cfg.subset_file,
-            "subset_file_sha256": fingerprint["subset_file_sha256"],
+            "subset_file_sha256": digests["subset_file_sha256"],
             "shots": cfg.shots,
             "percent": cfg.percent,
             "seed": cfg.seed,
-            "subset_sha256": fingerprint["subset_sha256"],
+            "subset_sha256": digests["subset_sha256"],
         },
         "protocol_details": {
             "head": "BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01)",
@@ -326,6 +295,7 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
         "elapsed_s": time.perf_counter() - started,
         "device": str(device),
         "config": asdict(cfg),
+        "changes": probe.changes,  # settings resumes were told to accept (when, old, new)
         "software": software_versions(python=True),
     }
     write_json_atomic(out_dir / "linprobe.json", result)

@@ -30,6 +30,7 @@ from attgmae.core.files import write_json_atomic
 from attgmae.data.dense_recipes import RECIPE_SOURCES, DenseRecipe
 from attgmae.data.dense_taskonomy import TASKONOMY_TASKS, TaskonomyDataset
 from attgmae.engine import SupervisedRun
+from attgmae.engine.resume import config_settings
 from attgmae.eval.dense_eval import (
     evaluate_regression,
     regression_loss,
@@ -41,6 +42,7 @@ from attgmae.eval.dense_setup import (
     BestWeights,
     dense_param_groups,
     load_dense_model,
+    recipe_settings,
     run_config,
     run_record,
 )
@@ -122,13 +124,15 @@ def run_task(
     score the test split -> the result dict (``taskonomy.json``'s)."""
     started = time.perf_counter()
     details = _details(cfg, task, folder, recipe, batching, info.world_size)
-    fingerprint = {
+    inputs = {
         "checkpoint_sha256": sha256,
         "task": folder,
         "input_size": recipe.input_size,
         "head": [cfg.dpt_feature_dim, list(cfg.dpt_layer_dims), cfg.block_indices],
     }
-    reuse_key = {**fingerprint, "recipe": asdict(recipe), "max_test_images": cfg.max_test_images}
+    reuse_key = {**inputs, "recipe": asdict(recipe), "max_test_images": cfg.max_test_images}
+    # what defines the run, with the engine's schedule (attgmae.engine.resume)
+    fingerprint = config_settings(cfg, **{**inputs, **recipe_settings(recipe)})
     done = _finished(out_dir, reuse_key)
     if done is not None:
         say(f"{task}: finished already ({out_dir / RESULT_NAME}), test L1 {done['test_l1']:.4f}")
@@ -148,8 +152,6 @@ def run_task(
         f"{task}: train images {len(sets['train'])}, val {len(sets['val'])}, test "
         f"{len(sets['test'])}; valid mask from {sets['train'].mask_task or 'nothing (all valid)'}"
     )
-    if info.is_main:
-        write_json_atomic(out_dir / "config.json", {**asdict(cfg), "resolved": details})
     best = BestWeights(out_dir, "l1", lower_is_better=True, is_main=info.is_main)
 
     def evaluate(net) -> dict:
@@ -172,6 +174,9 @@ def run_task(
         device=device,
         log=say,
     )
+    if info.is_main:  # after the resume's checks: its accepted changes are in the history
+        config = {**asdict(cfg), "resolved": details, "history": run.history}
+        write_json_atomic(out_dir / "config.json", config)
     best.read_log(out_dir / "log.txt", run.start_epoch)
     fit = run.fit()
     if fit["stopped"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from attgmae.core.device import PRECISIONS
 from attgmae.core.errors import InputError
@@ -34,6 +35,8 @@ class RunConfig:
     eval_every: int = 1  # evaluate after epochs 0, N, 2N, ... and the last (MultiMAE's eval_freq)
     resume: str | None = None  # a checkpoint to continue from
     auto_resume: bool = True  # continue from output_dir's newest readable checkpoint
+    overwrite: bool = False  # a fresh start may delete output_dir's previous checkpoints
+    accept_changed: tuple[str, ...] = ()  # settings a resume may change (recorded in history)
     trust_checkpoint: bool = False  # the resumed checkpoint may be unpickled in full
     stop_after_iters: int = 0  # leave (as a killed run would) after N iterations; for tests
 
@@ -59,22 +62,50 @@ class RunFlags:
     compile: bool = False
     resume: str | None = None
     auto_resume: bool = True
+    overwrite: bool = False  # a fresh start may delete OUTPUT_DIR's previous checkpoints
+    accept_changed: tuple[str, ...] = ()  # settings a resume may change (recorded)
     save_every: int = 20
     ckpt_every_steps: int = 0
     print_freq: int = 20
     stop_after_iters: int = 0
 
+    # The fields above that define a run (attgmae.engine.resume): a resume with other values
+    # is refused. The run's schedule (epochs, lr, batch, ...) is the engine's (``engine_settings``).
+    DEFINES_RUN: ClassVar[tuple[str, ...]] = (
+        "model", "num_heads", "force_model", "checkpoint_key", "clip_grad", "seed", "amp",
+    )  # fmt: skip
+
 
 # The settings a command's config passes to the run unchanged (same names in both).
 PASSED_THROUGH = ("amp", "clip_grad", "seed", "num_workers", "pin_mem", "compile", "save_every",
-                  "ckpt_every_steps", "print_freq", "resume", "auto_resume", "trust_checkpoint",
-                  "stop_after_iters")  # fmt: skip
+                  "ckpt_every_steps", "print_freq", "resume", "auto_resume", "overwrite",
+                  "accept_changed", "trust_checkpoint", "stop_after_iters")  # fmt: skip
 
 
 def run_config_from(cfg, **schedule) -> RunConfig:
     """A RunConfig from a command's config (``PASSED_THROUGH`` taken from it) and ``schedule``:
     the fields the command resolves itself (epochs, lr, batch, warmup, ...)."""
     return RunConfig(**{name: getattr(cfg, name) for name in PASSED_THROUGH}, **schedule)
+
+
+def engine_settings(cfg: RunConfig, world_size: int, amp: str) -> dict:
+    """What defines a run among the engine's settings (attgmae.engine.resume): the schedule, the
+    batch (per process, accumulated, effective over ``world_size`` processes), the optimizer's
+    betas, clipping, the seed and the precision actually used (``amp``)."""
+    return {
+        "epochs": cfg.epochs,
+        "lr": cfg.lr,
+        "warmup_epochs": cfg.warmup_epochs,
+        "min_lr": cfg.min_lr,
+        "warmup_lr": cfg.warmup_lr,
+        "batch_size": cfg.batch_size,
+        "accum_iter": cfg.accum_iter,
+        "eff_batch_size": cfg.batch_size * cfg.accum_iter * world_size,
+        "betas": list(cfg.betas),
+        "clip_grad": cfg.clip_grad,
+        "seed": cfg.seed,
+        "amp": amp,
+    }
 
 
 def validate_run(cfg: RunConfig) -> None:

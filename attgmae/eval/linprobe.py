@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from attgmae.core.errors import InputError
+from attgmae.core.signals import ignore_stop_signals
 from attgmae.eval.features import autocast_for
 from attgmae.models.tokens import features as encoder_features
 
@@ -124,6 +125,7 @@ class ImageFeatureBatches:
             batch_sampler=[b.tolist() for b in batches],
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=ignore_stop_signals,  # the main process answers SIGTERM / SIGUSR1
         )
         for imgs, targets, _ in loader:
             with torch.no_grad(), autocast_for(self.device, self.precision):
@@ -156,24 +158,32 @@ def train_one_epoch(
     device,
     log_every: int = 0,
     log=print,
+    start: int = 0,
+    sums: dict | None = None,
+    should_stop=None,
 ) -> dict:
     """One epoch over ``feature_batches`` (yields (feats [B, D], targets [B]) in the order of
-    ``batch_sizes``); optimizer step after each group of ``accum_iter`` micro-batches.
+    ``batch_sizes[start:]``); optimizer step after each group of ``accum_iter`` micro-batches.
 
     Each micro-batch's loss is its summed cross-entropy divided by the size of its whole group,
-    so the accumulated gradient is the mean over the effective batch.
+    so the accumulated gradient is the mean over the effective batch. A resumed epoch starts at
+    micro-batch ``start`` (a group's first) with the running ``sums`` of its first part.
+    ``should_stop()``, asked after every optimizer step but the epoch's last, ends the epoch
+    early (a stop signal): the result's ``stopped_at`` is then the micro-batches done and
+    ``sums`` what a resumed epoch continues with.
     Returns {"loss": mean loss per sample, "lr": last lr, "img_per_s", "steps": optimizer
-    steps, "samples": samples seen}.
+    steps, "samples": samples seen, "stopped_at": None or micro-batches done, "sums"}.
     """
     head.train()
     num_batches = len(batch_sizes)
     group_sizes = [sum(batch_sizes[g : g + accum_iter]) for g in range(0, num_batches, accum_iter)]
     optimizer.zero_grad(set_to_none=True)
-    loss_sum, seen, lr, steps = 0.0, 0, 0.0, 0
-    start = time.perf_counter()
-    for step, (feats, targets) in enumerate(feature_batches):
-        if step % accum_iter == 0:
-            lr = lr_at(epoch + step / num_batches)
+    sums = dict(sums or {"loss_sum": 0.0, "seen": 0, "steps": 0})
+    lr, stopped_at, seen_here = 0.0, None, 0
+    started = time.perf_counter()
+    for step, (feats, targets) in enumerate(feature_batches, start=start):
+        if step % accum_iter == 0 or step == start:
+            lr = lr_at(epoch + (step - step % accum_iter) / num_batches)
             for group in optimizer.param_groups:
                 group["lr"] = lr
         feats = feats.to(device, non_blocking=True).float()
@@ -182,24 +192,30 @@ def train_one_epoch(
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}")
         (loss / group_sizes[step // accum_iter]).backward()
-        if (step + 1) % accum_iter == 0 or step + 1 == num_batches:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            steps += 1
-        loss_sum += loss.item()
-        seen += targets.shape[0]
+        sums["loss_sum"] += loss.item()
+        sums["seen"] += targets.shape[0]
+        seen_here += targets.shape[0]
         if log_every and (step + 1) % log_every == 0:
             log(
                 f"epoch {epoch} [{step + 1}/{num_batches}] loss {loss.item() / len(targets):.4f}"
                 f" lr {lr:.6f}"
             )
-    elapsed = max(time.perf_counter() - start, 1e-9)
+        if (step + 1) % accum_iter == 0 or step + 1 == num_batches:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sums["steps"] += 1
+            if should_stop is not None and step + 1 < num_batches and should_stop():
+                stopped_at = step + 1
+                break
+    elapsed = max(time.perf_counter() - started, 1e-9)
     return {
-        "loss": loss_sum / max(seen, 1),
+        "loss": sums["loss_sum"] / max(sums["seen"], 1),
         "lr": lr,
-        "img_per_s": seen / elapsed,
-        "steps": steps,
-        "samples": seen,
+        "img_per_s": seen_here / elapsed,
+        "steps": sums["steps"],
+        "samples": sums["seen"],
+        "stopped_at": stopped_at,
+        "sums": sums,
     }
 
 
