@@ -130,6 +130,7 @@ def check_settings(path, ckpt: dict, current: dict, accept: Iterable[str] = (), 
         return history
     current = jsonable(current)
     changed = [name for name in current if name in saved and saved[name] != current[name]]
+    changed.sort(key=lambda name: name not in FREE_CHANGES)  # (stable: --epochs said first)
     grown = True
     while grown:  # what follows from an accepted change is accepted with it
         follows = {n for n in changed if set(DERIVED_FROM.get(n, ())) & accepted}
@@ -137,11 +138,13 @@ def check_settings(path, ckpt: dict, current: dict, accept: Iterable[str] = (), 
     refused = [name for name in changed if name not in FREE_CHANGES and name not in accepted]
     if refused:
         changes = "; ".join(f"{n} {saved[n]!r} -> {current[n]!r}" for n in refused)
+        # what to accept: the changes given, not what follows from them
+        roots = [n for n in refused if not set(DERIVED_FROM.get(n, ())) & set(refused)]
         raise InputError(
             f"{path} belongs to another run (different {', '.join(refused)}): {changes}. Rerun "
             f"with the settings it was made with, use another --output_dir, start over "
             f"(--no_auto_resume --overwrite), or accept the change with --accept_changed "
-            f"{','.join(refused)} (recorded in the run's history)"
+            f"{','.join(roots)} (recorded in the run's history)"
         )
     when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     for name in changed:
