@@ -138,8 +138,10 @@ def test_a_resume_with_other_settings_is_refused_naming_each(data, trained, tmp_
     cases = [
         (["--mask_ratio", 0.6], ["mask_ratio 0.75 -> 0.6"]),
         (["--guidance", "none"], ["guidance 'store' -> 'none'"]),  # no half-guided run
-        (["--seed", 1, "--blr", 3e-3], ["seed 0 -> 1", "blr 0.00015 -> 0.003",
-                                        "--accept_changed blr,seed"]),  # (lr follows blr)
+        (
+            ["--seed", 1, "--blr", 3e-3],
+            ["seed 0 -> 1", "blr 0.00015 -> 0.003", "--accept_changed blr,seed"],
+        ),  # (lr follows blr)
         (["--tau", 0.5], ["tau 1.0 -> 0.5"]),
         (["--no_norm_pix_loss", "--aug", "resize"], ["norm_pix_loss", "aug 'rrc' -> 'resize'"]),
         (["--batch_size", 4], ["batch_size 8 -> 4", "eff_batch_size 8 -> 4"]),
@@ -203,11 +205,15 @@ def test_finetune_resume_refuses_other_settings_and_a_silent_fresh_start(
 ):
     out = copy_of(finetuned, tmp_path)
     args = finetune_args(tiny_mae_checkpoints[0], example_root, out)
-    cases = [(["--mixup", 0.8], "mixup 0.0 -> 0.8"), (["--blr", 2e-3], "blr 0.001 -> 0.002"),
-             (["--drop_path", 0.3], "drop_path 0.1 -> 0.3"),
-             (["--preset", "lowshot-1pct"], "preset None -> 'lowshot-1pct'"),
-             (["--cls_token"], "global_pool 'avg' -> 'token'"),
-             (["--layer_decay", 0.5], "layer_decay 0.75 -> 0.5"), (["--seed", 2], "seed 0 -> 2")]
+    cases = [
+        (["--mixup", 0.8], "mixup 0.0 -> 0.8"),
+        (["--blr", 2e-3], "blr 0.001 -> 0.002"),
+        (["--drop_path", 0.3], "drop_path 0.1 -> 0.3"),
+        (["--preset", "lowshot-1pct"], "preset None -> 'lowshot-1pct'"),
+        (["--cls_token"], "global_pool 'avg' -> 'token'"),
+        (["--layer_decay", 0.5], "layer_decay 0.75 -> 0.5"),
+        (["--seed", 2], "seed 0 -> 2"),
+    ]
     for flags, named in cases:
         assert eval_main([*args, *map(str, flags)]) == 2, flags
         err = capsys.readouterr().err
@@ -233,7 +239,10 @@ def test_linprobe_follows_the_same_rule(tiny_mae_checkpoints, example_root, tmp_
     assert eval_main([*args, "--epochs", "2", "--blr", "0.2", "--accept_changed", "blr"]) == 0
     result = json.loads((out / "linprobe.json").read_text())
     assert [(c["setting"], c["new"]) for c in result["changes"]] == [
-        ("epochs", 2), ("blr", 0.2), ("lr", 0.2 * 16 / 256)]
+        ("epochs", 2),
+        ("blr", 0.2),
+        ("lr", 0.2 * 16 / 256),
+    ]
     assert [h["epoch"] for h in result["history"]] == [0, 1]
 
 
@@ -242,25 +251,93 @@ def test_linprobe_follows_the_same_rule(tiny_mae_checkpoints, example_root, tmp_
 NOT_IN_DEFINES_RUN = {
     TrainConfig: {
         # resolved (run_settings): tau, tau_end, accum_iter, lr, amp, the maps' and images' identity
-        "tau", "tau_end", "accum_iter", "lr", "amp", "maps", "data_path", "epochs",
-        "output_dir", "log_dir", "resume", "trust_checkpoint", "auto_resume", "overwrite",
-        "accept_changed", "start_epoch", "num_workers", "pin_mem", "device", "compile",
-        "dist_url", "dist_timeout_min", "world_size", "local_rank", "save_every",
-        "keep_checkpoints", "ckpt_every_min", "ckpt_every_steps", "stop_after_iters",
-        "print_freq", "vis_every", "vis_count", "knn_every", "knn_data", "skip_bad_images",
+        "tau",
+        "tau_end",
+        "accum_iter",
+        "lr",
+        "amp",
+        "maps",
+        "data_path",
+        "epochs",
+        "output_dir",
+        "log_dir",
+        "resume",
+        "trust_checkpoint",
+        "auto_resume",
+        "overwrite",
+        "accept_changed",
+        "start_epoch",
+        "num_workers",
+        "pin_mem",
+        "device",
+        "compile",
+        "dist_url",
+        "dist_timeout_min",
+        "world_size",
+        "local_rank",
+        "save_every",
+        "keep_checkpoints",
+        "ckpt_every_min",
+        "ckpt_every_steps",
+        "stop_after_iters",
+        "print_freq",
+        "vis_every",
+        "vis_count",
+        "knn_every",
+        "knn_data",
+        "skip_bad_images",
     },
     FinetuneConfig: {
         # the engine's schedule, the checkpoint's and the subset's digests
-        "epochs", "warmup_epochs", "batch_size", "accum_iter", "eff_batch_size", "lr", "min_lr",
-        "checkpoint", "subset_file", "percent", "shots", "data_path", "output_dir", "device",
-        "num_workers", "pin_mem", "compile", "resume", "auto_resume", "overwrite",
-        "accept_changed", "trust_checkpoint", "save_every", "ckpt_every_steps", "print_freq",
-        "stop_after_iters", "eval_only",
+        "epochs",
+        "warmup_epochs",
+        "batch_size",
+        "accum_iter",
+        "eff_batch_size",
+        "lr",
+        "min_lr",
+        "checkpoint",
+        "subset_file",
+        "percent",
+        "shots",
+        "data_path",
+        "output_dir",
+        "device",
+        "num_workers",
+        "pin_mem",
+        "compile",
+        "resume",
+        "auto_resume",
+        "overwrite",
+        "accept_changed",
+        "trust_checkpoint",
+        "save_every",
+        "ckpt_every_steps",
+        "print_freq",
+        "stop_after_iters",
+        "eval_only",
     },
     LinprobeConfig: {
-        "epochs", "accum_iter", "eff_batch_size", "lr", "precision", "checkpoint", "subset_file",
-        "percent", "shots", "data_path", "output_dir", "features_dir", "device", "num_workers",
-        "resume", "auto_resume", "overwrite", "accept_changed", "trust_checkpoint", "log_every",
+        "epochs",
+        "accum_iter",
+        "eff_batch_size",
+        "lr",
+        "precision",
+        "checkpoint",
+        "subset_file",
+        "percent",
+        "shots",
+        "data_path",
+        "output_dir",
+        "features_dir",
+        "device",
+        "num_workers",
+        "resume",
+        "auto_resume",
+        "overwrite",
+        "accept_changed",
+        "trust_checkpoint",
+        "log_every",
     },
 }
 _DENSE_OUTSIDE = {
@@ -273,7 +350,11 @@ _DENSE_OUTSIDE = {
 }  # fmt: skip
 NOT_IN_DEFINES_RUN[SegmentConfig] = _DENSE_OUTSIDE | {"num_classes", "inference", "slide_stride"}
 NOT_IN_DEFINES_RUN[TaskonomyConfig] = _DENSE_OUTSIDE | {
-    "tasks", "max_train_images", "max_val_images", "max_test_images"}
+    "tasks",
+    "max_train_images",
+    "max_val_images",
+    "max_test_images",
+}
 
 
 @pytest.mark.parametrize("config", list(NOT_IN_DEFINES_RUN), ids=lambda c: c.__name__)
@@ -302,7 +383,9 @@ def test_attg_train_resumes_by_default_and_a_fresh_start_must_be_told(
     assert train_main(train_args(data, out, "--epochs", 1, "--no_auto_resume", "--overwrite")) == 0
     assert "removed the previous run's 3 checkpoints" in capsys.readouterr().out
     assert sorted(p.name for p in out.glob("checkpoint-*.pth")) == [
-        "checkpoint-0.pth", "checkpoint-last.pth"]
+        "checkpoint-0.pth",
+        "checkpoint-last.pth",
+    ]
 
 
 def test_one_tensorboard_axis_no_tau_for_vanilla_and_the_next_command(
