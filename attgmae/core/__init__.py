@@ -3,7 +3,8 @@
 errors (the one user-facing error type and its exit code), files (atomic writes, sha256),
 device (``auto``/``cpu``/``cuda``/``cuda:N``), distributed (torchrun / SLURM process groups),
 provenance (software versions), constants (ImageNet mean/std, the 14x14 map grid), minmax (per-map
-normalization), listing (image keys of a folder), torchfile (reading weights and checkpoints).
+normalization), listing (image keys of a folder), torchfile (reading weights and checkpoints),
+signals (SIGTERM / SIGUSR1: a flag the loops that resume answer by saving and exiting 75).
 
 Nothing here imports another attgmae package, so every layer may import it; modules that need
 torch import it at the top, the others (used by the store) stay free of it.
