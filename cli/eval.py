@@ -233,7 +233,8 @@ def build_parser():
         help="do not resume from OUTPUT_DIR/checkpoint-last.pth",
     )
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.add_argument("--accept_changed", type=name_list, default=(), help=ACCEPT_CHANGED_HELP)
+    p.add_argument("--accept_changed", type=name_list, default=(), metavar="NAMES",
+                   help=ACCEPT_CHANGED_HELP)
     p.add_argument("--log_every", type=int, default=50, help="steps between log lines")
     _add_common(p, default_batch=512, default_out="output_linprobe")
     _add_finetune(sub)

@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                "continue from output_dir's newest readable checkpoint when there is one (the "
                "default, as every command); --no_auto_resume starts over")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.add_argument("--accept_changed", type=name_list, default=(), help=ACCEPT_CHANGED_HELP)
+    p.add_argument("--accept_changed", type=name_list, default=(), metavar="NAMES",
+                   help=ACCEPT_CHANGED_HELP)
     p.add_argument("--start_epoch", type=int, default=d.start_epoch)
     p.add_argument("--save_every", type=int, default=d.save_every,
                    help="keep checkpoint-{epoch}.pth every this many epochs (and the last)")
