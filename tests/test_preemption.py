@@ -2,8 +2,8 @@
 command that resumes saves a resumable state at its next iteration boundary, all ranks at the
 same one, and exits 75; the rerun ends where an uninterrupted run ends, bit for bit.
 
-The signals are real (``os.kill``): to a subprocess for attg-train, to this process (its handler
-installed by the run, as in the command) for the others.
+The signals are real (``os.kill`` to this process, whose handler the run installs as in the
+command); tests/test_fault_injection.py sends them to subprocesses at seeded random moments.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,29 +58,34 @@ def log_records(out: Path, drop=("train_img_per_s",)) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines]
 
 
-# ---------------------------------------------------------------- attg-train (a subprocess)
+# ---------------------------------------------------------------- attg-train
 
 
 def test_attg_train_saves_mid_epoch_on_sigusr1_exits_75_and_resumes_bit_identically(
-    make_truth_example, tmp_path
+    make_truth_example, tmp_path, monkeypatch, capsys
 ):
+    from attgmae.pipelines.train import PretrainRun
+
     root, maps = make_truth_example(tmp_path, 4, 2)
     args = ["--data_path", str(root), "--maps", str(maps), *FAST]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert train_main([*args, "--output_dir", str(straight)]) == 0
-    command = [sys.executable, "-m", "attgmae.cli.train", *args, "--output_dir", str(stopped)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    for line in proc.stdout:  # the signal lands while epoch 1 runs
-        if line.startswith("Epoch [1] [1/4]"):
-            proc.send_signal(signal.SIGUSR1)
-            break
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == EXIT_PREEMPTED, err
+    weigh, calls = PretrainRun.batch_weights, [0]
+
+    def weigh_then_signal(run, batch, tau):
+        calls[0] += 1
+        if calls[0] == 6:  # epoch 1, iteration 2 of 4
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return weigh(run, batch, tau)
+
+    monkeypatch.setattr(PretrainRun, "batch_weights", weigh_then_signal)
+    capsys.readouterr()
+    assert train_main([*args, "--output_dir", str(stopped)]) == EXIT_PREEMPTED
+    monkeypatch.undo()
+    err = capsys.readouterr().err
     assert "SIGUSR1 received" in err and "run the same command again" in err
     state = load_checkpoint(stopped / "checkpoint-last.pth")["resume"]
-    assert state["epoch"] == 1 and 0 < state["samples_seen"] < 16  # saved inside the epoch
+    assert state["epoch"] == 1 and state["samples_seen"] == 8  # saved after that iteration
     assert train_main([*args, "--output_dir", str(stopped)]) == 0  # the same command again
     assert_same_weights(
         weights(straight / "checkpoint-1.pth"), weights(stopped / "checkpoint-1.pth")
