@@ -316,6 +316,9 @@ NOT_IN_DEFINES_RUN = {
         "print_freq",
         "stop_after_iters",
         "eval_only",
+        "seed",  # (these three: the engine's, as it resolves them)
+        "amp",
+        "clip_grad",
     },
     LinprobeConfig: {
         "epochs",
@@ -346,7 +349,7 @@ _DENSE_OUTSIDE = {
     "min_lr", "input_size", "drop_path", "weight_decay", "layer_decay", "eval_every", "num_vis",
     "checkpoint", "data_path", "output_dir", "device", "num_workers", "pin_mem", "compile",
     "resume", "auto_resume", "overwrite", "accept_changed", "trust_checkpoint", "save_every",
-    "ckpt_every_steps", "print_freq", "stop_after_iters",
+    "ckpt_every_steps", "print_freq", "stop_after_iters", "seed", "amp", "clip_grad",
 }  # fmt: skip
 NOT_IN_DEFINES_RUN[SegmentConfig] = _DENSE_OUTSIDE | {"num_classes", "inference", "slide_stride"}
 NOT_IN_DEFINES_RUN[TaskonomyConfig] = _DENSE_OUTSIDE | {

@@ -71,9 +71,8 @@ class RunFlags:
 
     # The fields above that define a run (attgmae.engine.resume): a resume with other values
     # is refused. The run's schedule (epochs, lr, batch, ...) is the engine's (``engine_settings``).
-    DEFINES_RUN: ClassVar[tuple[str, ...]] = (
-        "model", "num_heads", "force_model", "checkpoint_key", "clip_grad", "seed", "amp",
-    )  # fmt: skip
+    # (seed, clip_grad and the precision actually used are among the engine's.)
+    DEFINES_RUN: ClassVar[tuple[str, ...]] = ("model", "num_heads", "force_model", "checkpoint_key")
 
 
 # The settings a command's config passes to the run unchanged (same names in both).

@@ -138,8 +138,8 @@ class SupervisedRun:
         self.args = args if args is not None else argparse.Namespace()
         self._print = log
         self.amp = resolve_precision(cfg.amp, self.device)
-        self.settings = jsonable(
-            {**engine_settings(cfg, self.info.world_size, self.amp), **(fingerprint or {})}
+        self.settings = jsonable(  # the engine's resolved values win over a command's own
+            {**(fingerprint or {}), **engine_settings(cfg, self.info.world_size, self.amp)}
         )
         self.history: list[dict] = []
         self.out_dir = Path(cfg.output_dir) if cfg.output_dir else None
