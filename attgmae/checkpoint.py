@@ -18,9 +18,15 @@ from pathlib import Path
 
 import torch
 
+from attgmae.core.constants import TRUST_FLAG
 from attgmae.core.errors import InputError
 from attgmae.core.files import atomic_path
-from attgmae.core.torchfile import CheckpointError, load_torch_file
+from attgmae.core.torchfile import (  # noqa: F401 (CheckpointError: for callers)
+    CheckpointError,
+    CheckpointUnreadable,
+    CheckpointUntrusted,
+    load_torch_file,
+)
 from attgmae.models import MODEL_FACTORIES
 
 LAST_NAME = "checkpoint-last.pth"
@@ -45,7 +51,7 @@ def load_checkpoint(path, trusted: bool = False) -> dict:
     path = Path(path)
     ckpt = load_torch_file(path, trusted=trusted)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not an MAE checkpoint (no 'model' entry)")
+        raise CheckpointUnreadable(f"{path}: not an MAE checkpoint (no 'model' entry)")
     return ckpt
 
 
@@ -58,11 +64,11 @@ def find_resume_checkpoint(output_dir) -> Path | None:
     last = output_dir / LAST_NAME
     if last.is_file():
         return last
-    numbered = _numbered_checkpoints(output_dir)
+    numbered = numbered_checkpoints(output_dir)
     return numbered[0] if numbered else None
 
 
-def _numbered_checkpoints(output_dir: Path) -> list[Path]:
+def numbered_checkpoints(output_dir: Path) -> list[Path]:
     """``checkpoint-N.pth`` files of ``output_dir``, highest N first."""
     numbered = []
     for entry in output_dir.iterdir():
@@ -73,22 +79,34 @@ def _numbered_checkpoints(output_dir: Path) -> list[Path]:
 
 
 def load_latest_checkpoint(
-    output_dir, trusted: bool = False, warn: Callable[[str], None] = print
+    output_dir,
+    trusted: bool = False,
+    warn: Callable[[str], None] = print,
+    read: Callable[[Path, bool], dict] = load_checkpoint,
 ) -> tuple[Path, dict] | None:
     """The newest readable checkpoint of ``output_dir`` -> (path, checkpoint), None if none.
 
-    ``checkpoint-last.pth`` first; when it cannot be read (a disk filled up, a copy cut short)
-    ``warn`` says so and the highest readable ``checkpoint-N.pth`` is used instead.
+    ``checkpoint-last.pth`` first; when it is damaged (a disk filled up, a copy cut short)
+    ``warn`` says so and the highest readable ``checkpoint-N.pth`` is used instead. A checkpoint
+    refused for trust (it holds Python objects beyond tensors) is never skipped: it is this run's
+    newest state, and resuming from an older one would later overwrite it; InputError naming the
+    file and ``--trust_checkpoint``. ``read(path, trusted)`` loads one file (default: an MAE
+    checkpoint; a command with other checkpoints passes its own reader).
     """
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return None
     last = output_dir / LAST_NAME
-    candidates = ([last] if last.is_file() else []) + _numbered_checkpoints(output_dir)
+    candidates = ([last] if last.is_file() else []) + numbered_checkpoints(output_dir)
     for path in candidates:
         try:
-            return path, load_checkpoint(path, trusted)
-        except CheckpointError as err:
+            return path, read(path, trusted)
+        except CheckpointUntrusted as err:
+            raise InputError(
+                f"{err}. It is the newest checkpoint of {output_dir}: resuming never skips it "
+                f"for an older one (without {TRUST_FLAG}, move it away to resume from those)"
+            ) from None
+        except CheckpointUnreadable as err:
             warn(f"warning: skipping unreadable checkpoint ({err})")
     return None
 
@@ -188,7 +206,7 @@ def prune_checkpoints(out_dir, keep: int) -> list[Path]:
     ``checkpoint-last.pth`` always stays. Returns the deleted paths."""
     if keep <= 0:
         return []
-    old = _numbered_checkpoints(Path(out_dir))[keep:]
+    old = numbered_checkpoints(Path(out_dir))[keep:]
     for path in old:
         path.unlink(missing_ok=True)
     return old

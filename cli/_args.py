@@ -157,11 +157,29 @@ def add_switch(parser, name: str, default: bool, help: str) -> None:
     parser.add_argument(f"--no_{name}", action="store_false", dest=dest, help=f"turn --{name} off")
 
 
+def name_list(text: str) -> tuple[str, ...]:
+    """A flag's comma-separated names (``--accept_changed blr,batch_size``) as a tuple."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+ACCEPT_CHANGED_HELP = (
+    "resume although these settings (comma-separated, e.g. blr,batch_size) differ from the "
+    "checkpoint's; each change is recorded in the run's history (config.json and checkpoints)"
+)
+OVERWRITE_HELP = (
+    "with --no_auto_resume: start over although OUTPUT_DIR holds a previous run's checkpoints "
+    "(they are deleted)"
+)
+
+
 def config_from_args(config_class, args: argparse.Namespace, **overrides):
     """A config dataclass from parsed flags: every field from the flag of the same name, unless
     ``overrides`` gives it (flags whose value needs converting)."""
-    names = {f.name for f in dataclasses.fields(config_class)}
-    values = {name: value for name, value in vars(args).items() if name in names}
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    values = {name: value for name, value in vars(args).items() if name in fields}
+    for name, value in values.items():  # a tuple field read back from JSON (--config) as a list
+        if isinstance(value, list) and isinstance(fields[name].default, tuple):
+            values[name] = tuple(value)
     return config_class(**{**values, **overrides})
 
 

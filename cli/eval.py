@@ -13,7 +13,15 @@ import argparse
 import sys
 
 from attgmae.cli import eval_supervised
-from attgmae.cli._args import add_subparsers, config_from_args, make_parser, run_main
+from attgmae.cli._args import (
+    ACCEPT_CHANGED_HELP,
+    OVERWRITE_HELP,
+    add_subparsers,
+    config_from_args,
+    make_parser,
+    name_list,
+    run_main,
+)
 from attgmae.cli._config_file import add_config_flag, parse_with_config
 from attgmae.cli._habits import (
     CHECKPOINT_KEY_HELP,
@@ -267,6 +275,9 @@ def _add_linprobe(sub) -> None:
         action="store_false",
         help="do not resume from OUTPUT_DIR/checkpoint-last.pth",
     )
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--accept_changed", type=name_list, default=(), metavar="NAMES",
+                   help=ACCEPT_CHANGED_HELP)
     p.add_argument("--log_every", type=int, default=d.log_every, help="steps between log lines")
     p.add_argument(
         "--log_dir", default=None, help="TensorBoard folder (default: OUTPUT_DIR/tensorboard)"

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from attgmae.cli._args import config_from_args, show_default
+from attgmae.cli._args import (
+    ACCEPT_CHANGED_HELP,
+    OVERWRITE_HELP,
+    config_from_args,
+    name_list,
+    show_default,
+)
 from attgmae.cli._config_file import add_config_flag
 from attgmae.cli._habits import (
     CHECKPOINT_KEY_HELP,
@@ -74,6 +80,7 @@ _FINETUNE_FLAGS = [
     ("ckpt_every_steps", int, "also write checkpoint-last.pth every N optimizer steps"),
     ("print_freq", int, "iterations between progress lines"),
     ("stop_after_iters", int, "leave after N iterations, as a killed run would (tests)"),
+    ("accept_changed", name_list, ACCEPT_CHANGED_HELP),
 ]
 _FINETUNE_SWITCHES = [  # (flags, dest, value, help)
     (("--force_model",), "force_model", True, "use --model's head count even if it contradicts"),
@@ -81,6 +88,7 @@ _FINETUNE_SWITCHES = [  # (flags, dest, value, help)
     (("--cls_token",), "global_pool", "token", "classify the CLS token (MAE's --cls_token)"),
     (("--compile",), "compile", True, "torch.compile the model"),
     (("--no_auto_resume",), "auto_resume", False, "start over even if OUTPUT_DIR has checkpoints"),
+    (("--overwrite",), "overwrite", True, OVERWRITE_HELP),
     (("--eval_only", "--eval"), "eval_only", True, "evaluate the checkpoint as it is (MAE's)"),
 ]
 
@@ -169,6 +177,7 @@ _DENSE_FLAGS = [
     ("ckpt_every_steps", int, None, "also write checkpoint-last.pth every N optimizer steps"),
     ("print_freq", int, None, "iterations between progress lines"),
     ("stop_after_iters", int, None, "leave after N iterations, as a killed run would (tests)"),
+    ("accept_changed", name_list, None, ACCEPT_CHANGED_HELP),
 ]
 _SEGMENT_FLAGS = [
     ("dataset", str, None, "layout of --data_path: ade20k, nyuv2 or folder (docs/dense.md)"),
@@ -194,6 +203,7 @@ _DENSE_SWITCHES = [  # (flag, dest, value, help)
     (TRUST_FLAG, "trust_checkpoint", True, "unpickle the checkpoint in full (trusted files)"),
     ("--compile", "compile", True, "torch.compile the model"),
     ("--no_auto_resume", "auto_resume", False, "start over even if OUTPUT_DIR has checkpoints"),
+    ("--overwrite", "overwrite", True, OVERWRITE_HELP),
 ]
 _DENSE_CLASSES = {
     "segment": "the classes are the dataset's (ADE20k 150, NYUv2 40); a folder layout "

@@ -11,7 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attgmae.cli._args import add_switch, config_from_args, make_parser, run_main
+from attgmae.cli._args import (
+    ACCEPT_CHANGED_HELP,
+    OVERWRITE_HELP,
+    add_switch,
+    config_from_args,
+    make_parser,
+    name_list,
+    run_main,
+)
 from attgmae.cli._config_file import add_config_flag, parse_with_config
 from attgmae.cli._habits import TRAIN_REFUSED, add_refusals
 from attgmae.core.constants import TAU_CONSTANT, TAU_START, TRUST_FLAG
@@ -96,12 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 autocast on CUDA, fp32 on CPU; fp16 uses a grad scaler")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=int, default=d.seed, help="model init, masks and data order")
-    p.add_argument("--resume", default="", help="checkpoint to resume from")
+    p.add_argument("--resume", default="",
+                   help="checkpoint to resume from (default: output_dir's newest)")
     p.add_argument(TRUST_FLAG, action="store_true",
-                   help="--resume may hold Python objects beyond tensors: unpickle it in full "
-                        "(only for files from a source you trust)")
-    p.add_argument("--auto_resume", action="store_true",
-                   help="resume from the newest readable checkpoint in output_dir, if any")
+                   help="the checkpoint resumed may hold Python objects beyond tensors: unpickle "
+                        "it in full (only for files from a source you trust)")
+    add_switch(p, "auto_resume", d.auto_resume,
+               "continue from output_dir's newest readable checkpoint when there is one (as "
+               "every command); --no_auto_resume starts over")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--accept_changed", type=name_list, default=(), metavar="NAMES",
+                   help=ACCEPT_CHANGED_HELP)
     p.add_argument("--start_epoch", type=int, default=d.start_epoch,
                    help="first epoch when not resuming (MAE's; a resumed run starts where its "
                         "checkpoint ends)")

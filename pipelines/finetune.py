@@ -27,6 +27,7 @@ from attgmae.core.errors import InputError
 from attgmae.core.files import file_sha256, write_json_atomic
 from attgmae.core.provenance import software_versions
 from attgmae.engine import RunConfig, SupervisedRun, distributed_session, run_config_from
+from attgmae.engine.resume import config_settings
 from attgmae.eval import param_groups_lrd
 from attgmae.eval.features import check_data_root
 from attgmae.eval.finetune import (
@@ -133,11 +134,12 @@ def _supervised_run(
     args = argparse.Namespace(**{**asdict(cfg), **details})
     args.finetune, args.nb_classes = cfg.checkpoint, data.num_classes
     args.model = cfg.timm_model or encoder.model_name
-    fingerprint = {
-        "checkpoint_sha256": encoder.sha256,
-        "subset_sha256": data.subset_sha256,
-        "num_classes": data.num_classes,
-    }
+    fingerprint = config_settings(  # what defines the run, with the engine's schedule
+        cfg,
+        checkpoint_sha256=encoder.sha256,
+        subset_sha256=data.subset_sha256,
+        num_classes=data.num_classes,
+    )
     return SupervisedRun(
         _run_config(cfg, accum, lr),
         model,
@@ -232,9 +234,10 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
             if info.is_main:
                 write_json_atomic(out_dir / "finetune_eval.json", result)
             return result
-        if info.is_main:
-            write_json_atomic(out_dir / "config.json", {**asdict(cfg), "resolved": details})
         run = _supervised_run(cfg, model, encoder, data, evaluate, details, info, device, say)
+        if info.is_main:  # after the resume's checks: its accepted changes are in the history
+            config = {**asdict(cfg), "resolved": details, "history": run.history}
+            write_json_atomic(out_dir / "config.json", config)
         fit = run.fit()
         result = _result(fit, details, type(run.loss_fn.criterion).__name__)
         result.update(_common_result(cfg, encoder, data, device, started))

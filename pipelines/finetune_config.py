@@ -5,6 +5,7 @@ arithmetic (accumulation, the lr it implies)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from attgmae.core.constants import PRECISIONS
 from attgmae.core.errors import InputError
@@ -110,6 +111,14 @@ class FinetuneConfig(RunFlags):
     # the run (and RunFlags)
     num_workers: int = field(default=10, kw_only=True)  # MAE's main_finetune.py default
     eval_only: bool = False  # evaluate the checkpoint as it is (MAE's --eval)
+
+    # What defines a fine-tuning run besides the engine's schedule (epochs, lr, batch) and the
+    # digests of the pretrained weights and the subset (attgmae.engine.resume).
+    DEFINES_RUN: ClassVar[tuple[str, ...]] = RunFlags.DEFINES_RUN + (
+        "preset", "timm_model", "input_size", "drop_path", "global_pool", "blr", "layer_decay",
+        "weight_decay", "aa", "color_jitter", "smoothing", "reprob", "remode", "recount", "mixup",
+        "cutmix", "cutmix_minmax", "mixup_prob", "mixup_switch_prob", "mixup_mode",
+    )  # fmt: skip (the subset: its digest, however it was chosen)
 
 
 def preset_values(preset: str | None, given=()) -> dict:

@@ -10,7 +10,8 @@ stopped, and under torchrun each rank gets whole shards.
 
 Exit codes: 0 every image mapped; 3 some images failed (the stores are complete, failed rows are
 zeros with status 'failed' and their keys and reasons are in the store attributes and the summary);
-2 bad input (InputError, printed by the CLI).
+2 bad input (InputError, printed by the CLI); 75 stopped by SIGTERM / SIGUSR1 with the whole
+chunks computed kept (``generate_loop``; rerun to resume).
 """
 
 from __future__ import annotations

@@ -4,11 +4,14 @@ The writers' ``pending_chunks()`` drive what is computed: a killed run resumes w
 and under torchrun each rank gets whole shards. Batches never straddle a chunk, so a row's batch
 (and thus its floating-point result) is the same in a fresh, a resumed and a multi-rank run.
 TokenCut's eigensolves run in a process pool while the next batch is on the GPU: a chunk is
-written once all its rows are in and its pending results are done.
+written once all its rows are in and its pending results are done. On SIGTERM / SIGUSR1
+(``attgmae.core.signals``) the ranks agree after a batch, write the chunks they have whole,
+drop the rest and raise ``Preempted`` (exit code 75): the rerun resumes from the staged chunks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections import deque
@@ -23,6 +26,12 @@ from attgmae.core import distributed
 from attgmae.core.constants import MAP_GRID
 from attgmae.core.errors import InputError
 from attgmae.core.progress import Progress
+from attgmae.core.signals import (
+    ignore_stop_signals,
+    preempted,
+    stop_and_running,
+    stop_requests,
+)
 from attgmae.data.map_inputs import DecodedImages, collate_decoded, normalize_batch
 from attgmae.store import MapStoreWriter, StoreError
 
@@ -110,9 +119,12 @@ class ChunkBuffer:
         self.errors.update(errors)
         self.rows_in += len(rows)
 
+    def complete(self) -> bool:
+        """Every row of the chunk is in (results may still be pending in the pool)."""
+        return self.rows_in == self.stop - self.start
+
     def ready(self) -> bool:
-        complete = self.rows_in == self.stop - self.start
-        return complete and all(value.done() for _, _, value in self.pending)
+        return self.complete() and all(value.done() for _, _, value in self.pending)
 
     def write(self, writers: dict) -> None:
         for method, offset, value in self.pending:
@@ -156,23 +168,40 @@ def compute_pending(cfg, keys, labels, writers, computer, device, info, workers)
 
     labels: int64 [N] folder label per key (-1 for none), handed to the methods per batch;
     workers: the loader's workers and prefetch (``attgmae.core.resources.WorkerPlan``).
+    Preempted (exit 75) after a stop signal, once the whole chunks computed are staged.
     """
     bounds, needs = _chunks_to_compute(writers)
     plan = plan_batches([(c, *bounds[c]) for c in sorted(bounds)], cfg.batch_size)
     num_todo = sum(len(rows) for _, rows in plan)
-    if not plan:
+    if not plan and not info.distributed:  # (a rank without work still joins the agreements)
         return LoopTiming()
     if not info.distributed and num_todo < len(keys):
         print(f"resuming: {len(keys) - num_todo} of {len(keys)} images already done",
               file=sys.stderr, flush=True)  # fmt: skip
+    with stop_requests():  # SIGTERM / SIGUSR1: keep the whole chunks, leave
+        timing, dropped = _compute_plan(
+            cfg, keys, labels, writers, computer, device, info, workers, plan, bounds, needs
+        )
+    if dropped is not None:
+        note = f"; the {dropped} images of unfinished chunks are redone" if dropped else ""
+        raise preempted(f"the whole chunks computed so far (in the stores' .partial folders{note})")
+    return timing
 
+
+def _compute_plan(cfg, keys, labels, writers, computer, device, info, workers, plan, bounds,
+                  needs) -> tuple[LoopTiming, int | None]:  # fmt: skip
+    """The batch loop -> (timing, None), or (timing, images dropped) after a stop signal that
+    every rank agreed on after a batch (a rank done with its share keeps joining the agreements
+    until no rank runs)."""
+    num_todo = sum(len(rows) for _, rows in plan)
     loader = DataLoader(
         DecodedImages(cfg.images_root, keys),
         batch_sampler=[rows.tolist() for _, rows in plan],
-        num_workers=workers.loader_workers,
+        num_workers=workers.loader_workers if plan else 0,
         collate_fn=collate_decoded,
         pin_memory=device.type == "cuda",
-        prefetch_factor=workers.prefetch,
+        prefetch_factor=workers.prefetch if plan and workers.loader_workers else None,
+        worker_init_fn=ignore_stop_signals,  # the main process answers SIGTERM / SIGUSR1
     )
     bar = Progress(num_todo, "generate", enabled=cfg.progress and info.is_main)
     labels_on_device = torch.as_tensor(labels, dtype=torch.int64, device=device)
@@ -180,7 +209,8 @@ def compute_pending(cfg, keys, labels, writers, computer, device, info, workers)
     computed = failed = 0
     started = time.perf_counter()
     steady_from, steady_images_before = None, 0
-    try:
+    stopped = False
+    with contextlib.closing(bar):
         for (chunk_index, planned_rows), (rows, pixels, reasons, stats) in zip(plan, loader):
             rows = rows.numpy()
             assert np.array_equal(rows, planned_rows), "loader and plan out of step"
@@ -202,13 +232,20 @@ def compute_pending(cfg, keys, labels, writers, computer, device, info, workers)
             # Write finished chunks in order; wait on the pool only when two chunks are queued.
             while buffers and (buffers[0].ready() or len(buffers) > 2):
                 buffers.popleft().write(writers)
-        while buffers:
+            stopped = stop_and_running(info, running=True)[0]
+            if stopped:
+                break
+        while buffers and (not stopped or buffers[0].complete()):
             buffers.popleft().write(writers)
-    finally:
-        bar.close()
+        while not stopped:
+            stopped, running = stop_and_running(info, running=False)
+            if not running:
+                break
     ended = time.perf_counter()
     if steady_from is None:  # a single chunk: no steady state to time
-        return LoopTiming(computed, ended - started)
-    return LoopTiming(
-        computed, ended - started, computed - steady_images_before, ended - steady_from
-    )
+        timing = LoopTiming(computed, ended - started)
+    else:
+        timing = LoopTiming(
+            computed, ended - started, computed - steady_images_before, ended - steady_from
+        )
+    return timing, (sum(b.rows_in for b in buffers) if stopped else None)

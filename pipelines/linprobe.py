@@ -2,10 +2,15 @@
 
 One run writes to its output directory: ``log.txt`` (one JSON line per epoch, as MAE),
 ``checkpoint-last.pth`` every epoch and ``checkpoint-<last epoch>.pth`` at the end (head,
-optimizer, epoch, config; written atomically), ``linprobe.json`` (every number) and
-``linprobe.png`` (validation top-1 per epoch). A run finds its ``checkpoint-last.pth`` and
-resumes (``auto_resume``) or resumes from ``resume``. Several seeds: one sub-directory
-``seed_<s>`` each, and ``fewshot_summary.json`` / ``fewshot.png`` with mean and std.
+optimizer, epoch, config, resume state; written atomically: ``pipelines/linprobe_state.py``),
+``linprobe.json`` (every number) and ``linprobe.png`` (validation top-1 per epoch). A run
+resumes as every command does (``attgmae.engine.resume``): from its output directory's
+checkpoints by default, refusing one made with other settings (``--accept_changed`` names the
+changes to allow, recorded under ``changes``). On SIGTERM / SIGUSR1 it saves
+``checkpoint-last.pth`` after the current optimizer step and leaves with exit code 75; the rerun
+continues inside that epoch (exactly so with ``cached_features``). Several seeds: one
+sub-directory ``seed_<s>`` each, and ``fewshot_summary.json`` / ``fewshot.png`` with mean and
+std.
 
 The training subset is every image, a list file (``subset_file``, fixed: the seeds then vary
 only the head's initialisation and the training order) or a seeded per-class sample (``shots``
@@ -29,7 +34,6 @@ work (validation features as ``split_features``, training micro-batches as
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from dataclasses import asdict
@@ -38,14 +42,15 @@ from pathlib import Path
 
 import torch
 
+from attgmae.core.device import resolve_precision
 from attgmae.core.distributed import main_value
 from attgmae.core.errors import InputError
-from attgmae.core.files import atomic_path, file_sha256, write_json_atomic
+from attgmae.core.files import file_sha256, write_json_atomic
 from attgmae.core.progress import duration
 from attgmae.core.provenance import software_versions
-from attgmae.core.tensorboard import open_tensorboard
-from attgmae.core.torchfile import load_torch_file
+from attgmae.core.signals import preempted, stop_agreed, stop_requested, stop_requests
 from attgmae.engine.launch import distributed_session
+from attgmae.engine.resume import config_settings
 from attgmae.eval.features import (
     ImageSplit,
     LabelledImages,
@@ -72,18 +77,7 @@ from attgmae.eval.transforms import probe_train_transform
 from attgmae.models.encoder import load_encoder_as_configured
 from attgmae.optim import lr_at
 from attgmae.pipelines.linprobe_config import LinprobeConfig
-
-
-def _save_torch(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _find_resume(cfg: LinprobeConfig, out_dir: Path):
-    if cfg.resume:
-        return Path(cfg.resume)
-    last = out_dir / "checkpoint-last.pth"
-    return last if cfg.auto_resume and last.is_file() else None
+from attgmae.pipelines.linprobe_state import ProbeState, find_probe_checkpoint
 
 
 def _check(cfg: LinprobeConfig) -> None:
@@ -120,21 +114,26 @@ def _probe(cfg: LinprobeConfig, info, device, log) -> dict | None:
     val = image_split(cfg.data_path, "val", train.class_names)
     num_classes = len(train.class_names)
     subset = configured_subset(cfg, train)
-    fingerprint = {  # what a resumed run must share with the run it continues
+    digests = {
         "checkpoint_sha256": file_sha256(cfg.checkpoint),
         "subset_sha256": subset_sha256(subset),
         "subset_file_sha256": file_sha256(cfg.subset_file) if cfg.subset_file else None,
     }
-    sha256 = fingerprint["checkpoint_sha256"]
-    encoder, info_encoder = load_encoder_as_configured(cfg, sha256)
-    encoder.to(device)
+    sha256 = digests["checkpoint_sha256"]
     # MAE's arithmetic: batch_size per process, effective batch = batch x accum x processes.
     world = info.world_size
     accum_iter = cfg.accum_iter or max(1, round(cfg.eff_batch_size / (cfg.batch_size * world)))
     eff_batch = cfg.batch_size * accum_iter * world
     lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
     sampling, sampling_text = epoch_sampling(len(subset), eff_batch, cfg.small_subset)
-    fingerprint["sampling"] = sampling
+    settings = config_settings(  # what a resumed run must share with the run it continues
+        cfg, epochs=cfg.epochs, accum_iter=accum_iter * world,  # (micro-batches per step, all
+        eff_batch_size=eff_batch, lr=lr,                         # ranks: any world size fits)
+        precision=resolve_precision(cfg.precision, device), sampling=sampling, **digests,
+    )  # fmt: skip
+    resumed = find_probe_checkpoint(cfg, out_dir, settings, log, info.is_main)  # before extraction
+    encoder, info_encoder = load_encoder_as_configured(cfg, sha256)
+    encoder.to(device)
     log(
         f"train images: {len(subset)} of {len(train.keys)}, val: {len(val.keys)}, "
         f"classes: {num_classes}; micro-batch {cfg.batch_size} x accum {accum_iter} x {world} "
@@ -172,89 +171,60 @@ def _probe(cfg: LinprobeConfig, info, device, log) -> dict | None:
     width = main_value(val_feats.shape[1] if info.is_main else 0, info)
     head = LinearProbeHead(width, num_classes).to(device)
     optimizer = LARS(head.parameters(), lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    n_parameters = sum(p.numel() for p in head.parameters())
-
-    history, start_epoch = [], 0
-    resume_path = _find_resume(cfg, out_dir)
-    if resume_path is not None:
-        state = load_torch_file(resume_path)
-        # Written before sampling was recorded: small subsets were then drawn as "partial".
-        state.setdefault("sampling", "whole" if sampling == "whole" else "partial")
-        keys = ("checkpoint_sha256", "subset_sha256", "sampling")
-        changed = [key for key in keys if state.get(key) != fingerprint[key]]
-        if changed:
-            raise InputError(
-                f"{resume_path} belongs to another encoder, training subset or --small_subset "
-                f"({', '.join(changed)} differ); use another --output_dir or pass "
-                "--no_auto_resume"
-            )
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        log(f"resumed from {resume_path} at epoch {start_epoch}")
-
-    writer = open_tensorboard(cfg.log_dir or out_dir / "tensorboard") if info.is_main else None
+    probe = ProbeState(cfg, out_dir, head, optimizer, settings, resumed, log, writes=info.is_main)
     lr_schedule = partial(
         lr_at, lr=lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs
     )
-    run_started = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        # One process's micro-batches (accum_iter x world of them per step): the ranks share them
-        batches = epoch_batches(
-            len(subset),
-            cfg.batch_size,
-            seed=cfg.seed,
-            epoch=epoch,
-            accum_iter=accum_iter * world,
-            small_subset=cfg.small_subset,
-        )
-        train_stats = train_head_one_epoch(
-            head,
-            source.epoch(batches, epoch),
-            [len(b) for b in batches],
-            optimizer,
-            epoch=epoch,
-            accum_iter=accum_iter * world,
-            lr_at=lr_schedule,
-            device=device,
-            log_every=cfg.log_every,
-            log=log,
-            epochs=cfg.epochs,
-        )
-        if not info.is_main:  # the same head on every rank: rank 0 evaluates and writes
-            continue
-        test_stats = evaluate(head, val_feats, val_labels, device)
-        stats = {
-            **{f"train_{k}": v for k, v in train_stats.items()},
-            **{f"test_{k}": v for k, v in test_stats.items()},
-            "epoch": epoch,
-            "n_parameters": n_parameters,
-        }
-        history.append(stats)
-        per_epoch = (time.perf_counter() - run_started) / (epoch + 1 - start_epoch)
-        log(
-            f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val top-1 "
-            f"{test_stats['acc1']:.2f} top-5 {test_stats['acc5']:.2f}, "
-            f"{train_stats['img_per_s']:.1f} img/s, {duration(per_epoch)} per epoch, "
-            f"ETA {duration(per_epoch * (cfg.epochs - epoch - 1))}"
-        )
-        checkpoint = {
-            "head": head.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "config": asdict(cfg),
-            "history": history,
-            **fingerprint,
-        }
-        _save_torch(checkpoint, out_dir / "checkpoint-last.pth")
-        if epoch == cfg.epochs - 1:
-            _save_torch(checkpoint, out_dir / f"checkpoint-{epoch}.pth")
-        with open(out_dir / "log.txt", "a", encoding="utf-8") as f:
-            f.write(json.dumps(stats) + "\n")
-        if writer is not None:
-            for key in ("test_acc1", "test_acc5", "test_loss", "train_loss", "train_lr"):
-                writer.add_scalar(key.replace("_", "/", 1), stats[key], epoch)
-            writer.flush()
+    # With cached features rank 0 alone trains (the others left above); else every rank runs the
+    # same head steps and they agree on a stop after each optimizer step.
+    alone = not info.distributed or cfg.cached_features
+    run_started, first_epoch = time.perf_counter(), probe.start_epoch
+    with stop_requests():  # SIGTERM / SIGUSR1: save after the current optimizer step, leave
+        for epoch in range(probe.start_epoch, cfg.epochs):
+            # One process's micro-batches (accum_iter x world of them per step): the ranks
+            # share them
+            batches = epoch_batches(
+                len(subset),
+                cfg.batch_size,
+                seed=cfg.seed,
+                epoch=epoch,
+                accum_iter=accum_iter * world,
+                small_subset=cfg.small_subset,
+            )
+            start, sums = probe.take_start()
+            train_stats = train_head_one_epoch(
+                head,
+                source.epoch(batches, epoch, start=start),
+                [len(b) for b in batches],
+                optimizer,
+                epoch=epoch,
+                accum_iter=accum_iter * world,
+                lr_at=lr_schedule,
+                device=device,
+                log_every=cfg.log_every,
+                log=log,
+                epochs=cfg.epochs,
+                start=start,
+                sums=sums,
+                should_stop=(lambda: stop_requested() is not None)
+                if alone
+                else (lambda: stop_agreed(info)),
+            )
+            if train_stats["stopped_at"] is not None:
+                raise preempted(probe.save_partial(epoch, train_stats))
+            test_stats = evaluate(head, val_feats, val_labels, device) if info.is_main else {}
+            probe.end_epoch(epoch, train_stats, test_stats)
+            if info.is_main:
+                per_epoch = (time.perf_counter() - run_started) / (epoch + 1 - first_epoch)
+                log(
+                    f"epoch {epoch}: {train_stats['img_per_s']:.1f} img/s, "
+                    f"{duration(per_epoch)} per epoch, "
+                    f"ETA {duration(per_epoch * (cfg.epochs - epoch - 1))}"
+                )
+            more = epoch + 1 < cfg.epochs
+            if more and (stop_requested() is not None if alone else stop_agreed(info)):
+                raise preempted(f"{out_dir / 'checkpoint-last.pth'} (epoch {epoch} done)")
+    history = probe.history
 
     if not info.is_main:
         return None
@@ -273,11 +243,11 @@ def _probe(cfg: LinprobeConfig, info, device, log) -> dict | None:
         "num_classes": num_classes,
         "fewshot": {
             "subset_file": cfg.subset_file,
-            "subset_file_sha256": fingerprint["subset_file_sha256"],
+            "subset_file_sha256": digests["subset_file_sha256"],
             "shots": cfg.shots,
             "percent": cfg.percent,
             "seed": cfg.seed,
-            "subset_sha256": fingerprint["subset_sha256"],
+            "subset_sha256": digests["subset_sha256"],
         },
         "protocol_details": {
             "head": "BatchNorm1d(affine=False, eps=1e-6) + Linear (trunc-normal std 0.01)",
@@ -304,6 +274,7 @@ def _probe(cfg: LinprobeConfig, info, device, log) -> dict | None:
         "elapsed_s": time.perf_counter() - started,
         "device": str(device),
         "config": asdict(cfg),
+        "changes": probe.changes,  # settings resumes were told to accept (when, old, new)
         "software": software_versions(python=True),
     }
     write_json_atomic(out_dir / "linprobe.json", result)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass
@@ -41,5 +42,15 @@ class LinprobeConfig:
     log_dir: str | None = None  # TensorBoard; None: output_dir/tensorboard (MAE's --log_dir)
     resume: str | None = None
     auto_resume: bool = True
+    overwrite: bool = False  # with auto_resume off: delete output_dir's previous checkpoints
+    accept_changed: tuple[str, ...] = ()  # settings a resume may change (recorded)
     log_every: int = 50
     trust_checkpoint: bool = False  # the checkpoint may be unpickled in full
+
+    # What defines a probe (attgmae.engine.resume), with what run_linprobe resolves: epochs
+    # (which may change), accumulation, lr, precision, the encoder's and subset's digests.
+    DEFINES_RUN: ClassVar[tuple[str, ...]] = (
+        "model", "num_heads", "force_model", "checkpoint_key", "pool", "warmup_epochs",
+        "batch_size", "blr", "min_lr", "weight_decay", "momentum", "small_subset", "seed",
+        "cached_features", "input_size",
+    )  # fmt: skip (the subset: its digest, however it was chosen)

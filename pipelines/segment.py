@@ -31,6 +31,7 @@ from attgmae.data.dense_datasets import SegmentationDataset, SegmentationSplit, 
 from attgmae.data.dense_recipes import RECIPE_SOURCES, DenseRecipe
 from attgmae.data.dense_transforms import SegmentationTransform
 from attgmae.engine import SupervisedRun, distributed_session
+from attgmae.engine.resume import config_settings
 from attgmae.eval.dense_eval import (
     evaluate_segmentation,
     segmentation_loss,
@@ -43,6 +44,7 @@ from attgmae.eval.dense_setup import (
     dense_batch,
     dense_param_groups,
     load_dense_model,
+    recipe_settings,
     resolve_recipe,
     run_config,
     run_record,
@@ -158,8 +160,6 @@ def run_segment(cfg: SegmentConfig, log=print) -> dict:
             f"{len(data.val)}, input {recipe.input_size}; effective batch {eff} = {batch} x "
             f"{accum} accum x {info.world_size} proc; lr {recipe.lr:.3g}, {recipe.epochs} epochs"
         )
-        if info.is_main:
-            write_json_atomic(out_dir / "config.json", {**asdict(cfg), "resolved": details})
         inference = {
             "inference": recipe.inference,
             "window": recipe.input_size,
@@ -176,13 +176,9 @@ def run_segment(cfg: SegmentConfig, log=print) -> dict:
 
         args = argparse.Namespace(**{**asdict(cfg), **details})
         args.finetune, args.model, args.nb_classes = cfg.checkpoint, encoder.model_name, num_classes
-        fingerprint = {
-            "checkpoint_sha256": sha256,
-            "dataset": cfg.dataset,
-            "num_classes": num_classes,
-            "input_size": recipe.input_size,
-            "head": [cfg.head_dim, cfg.head_preds_per_patch, cfg.head_depth],
-        }
+        fingerprint = config_settings(  # what defines the run, with the engine's schedule
+            cfg, checkpoint_sha256=sha256, num_classes=num_classes, **recipe_settings(recipe)
+        )
         run = SupervisedRun(
             run_config(cfg, recipe, batch, accum, out_dir),
             model,
@@ -196,6 +192,9 @@ def run_segment(cfg: SegmentConfig, log=print) -> dict:
             device=device,
             log=say,
         )
+        if info.is_main:  # after the resume's checks: its accepted changes are in the history
+            config = {**asdict(cfg), "resolved": details, "history": run.history}
+            write_json_atomic(out_dir / "config.json", config)
         fit = run.fit()
         if fit["stopped"]:
             return {"protocol": "segment", "stopped": True, "history": fit["history"]}

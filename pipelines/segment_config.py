@@ -8,6 +8,7 @@ Table 6 for epochs, batch, lr and warmup; MultiMAE's configs for the rest), so t
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 from attgmae.core.errors import InputError
 from attgmae.core.run_flags import RunFlags
@@ -50,6 +51,12 @@ class SegmentConfig(RunFlags):
     slide_stride: int | None = None  # slide: window step (default 2/3 of input_size)
     eval_every: int | None = None  # recipe: 1 ADE20k / folder, 20 NYUv2
     num_vis: int = 4  # validation images in segment_samples.png
+
+    # What defines a segmentation run besides the engine's schedule, the resolved recipe
+    # (``dense_setup.recipe_settings``) and the pretrained weights (attgmae.engine.resume).
+    DEFINES_RUN: ClassVar[tuple[str, ...]] = RunFlags.DEFINES_RUN + (
+        "dataset", "reduce_zero_label", "head_dim", "head_preds_per_patch", "head_depth",
+    )  # fmt: skip
 
 
 def validate(cfg: SegmentConfig) -> None:

@@ -8,6 +8,7 @@ overrides its field.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from attgmae.core.errors import InputError
 from attgmae.core.run_flags import RunFlags
@@ -49,6 +50,12 @@ class TaskonomyConfig(RunFlags):
     max_test_images: int | None = None  # None: every test image (MultiMAE: all 54,514)
     eval_every: int | None = None  # recipe: 5
     num_vis: int = 4  # test images in each task's <task>_samples.png
+
+    # What defines a task's run besides the engine's schedule, the resolved recipe
+    # (``dense_setup.recipe_settings``), the task and the pretrained weights.
+    DEFINES_RUN: ClassVar[tuple[str, ...]] = RunFlags.DEFINES_RUN + (
+        "dpt_feature_dim", "dpt_layer_dims", "block_indices",
+    )  # fmt: skip
 
 
 def validate(cfg: TaskonomyConfig) -> None:

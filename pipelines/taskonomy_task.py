@@ -36,6 +36,7 @@ from attgmae.core.identity import image_identities
 from attgmae.data.dense_recipes import RECIPE_SOURCES, DenseRecipe
 from attgmae.data.dense_taskonomy import TASKONOMY_TASKS, TaskonomyDataset
 from attgmae.engine import SupervisedRun
+from attgmae.engine.resume import config_settings
 from attgmae.eval.dense_eval import (
     evaluate_regression,
     regression_loss,
@@ -47,6 +48,7 @@ from attgmae.eval.dense_setup import (
     BestWeights,
     dense_param_groups,
     load_dense_model,
+    recipe_settings,
     run_config,
     run_record,
 )
@@ -166,15 +168,17 @@ def run_task(
     started = time.perf_counter()
     details = _details(cfg, task, folder, recipe, batching, info.world_size)
     sets = _datasets(cfg, folder, recipe)
-    fingerprint = {
+    inputs = {
         "checkpoint_sha256": sha256,
         "task": folder,
         "input_size": recipe.input_size,
         "head": [cfg.dpt_feature_dim, list(cfg.dpt_layer_dims), cfg.block_indices],
         **defining_inputs(cfg, sets, device),
     }
-    key = {**fingerprint, "recipe": asdict(recipe), "max_test_images": cfg.max_test_images}
-    done = _finished(out_dir, key, say)
+    reuse_key = {**inputs, "recipe": asdict(recipe), "max_test_images": cfg.max_test_images}
+    # what defines the run, with the engine's schedule (attgmae.engine.resume)
+    fingerprint = config_settings(cfg, **{**inputs, **recipe_settings(recipe)})
+    done = _finished(out_dir, reuse_key, say)
     if done is not None:
         say(f"{task}: finished already ({out_dir / RESULT_NAME}), test L1 {done['test_l1']:.4f}")
         return done
@@ -192,8 +196,6 @@ def run_task(
         f"{task}: train images {len(sets['train'])}, val {len(sets['val'])}, test "
         f"{len(sets['test'])}; valid mask from {sets['train'].mask_task or 'nothing (all valid)'}"
     )
-    if info.is_main:
-        write_json_atomic(out_dir / "config.json", {**asdict(cfg), "resolved": details})
     best = BestWeights(out_dir, "l1", lower_is_better=True, is_main=info.is_main)
 
     def evaluate(net) -> dict:
@@ -216,6 +218,9 @@ def run_task(
         device=device,
         log=say,
     )
+    if info.is_main:  # after the resume's checks: its accepted changes are in the history
+        config = {**asdict(cfg), "resolved": details, "history": run.history}
+        write_json_atomic(out_dir / "config.json", config)
     best.read_log(out_dir / "log.txt", run.start_epoch)
     fit = run.fit()
     if fit["stopped"]:
@@ -238,7 +243,7 @@ def run_task(
         **run_record(cfg, fit, sha256, encoder),
         "elapsed_s": time.perf_counter() - started,
         "device": str(device),
-        "reuse_key": key,
+        "reuse_key": reuse_key,
     }
     if info.is_main:
         indices = spread_indices(len(sets["test"]), cfg.num_vis)

@@ -4,7 +4,10 @@ Data flows: ``<data_path>/train`` images joined by key with the map store (once,
 process) -> workers decode + crop + flip each image and draw its mask noise -> on the device,
 the batch's maps are cut with their images' crop boxes and turned into per-patch loss weights
 -> MAE forward/backward -> AdamW with the per-iteration lr (and tau) schedule. Checkpoints and
-``log.txt`` follow official MAE so its fine-tuning code and tooling keep working.
+``log.txt`` follow official MAE so its fine-tuning code and tooling keep working. Resuming
+follows ``attgmae.engine.resume`` (from ``--output_dir`` by default; a checkpoint of other
+settings is refused); SIGTERM / SIGUSR1 save ``checkpoint-last.pth`` at the next optimizer step
+and leave with exit code 75 (``attgmae.core.signals``).
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ import numpy as np
 import torch
 
 from attgmae.checkpoint import (
-    load_checkpoint,
-    load_latest_checkpoint,
     prune_checkpoints,
     restore_training,
     save_checkpoint,
@@ -39,9 +40,11 @@ from attgmae.core.distributed import (
 from attgmae.core.errors import AttgError
 from attgmae.core.files import write_json_atomic
 from attgmae.core.progress import loop_pace
-from attgmae.core.tensorboard import open_tensorboard
+from attgmae.core.signals import preempted, stop_agreed, stop_requests
+from attgmae.core.tensorboard import epoch_1000x, open_tensorboard
 from attgmae.data.transforms import crop_resize_maps, normalize_images
 from attgmae.engine.history import EpochLog
+from attgmae.engine.resume import check_settings, find_checkpoint
 from attgmae.eval.monitor import knn_top1
 from attgmae.guidance import loss_weights
 from attgmae.models import create_mae
@@ -49,13 +52,20 @@ from attgmae.optim import lr_at, make_adamw, set_lr
 from attgmae.pipelines.train_config import (
     TrainConfig,
     check_model_fit,
-    divergence_advice,
+    diverged_message,
     resolve_amp,
+    run_settings,
+    schedule_note,
     tau_schedule,
     validate,
 )
-from attgmae.pipelines.train_data import build_train_data
-from attgmae.pipelines.train_launch import launch_info, locked_output
+from attgmae.pipelines.train_data import build_train_data, gather_on_main, record_bad_images
+from attgmae.pipelines.train_launch import (
+    finished_message,
+    launch_info,
+    locked_output,
+    out_of_memory_message,
+)
 from attgmae.pipelines.train_vis import write_reconstruction_png
 
 
@@ -96,6 +106,8 @@ class PretrainRun:
         check_model_fit(cfg, self.model_without_ddp.patch_size)
         num_patches = self.model_without_ddp.patch_embed.num_patches
         self.data = build_train_data(cfg, info, device, num_patches, self.log)
+        self.settings = run_settings(cfg, self.data, self.amp, self.tau_schedule)
+        self.history: list[dict] = []  # the changes resumes accepted (config.json, checkpoints)
         self._build_model()
         self._resume()
         self.log_writer = self._tensorboard()
@@ -120,33 +132,35 @@ class PretrainRun:
             fused=self.device.type == "cuda",
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-        self.start_epoch = cfg.start_epoch
-        self.start_step = 0
-        self.global_step = 0
+        self.start_epoch, self.start_step, self.global_step = cfg.start_epoch, 0, 0
         self.resumed_sums = _zero_sums()
         n_params = sum(p.numel() for p in self.model_without_ddp.parameters())
         data = self.data
+        weighting = "" if self.vanilla else f"{self.tau_schedule.describe()}, gamma {cfg.gamma}; "
         self.log(
             f"model {cfg.model} ({n_params / 1e6:.1f}M params), guidance {cfg.guidance}, "
-            f"{self.tau_schedule.describe()}, "
-            f"gamma {cfg.gamma}; effective batch {data.eff_batch_size} = {cfg.batch_size} x "
+            f"{weighting}effective batch {data.eff_batch_size} = {cfg.batch_size} x "
             f"{data.accum_iter} accum x {self.info.world_size} proc; lr {data.base_lr:.3g} "
             f"(blr {data.base_lr * 256 / data.eff_batch_size:.3g}); amp {self.amp}; "
             f"{data.iters_per_epoch} iterations/epoch"
         )
 
+    @property
+    def vanilla(self) -> bool:
+        return self.cfg.guidance == "none"  # no weights: no tau to speak of
+
     def _resume(self) -> None:
         cfg = self.cfg
-        if cfg.resume:
-            path, ckpt = cfg.resume, load_checkpoint(cfg.resume, cfg.trust_checkpoint)
-        elif cfg.auto_resume and self.out_dir is not None:
-            # checkpoint-last.pth, or with a warning the newest readable checkpoint-N.pth
-            found = load_latest_checkpoint(self.out_dir, cfg.trust_checkpoint, warn=self.log)
-            if found is None:
-                return
-            path, ckpt = found
-        else:
+        found = find_checkpoint(
+            self.out_dir, resume=cfg.resume or None, auto_resume=cfg.auto_resume,
+            overwrite=cfg.overwrite, trusted=cfg.trust_checkpoint, is_main=self.info.is_main,
+            log=self.log,
+        )  # fmt: skip
+        if found is None:
             return
+        path, ckpt = found
+        note = schedule_note(cfg, self.tau_schedule)
+        self.history = check_settings(path, ckpt, self.settings, cfg.accept_changed, self.log, note)
         model, optimizer = self.model_without_ddp, self.optimizer
         point = restore_training(ckpt, path, cfg.model, model, optimizer, self.scaler, self.device)
         self.start_epoch = point.epoch if point.epoch is not None else self.start_epoch
@@ -196,7 +210,7 @@ class PretrainRun:
             lr=lr,
             tau=tau,
             device=self.device,
-            extra={"sums": dict(sums)} if sums else None,
+            extra={"sums": dict(sums or {}), "settings": self.settings, "history": self.history},
         )
 
     def save(self, ckpt: dict, numbered_epoch: int | None) -> None:
@@ -239,6 +253,8 @@ class PretrainRun:
         window = RunningMean(self.device, self.info)  # losses since the last read
         window_first = start_step
         last_save = time.monotonic()
+        stopping = False  # a stop signal agreed by every rank: leave at the next optimizer step
+        iters = self.data.iters_per_epoch
         for it, batch in enumerate(self.data.loader, start=start_step):
             if it % self.data.accum_iter == 0 or it == start_step:
                 # The schedule point of this accumulation group's first iteration: a run resumed
@@ -276,10 +292,13 @@ class PretrainRun:
             sums["tau"] += tau
             sums["iterations"] += 1
             self.iters_run += 1
+            # Ranks agree where the host waits anyway: at metric lines (every iteration alone).
+            if not stopping and (not self.info.distributed or (it + 1) % cfg.print_freq == 0):
+                stopping = stop_agreed(self.info)
             save_due = (
                 update
-                and it + 1 < self.data.iters_per_epoch
-                and self._mid_epoch_save_due(it, last_save)
+                and it + 1 < iters
+                and (stopping or self._mid_epoch_save_due(it, last_save))
             )
             last_of_epoch = it + 1 == self.data.iters_per_epoch
             if (it + 1) % cfg.print_freq == 0 or last_of_epoch or save_due:
@@ -287,38 +306,45 @@ class PretrainRun:
                 # any save: a non-finite one stops every rank, the last good checkpoint stays.
                 window_sum, window_iters = window.read()
                 if not math.isfinite(window_sum):
-                    raise TrainError(
-                        self._diverged_message(window_sum, epoch, window_first, it, lr, tau)
-                    )
+                    kept = self.last_good_checkpoint or "none written yet"
+                    where = (window_first, it, lr, tau)
+                    raise TrainError(diverged_message(cfg, window_sum, epoch, *where, kept))
                 window_first = it + 1
                 sums["loss"] += window_sum
                 seconds = time.perf_counter() - window_t0
                 img_per_s = window_iters * cfg.batch_size * self.info.world_size / seconds
-                iters = self.data.iters_per_epoch
                 timing = loop_pace(epoch_t0, start_step, it, iters, epoch, cfg.epochs, self.device)
+                tau_text = "" if self.vanilla else f" tau {tau:.3f}"
                 self.log(
-                    f"Epoch [{epoch}] [{it + 1}/{iters}] loss "
-                    f"{window_sum / window_iters:.4f} lr {lr:.3e} tau {tau:.3f} "
-                    f"img/s {img_per_s:.1f} {timing}"
+                    f"Epoch [{epoch}] [{it + 1}/{iters}] loss {window_sum / window_iters:.4f} "
+                    f"lr {lr:.3e}{tau_text} img/s {img_per_s:.1f} {timing}"
                 )
                 if self.log_writer is not None:
-                    x = int((epoch + it / self.data.iters_per_epoch) * 1000)  # epoch_1000x, MAE
+                    x = epoch_1000x(epoch + it / iters)  # as MAE
                     self.log_writer.add_scalar("train_loss", window_sum / window_iters, x)
                     self.log_writer.add_scalar("lr", lr, x)
-                    self.log_writer.add_scalar("tau", tau, x)
+                    if not self.vanilla:
+                        self.log_writer.add_scalar("tau", tau, x)
                 window_t0 = time.perf_counter()
             if save_due:
                 # the undecodable images so far go into the checkpoint, held by rank 0 alone
-                gathered = self._all_bad(bad_keys)
+                gathered = gather_on_main(bad_keys, self.info)
                 sums["bad_keys"] = sums["bad_keys"] + gathered
                 bad_keys = []
                 self.save(self.checkpoint(epoch, it + 1, lr, tau, sums), None)
                 last_save = time.monotonic()
+                if stopping:
+                    barrier(self.info)  # rank 0 has written it
+                    where = f"epoch {epoch}, iteration {it + 1} of {iters}"
+                    raise preempted(f"{self.out_dir / 'checkpoint-last.pth'} ({where})")
             if cfg.stop_after_iters and self.iters_run >= cfg.stop_after_iters:
                 raise _StopRequested
         seconds = time.perf_counter() - epoch_t0
         done = self.data.iters_per_epoch - start_step
-        bad_keys = self._gather_bad(sums["bad_keys"] + self._all_bad(bad_keys))
+        bad_keys = sums["bad_keys"] + gather_on_main(bad_keys, self.info)
+        if bad_keys and self._writes_outputs():
+            self.bad_images.extend(bad_keys)
+            record_bad_images(self.out_dir, bad_keys, self.log)
         count = max(sums["iterations"], 1)
         return {  # loss and lr averaged over the epoch's iterations, as official MAE logs them
             "loss": sums["loss"] / count,
@@ -343,33 +369,6 @@ class PretrainRun:
             due = sum_across_ranks([float(due)], self.info)[0] > 0
         return due
 
-    def _all_bad(self, bad_keys: list[str]) -> list[str]:
-        """Every rank's undecodable images, on rank 0 (the other ranks get [])."""
-        if self.info.distributed:
-            gathered = [None] * self.info.world_size
-            torch.distributed.all_gather_object(gathered, bad_keys)
-            bad_keys = [k for part in gathered for k in part]
-        return bad_keys if self.info.is_main else []
-
-    def _gather_bad(self, bad_keys: list[str]) -> list[str]:
-        """Record the epoch's undecodable images (rank 0: all ranks' ones) in bad_images.txt."""
-        if bad_keys and self.info.is_main and self.out_dir is not None:
-            self.bad_images.extend(bad_keys)
-            with open(self.out_dir / "bad_images.txt", "a", encoding="utf-8") as f:
-                f.writelines(k + "\n" for k in bad_keys)
-            self.log(f"skipped {len(bad_keys)} undecodable images (listed in bad_images.txt)")
-        return bad_keys
-
-    def _diverged_message(self, loss_value, epoch: int, first: int, last: int, lr: float,
-                          tau: float) -> str:  # fmt: skip
-        kept = self.last_good_checkpoint or "none written yet"
-        where = f"iteration {last}" if first == last else f"iterations {first}-{last}"
-        return (
-            f"loss is {loss_value} at epoch {epoch}, {where} (lr {lr:.3g}): stopping. "
-            f"The last good checkpoint is kept: {kept}. {divergence_advice(self.cfg, tau)} "
-            f"--resume from that checkpoint to continue."
-        )
-
     def _writes_outputs(self) -> bool:
         return self.info.is_main and self.out_dir is not None
 
@@ -378,44 +377,57 @@ class PretrainRun:
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict:
-        cfg = self.cfg
         if self.info.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.out_dir / "config.json", vars(self.resolved_args()))
+            config = {**vars(self.resolved_args()), "history": self.history}
+            write_json_atomic(self.out_dir / "config.json", config)
         result = {"epochs_done": 0, "stopped": False, "log": []}
         # log.txt keeps one line per epoch: lines of epochs this run redoes are dropped
         history = EpochLog(self.out_dir, self.start_epoch) if self._writes_outputs() else None
         t0 = time.time()
         try:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                stats = self.train_one_epoch(epoch)
-                keep = epoch % cfg.save_every == 0 or epoch + 1 == cfg.epochs
-                numbered = epoch if keep else None
-                last_lr, last_tau = stats.pop("last_lr"), stats.pop("last_tau")
-                self.save(self.checkpoint(epoch + 1, 0, last_lr, last_tau), numbered)
-                log_stats = {f"train_{k}": v for k, v in stats.items()}
-                log_stats["epoch"] = epoch
-                if history is not None:
-                    if self._due(cfg.vis_every, epoch):
-                        log_stats["vis"] = str(write_reconstruction_png(self, epoch))
-                    if self._due(cfg.knn_every, epoch):
-                        top1 = knn_top1(self.model_without_ddp, cfg.knn_data, self.device)
-                        log_stats["knn_top1"] = float(top1)
-                        if self.log_writer is not None:
-                            self.log_writer.add_scalar("knn_top1", log_stats["knn_top1"], epoch)
-                    history.append(log_stats)
-                    if self.log_writer is not None:
-                        self.log_writer.flush()
-                barrier(self.info)
-                result["log"].append(log_stats)
-                result["epochs_done"] += 1
+            with stop_requests():  # SIGTERM / SIGUSR1: save at the next step and leave
+                self._epochs(history, result)
         except _StopRequested:
             result["stopped"] = True
             self.log(f"stopped after {self.iters_run} iterations (--stop_after_iters)")
+        finally:
+            if self.log_writer is not None:
+                self.log_writer.close()
         self.log(f"training time {time.time() - t0:.1f} s")
-        if self.log_writer is not None:
-            self.log_writer.close()
+        if not result["stopped"] and self.out_dir is not None:
+            self.log(finished_message(self.cfg, self.out_dir))
         return result
+
+    def _epochs(self, history: EpochLog | None, result: dict) -> None:
+        cfg = self.cfg
+        for epoch in range(self.start_epoch, cfg.epochs):
+            stats = self.train_one_epoch(epoch)
+            last_lr, last_tau = stats.pop("last_lr"), stats.pop("last_tau")
+            log_stats = {f"train_{k}": v for k, v in stats.items()}
+            log_stats["epoch"] = epoch
+            if history is not None:
+                if self._due(cfg.vis_every, epoch):
+                    log_stats["vis"] = str(write_reconstruction_png(self, epoch))
+                if self._due(cfg.knn_every, epoch):
+                    top1 = knn_top1(self.model_without_ddp, cfg.knn_data, self.device)
+                    log_stats["knn_top1"] = float(top1)
+                    if self.log_writer is not None:  # after the epoch: its end on the x axis
+                        x = epoch_1000x(epoch + 1)
+                        self.log_writer.add_scalar("knn_top1", log_stats["knn_top1"], x)
+                # the log line before the checkpoint: a run killed in between redoes the end of
+                # the epoch and replaces the line (after the checkpoint, it would be lost)
+                history.append(log_stats)
+                if self.log_writer is not None:
+                    self.log_writer.flush()
+            keep = epoch % cfg.save_every == 0 or epoch + 1 == cfg.epochs
+            self.save(self.checkpoint(epoch + 1, 0, last_lr, last_tau), epoch if keep else None)
+            barrier(self.info)
+            result["log"].append(log_stats)
+            result["epochs_done"] += 1
+            # a signal during the epoch's last iterations, the k-NN monitor or the figure
+            if epoch + 1 < cfg.epochs and stop_agreed(self.info):
+                raise preempted(f"{self.out_dir / 'checkpoint-last.pth'} (epoch {epoch} done)")
 
 
 def run_pretrain(cfg: TrainConfig) -> dict:
@@ -431,14 +443,6 @@ def run_pretrain(cfg: TrainConfig) -> dict:
         with locked_output(cfg, info):
             return PretrainRun(cfg, info, device).fit()
     except torch.OutOfMemoryError:
-        half = max(cfg.batch_size // 2, 1)
-        if cfg.accum_iter is None:  # the automatic --accum_iter grows to keep the batch of 512
-            fix = f"--batch_size {half} (--accum_iter then doubles by itself)"
-        else:
-            fix = f"--batch_size {half} --accum_iter {cfg.accum_iter * 2}"
-        raise TrainError(
-            f"out of memory with --batch_size {cfg.batch_size} on {device}: keep the effective "
-            f"batch and use less memory, e.g. {fix}"
-        ) from None
+        raise TrainError(out_of_memory_message(cfg, device)) from None
     finally:
         cleanup(info)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from attgmae.core.constants import DEFAULT_TIMEOUT_MIN, TAU_CONSTANT, TAU_END, TAU_START
 from attgmae.core.errors import InputError
@@ -55,7 +55,9 @@ class TrainConfig:
     aug: str = "rrc"
     resume: str = ""
     trust_checkpoint: bool = False  # --resume may be unpickled in full
-    auto_resume: bool = False
+    auto_resume: bool = True  # continue from output_dir's checkpoints (attgmae.engine.resume)
+    overwrite: bool = False  # with auto_resume off: delete output_dir's previous checkpoints
+    accept_changed: tuple[str, ...] = ()  # settings a resume may change (recorded in history)
     start_epoch: int = 0
     num_workers: int = 10
     pin_mem: bool = True
@@ -78,6 +80,17 @@ class TrainConfig:
     knn_every: int = 0
     knn_data: str | None = None
     skip_bad_images: bool = False
+
+    # The flags that define a run (everything that changes its result): a resume with other
+    # values is refused (attgmae.engine.resume). ``run_settings`` adds what is resolved from
+    # them and the inputs (epochs, which may change, accumulation, lr, tau, precision, the
+    # images and the maps); output paths, workers, logging, device and checkpoint cadence
+    # are not among them.
+    DEFINES_RUN: ClassVar[tuple[str, ...]] = (
+        "model", "input_size", "batch_size", "warmup_epochs", "blr", "min_lr", "weight_decay",
+        "mask_ratio", "norm_pix_loss", "guidance", "tau_schedule", "gamma", "missing_maps",
+        "changed_images", "aug", "seed",
+    )  # fmt: skip
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -173,6 +186,42 @@ def divergence_advice(cfg: TrainConfig, tau: float) -> str:
                 "(the paper uses 0.5-1.0) or lower --gamma."
             )
     return "Lower --blr, prefer --amp bf16 over fp16, or check the inputs."
+
+
+def run_settings(cfg: TrainConfig, data, amp: str, schedule: TauSchedule) -> dict:
+    """The settings that define this run, as its checkpoints record them: ``DEFINES_RUN`` and
+    the values resolved from them (``data``: the run's TrainData)."""
+    from attgmae.engine.resume import config_settings  # (checkpoint reading: torch)
+
+    return config_settings(
+        cfg,
+        epochs=cfg.epochs,
+        accum_iter=data.accum_iter,
+        eff_batch_size=data.eff_batch_size,
+        lr=data.base_lr,
+        tau=schedule.start,
+        tau_end=schedule.end,
+        amp=amp,
+        images=data.identity["images"],
+        maps=data.identity["maps"],
+    )
+
+
+def schedule_note(cfg: TrainConfig, schedule: TauSchedule) -> str:
+    """What the schedules become at ``cfg.epochs`` (said when a resume changes --epochs)."""
+    tau = "" if schedule.end is None or cfg.guidance == "none" else " and the tau cosine"
+    return f"the lr cosine{tau} now end{'' if tau else 's'} at epoch {cfg.epochs}"
+
+
+def diverged_message(cfg: TrainConfig, loss_value, epoch: int, first: int, last: int, lr: float,
+                     tau: float, kept) -> str:  # fmt: skip
+    """A non-finite loss in iterations ``first``-``last``: where, what is kept, what to change."""
+    where = f"iteration {last}" if first == last else f"iterations {first}-{last}"
+    return (
+        f"loss is {loss_value} at epoch {epoch}, {where} (lr {lr:.3g}): stopping. "
+        f"The last good checkpoint is kept: {kept}. {divergence_advice(cfg, tau)} "
+        f"--resume from that checkpoint to continue."
+    )
 
 
 def tau_schedule(cfg: TrainConfig) -> TauSchedule:

@@ -175,7 +175,8 @@ def test_a_finished_run_is_reused_only_for_the_same_checkpoint_entry_and_files(
     # another entry of the checkpoint: not the finished result, and not its checkpoints either
     assert main([*run, "--checkpoint_key", "model"]) == 2
     out, err = capsys.readouterr()
-    assert "made with other encoder: running again" in out and "different encoder" in err
+    assert "made with other encoder: running again" in out
+    assert "belongs to another run" in err and "encoder" in err
     # an image replaced under its name (another size and mtime)
     test_rgb = sorted(TaskonomyDataset(data, "test", ["depth"], SIZE).files())[0][2]
     shutil.copyfile(sorted(test_rgb.parent.iterdir())[-1], test_rgb)

@@ -128,9 +128,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, capsy
     assert run([*base, "--epochs", 1])[0] == 0
     last = out / "checkpoint-last.pth"
     digest = hashlib.sha256(last.read_bytes()).hexdigest()
-    # tau 1e-3 makes exp(M / tau) overflow on the object patches: the loss becomes inf
+    # tau 1e-3 makes exp(M / tau) overflow on the object patches: the loss becomes inf (the
+    # resume must be told that the temperature changes)
     code, err = run([*base, "--epochs", 3, "--auto_resume", "--tau", "0.001",
-                     "--tau_schedule", "constant"], capsys)
+                     "--tau_schedule", "constant", "--accept_changed", "tau,tau_schedule"],
+                    capsys)
     assert code == 1
     assert "loss is" in err and "last good checkpoint" in err and str(last) in err
     assert hashlib.sha256(last.read_bytes()).hexdigest() == digest
@@ -195,7 +197,8 @@ def test_resume_inside_an_accumulation_group_keeps_the_schedules(data, tmp_path,
     code, _ = run([*base, "--batch_size", 4, "--ckpt_every_steps", 2, "--stop_after_iters", 3])
     assert code == 0
     assert load_checkpoint(out / "checkpoint-last.pth")["resume"]["samples_seen"] == 8
-    code, err = run([*base, "--batch_size", 8, "--auto_resume"], capsys)
+    code, err = run([*base, "--batch_size", 8, "--auto_resume", "--accept_changed",
+                     "batch_size"], capsys)
     assert code == 0, err
     log = read_log(out)
     assert [e["epoch"] for e in log] == [0, 1] and all(np.isfinite(e["train_loss"]) for e in log)

@@ -2,13 +2,16 @@
 
 Every command maps an ``AttgError`` to ``error: <message>`` on stderr and ``exit_code`` in one
 place (``attgmae.cli._args.run_main``). Exit codes: 2 bad input (flags, files, data: fix and
-rerun), 1 a run that failed (a diverged loss, out of memory).
+rerun), 1 a run that failed (a diverged loss, out of memory), 75 a run that saved its state and
+left when asked to by SIGTERM / SIGUSR1 (``attgmae.core.signals``: rerun the same command to
+continue; 75 is BSD's EX_TEMPFAIL, "try again later", which requeue scripts can test).
 """
 
 from __future__ import annotations
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM / SIGUSR1 after saving; rerun to continue
 
 
 class AttgError(Exception):

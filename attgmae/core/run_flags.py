@@ -9,6 +9,7 @@ them on to a run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass(kw_only=True)
@@ -33,7 +34,14 @@ class RunFlags:
     log_dir: str | None = None  # TensorBoard; None: output_dir/tensorboard (MAE's --log_dir)
     resume: str | None = None
     auto_resume: bool = True
+    overwrite: bool = False  # a fresh start may delete OUTPUT_DIR's previous checkpoints
+    accept_changed: tuple[str, ...] = ()  # settings a resume may change (recorded)
     save_every: int = 20
     ckpt_every_steps: int = 0
     print_freq: int = 20
     stop_after_iters: int = 0
+
+    # The fields above that define a run (attgmae.engine.resume): a resume with other values
+    # is refused. The run's schedule (epochs, lr, batch, ...) is the engine's (``engine_settings``).
+    # (seed, clip_grad and the precision actually used are among the engine's.)
+    DEFINES_RUN: ClassVar[tuple[str, ...]] = ("model", "num_heads", "force_model", "checkpoint_key")

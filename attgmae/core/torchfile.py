@@ -32,6 +32,17 @@ class CheckpointNotFound(CheckpointError, FileNotFoundError):
     """The file is not there."""
 
 
+class CheckpointUnreadable(CheckpointError):
+    """The file is damaged or not a checkpoint at all (cut short, a disk that filled, another
+    kind of file): what it held is lost, so a resuming run may fall back to an older one."""
+
+
+class CheckpointUntrusted(CheckpointError):
+    """The file is readable but holds Python objects beyond tensors, and unpickling those can run
+    code: refused unless the user says it is trusted. Nothing is wrong with the file, so a
+    resuming run must never skip it for an older one."""
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -40,8 +51,9 @@ def _first_line(err: BaseException) -> str:
 def load_torch_file(path, trusted: bool = False, what: str = "checkpoint"):
     """Read ``path`` (.safetensors or a torch pickle) on the CPU -> what it holds.
 
-    ``what`` names the file in errors ("checkpoint", "weights"). CheckpointError when it cannot
-    be read, or holds objects beyond tensors and ``trusted`` is false.
+    ``what`` names the file in errors ("checkpoint", "weights"). CheckpointNotFound when it is
+    not there, CheckpointUnreadable when it cannot be read, CheckpointUntrusted when it holds
+    objects beyond tensors and ``trusted`` is false (all three are CheckpointError).
     """
     path = Path(path)
     if not path.is_file():
@@ -52,20 +64,22 @@ def load_torch_file(path, trusted: bool = False, what: str = "checkpoint"):
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 (torch and safetensors raise many types)
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        # A pickle that names a class (``module.Name``) is whole but not tensors-only; bytes
+        # that merely decode as a GLOBAL opcode (a damaged or foreign file) name no such thing.
+        unsafe = re.search(r"Unsupported global: GLOBAL ([A-Za-z_]\w*(?:\.\w+)+)\b", str(err))
         if unsafe is None:
-            raise CheckpointError(
+            raise CheckpointUnreadable(
                 f"{path}: not a readable {what} file ({type(err).__name__}: {_first_line(err)})"
             ) from None
         if not trusted:
-            raise CheckpointError(
+            raise CheckpointUntrusted(
                 f"{path}: holds Python objects beyond tensors ({unsafe.group(1)}), and loading "
                 f"those can run code; if you trust where the file comes from, pass {TRUST_FLAG}"
             ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001
-        raise CheckpointError(
+        raise CheckpointUnreadable(
             f"{path}: not a readable {what} file ({type(err).__name__}: {_first_line(err)})"
         ) from None
 

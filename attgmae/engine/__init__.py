@@ -7,8 +7,11 @@
   (``scheduled_lr``) and when to evaluate (``evaluation_due``);
 - ``history``: ``log.txt``, one JSON line per epoch across resumes;
 - ``run``: ``SupervisedRun`` (DDP, bf16, accumulation, per-iteration lr with ``lr_scale``,
-  checkpoints, exact resume; ``resume`` picks the checkpoint); ``launch``:
-  ``distributed_session`` (torchrun / SLURM set-up).
+  checkpoints, exact resume, save-and-leave on SIGTERM / SIGUSR1); ``launch``:
+  ``distributed_session`` (torchrun / SLURM set-up);
+- ``resume``: the one resume rule of every command (attg-train and the linear probe too): which
+  checkpoint, never skipping one refused for trust, refusing one of other settings
+  (``check_settings``), no silent fresh start over a previous run.
 
 A library: no command-line parsing; errors are ``InputError`` (bad input) or ``RunFailed``.
 """

@@ -35,6 +35,8 @@ class RunConfig:
     log_dir: str | None = None  # TensorBoard events; None: output_dir/tensorboard
     resume: str | None = None  # a checkpoint to continue from
     auto_resume: bool = True  # continue from output_dir's newest readable checkpoint
+    overwrite: bool = False  # a fresh start may delete output_dir's previous checkpoints
+    accept_changed: tuple[str, ...] = ()  # settings a resume may change (recorded in history)
     trust_checkpoint: bool = False  # the resumed checkpoint may be unpickled in full
     stop_after_iters: int = 0  # leave (as a killed run would) after N iterations; for tests
 
@@ -42,13 +44,34 @@ class RunConfig:
 # The settings a command's config passes to the run unchanged (same names in both).
 PASSED_THROUGH = ("amp", "clip_grad", "seed", "num_workers", "pin_mem", "compile", "save_every",
                   "ckpt_every_steps", "print_freq", "log_dir", "resume", "auto_resume",
-                  "trust_checkpoint", "stop_after_iters")  # fmt: skip
+                  "overwrite", "accept_changed", "trust_checkpoint",
+                  "stop_after_iters")  # fmt: skip
 
 
 def run_config_from(cfg, **schedule) -> RunConfig:
     """A RunConfig from a command's config (``PASSED_THROUGH`` taken from it) and ``schedule``:
     the fields the command resolves itself (epochs, lr, batch, warmup, ...)."""
     return RunConfig(**{name: getattr(cfg, name) for name in PASSED_THROUGH}, **schedule)
+
+
+def engine_settings(cfg: RunConfig, world_size: int, amp: str) -> dict:
+    """What defines a run among the engine's settings (attgmae.engine.resume): the schedule, the
+    batch (per process, accumulated, effective over ``world_size`` processes), the optimizer's
+    betas, clipping, the seed and the precision actually used (``amp``)."""
+    return {
+        "epochs": cfg.epochs,
+        "lr": cfg.lr,
+        "warmup_epochs": cfg.warmup_epochs,
+        "min_lr": cfg.min_lr,
+        "warmup_lr": cfg.warmup_lr,
+        "batch_size": cfg.batch_size,
+        "accum_iter": cfg.accum_iter,
+        "eff_batch_size": cfg.batch_size * cfg.accum_iter * world_size,
+        "betas": list(cfg.betas),
+        "clip_grad": cfg.clip_grad,
+        "seed": cfg.seed,
+        "amp": amp,
+    }
 
 
 def validate_run(cfg: RunConfig) -> None:

@@ -11,13 +11,17 @@ The lr is set at the first micro-batch of every step from the fractional epoch
 group's ``lr_scale`` (layer decay).
 
 After every epoch: ``evaluate(model)`` -> metrics (every ``eval_every`` epochs and after the
-last; ``run.epoch`` says which epoch it follows), one JSON line in ``log.txt`` (``EpochLog``),
+last; ``run.epoch`` says which epoch it follows), one JSON line in ``log.txt`` (``EpochLog``)
+and TensorBoard (x axis: MAE's epoch_1000x, as every command's),
 ``checkpoint-last.pth`` (and ``checkpoint-N.pth`` every ``save_every`` epochs and after the
 last; also ``checkpoint-last.pth`` every ``ckpt_every_steps`` optimizer steps). Checkpoints are
 official MAE dicts plus ``resume`` (``attgmae.checkpoint``), written atomically by rank 0. A run
 killed anywhere continues from its newest readable checkpoint with the same samples, the same
 random draws and the same running loss sums: its weights and ``log.txt`` end as an uninterrupted
 run's. A partial accumulation group at the end of an epoch is dropped, as official MAE does.
+Which checkpoint is resumed, and the refusal of one made with other settings, follow
+``attgmae.engine.resume``. On SIGTERM / SIGUSR1 (``attgmae.core.signals``) every rank stops at
+the same optimizer step, saves ``checkpoint-last.pth`` there and raises ``Preempted`` (exit 75).
 """
 
 from __future__ import annotations
@@ -40,10 +44,17 @@ from attgmae.core.device import resolve_precision
 from attgmae.core.distributed import DistInfo, barrier, sum_across_ranks
 from attgmae.core.errors import AttgError, InputError
 from attgmae.core.progress import loop_pace
-from attgmae.core.tensorboard import open_tensorboard
-from attgmae.engine.config import RunConfig, evaluation_due, scheduled_lr, validate_run
+from attgmae.core.signals import ignore_stop_signals, preempted, stop_agreed, stop_requests
+from attgmae.core.tensorboard import epoch_1000x, open_tensorboard
+from attgmae.engine.config import (
+    RunConfig,
+    engine_settings,
+    evaluation_due,
+    scheduled_lr,
+    validate_run,
+)
 from attgmae.engine.history import EpochLog
-from attgmae.engine.resume import check_fingerprint, find_checkpoint
+from attgmae.engine.resume import check_settings, find_checkpoint, jsonable
 from attgmae.engine.seeding import (
     BATCH_STREAM,
     MODEL_STREAM,
@@ -97,9 +108,11 @@ class SupervisedRun:
 
     ``param_groups``: AdamW groups over the model's parameters (``lr_scale`` and
     ``weight_decay`` per group honoured). ``args``: stored as the checkpoints' ``args``
-    (official MAE's Namespace). ``fingerprint``: a JSON-able dict naming what the run is made of
-    (pretrained weights, data subset); a checkpoint with another fingerprint is refused on
-    resume.
+    (official MAE's Namespace). ``fingerprint``: a JSON-able dict of the command's settings that
+    define the run (its config's ``DEFINES_RUN``, the pretrained weights' and data subset's
+    digests); with the engine's own (``engine_settings``) they are ``settings``, recorded in
+    every checkpoint and compared on resume (``attgmae.engine.resume``). ``history``: the
+    changes a resume accepted, for the command's config.json.
     """
 
     def __init__(
@@ -124,9 +137,12 @@ class SupervisedRun:
         self.device = torch.device(device or "cpu")
         self.loss_fn, self.evaluate, self.batch_hook = loss_fn, evaluate, batch_hook
         self.args = args if args is not None else argparse.Namespace()
-        self.fingerprint = fingerprint
         self._print = log
         self.amp = resolve_precision(cfg.amp, self.device)
+        self.settings = jsonable(  # the engine's resolved values win over a command's own
+            {**(fingerprint or {}), **engine_settings(cfg, self.info.world_size, self.amp)}
+        )
+        self.history: list[dict] = []
         self.out_dir = Path(cfg.output_dir) if cfg.output_dir else None
 
         self.sampler = EpochSampler(len(train_set), self.info.world_size, self.info.rank, cfg.seed)
@@ -144,6 +160,7 @@ class SupervisedRun:
             pin_memory=cfg.pin_mem and self.device.type == "cuda",
             drop_last=True,
             persistent_workers=cfg.num_workers > 0,
+            worker_init_fn=ignore_stop_signals,  # the main process answers SIGTERM / SIGUSR1
         )
 
         self.model = model.to(self.device)  # moved in place: param_groups still hold its tensors
@@ -171,11 +188,23 @@ class SupervisedRun:
             self._print(message)
 
     def _resume(self) -> None:
-        found = find_checkpoint(self.cfg, self.log)
+        cfg = self.cfg
+        found = find_checkpoint(
+            cfg.output_dir,
+            resume=cfg.resume,
+            auto_resume=cfg.auto_resume,
+            overwrite=cfg.overwrite,
+            trusted=cfg.trust_checkpoint,
+            is_main=self.info.is_main,
+            log=self.log,
+        )
         if found is None:
             return
         path, ckpt = found
-        check_fingerprint(path, ckpt, self.fingerprint)
+        note = f"the lr cosine now ends at epoch {cfg.epochs}"
+        self.history = check_settings(
+            path, ckpt, self.settings, cfg.accept_changed, self.log, epochs_note=note
+        )
         point = restore_state(ckpt, path, self.model, self.optimizer, self.scaler, self.device)
         self.start_epoch = point.epoch or 0
         self.global_step = point.global_step
@@ -202,7 +231,7 @@ class SupervisedRun:
             global_step=self.global_step,
             lr=lr,
             device=self.device,
-            extra={"sums": dict(sums), "fingerprint": self.fingerprint},
+            extra={"sums": dict(sums), "settings": self.settings, "history": self.history},
         )
 
     def save(self, ckpt: dict, numbered_epoch: int | None) -> None:
@@ -253,6 +282,7 @@ class SupervisedRun:
         lr = float("nan")
         epoch_t0 = window_t0 = time.perf_counter()
         window = 0
+        stopping = False  # a stop signal agreed by every rank: leave at the next optimizer step
         for it, batch in enumerate(self.loader, start=start):
             if it % accum == 0 or it == start:
                 group_start = it - it % accum  # a resume may land inside a group
@@ -283,8 +313,13 @@ class SupervisedRun:
                 )
                 window_t0, window = time.perf_counter(), 0
             steps_due = cfg.ckpt_every_steps and self.global_step % cfg.ckpt_every_steps == 0
-            if update and steps_due and it + 1 < iters:
+            stopping = stopping or stop_agreed(self.info)  # (the loss is read every step anyway)
+            if update and (steps_due or stopping) and it + 1 < iters:
                 self.save(self.checkpoint(epoch, it + 1, lr, sums), None)
+                if stopping:
+                    barrier(self.info)  # rank 0 has written it
+                    raise preempted(f"{self.last_good_checkpoint} (epoch {epoch}, iteration "
+                                    f"{it + 1} of {iters})")  # fmt: skip
             self.iters_run += 1
             if cfg.stop_after_iters and self.iters_run >= cfg.stop_after_iters:
                 raise _StopRequested
@@ -315,39 +350,12 @@ class SupervisedRun:
         "epoch_seconds", "img_per_s", "last_checkpoint"}."""
         main = self.info.is_main and self.out_dir is not None
         epoch_log = EpochLog(self.out_dir, self.start_epoch) if main else None
-        log_dir = self.cfg.log_dir or self.out_dir / "tensorboard"
-        writer = open_tensorboard(log_dir) if main else None
+        writer = open_tensorboard(self.cfg.log_dir or self.out_dir / "tensorboard") if main else None
         history = []  # this run's records (rank 0 returns the whole log's)
         result = {"epochs_done": 0, "stopped": False, "epoch_seconds": [], "img_per_s": []}
         try:
-            for epoch in range(self.start_epoch, self.cfg.epochs):
-                t0 = time.perf_counter()
-                self.epoch = epoch
-                train = self.train_one_epoch(epoch)
-                due = self.evaluate is not None and evaluation_due(self.cfg, epoch)
-                metrics = self.evaluate(self.model) if due else {}
-                record = {
-                    "train_loss": train["loss"],
-                    "train_lr": train["lr"],
-                    **{f"test_{key}": value for key, value in metrics.items()},
-                    "epoch": epoch,
-                    "n_parameters": self.n_parameters,
-                }
-                if epoch_log is not None:
-                    epoch_log.append(record)
-                scalars = {k: v for k, v in record.items() if k.startswith(("train_", "test_"))}
-                if writer is not None:
-                    for key, value in scalars.items():
-                        writer.add_scalar(key.replace("_", "/", 1), value, epoch)
-                    writer.flush()
-                done = self.checkpoint(epoch + 1, 0, train["last_lr"], _zero_sums())
-                self.save(done, self._numbered(epoch))
-                barrier(self.info)
-                history.append(record)
-                result["epochs_done"] += 1
-                result["epoch_seconds"].append(time.perf_counter() - t0)
-                result["img_per_s"].append(train["img_per_s"])
-                self.log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+            with stop_requests():  # SIGTERM / SIGUSR1: save at the next step and leave
+                self._epochs(epoch_log, writer, history, result)
         except _StopRequested:
             result["stopped"] = True
             self.log(f"stopped after {self.iters_run} iterations (stop_after_iters)")
@@ -357,3 +365,36 @@ class SupervisedRun:
         result["history"] = epoch_log.records if epoch_log is not None else history
         result["last_checkpoint"] = self.last_good_checkpoint and str(self.last_good_checkpoint)
         return result
+
+    def _epochs(self, epoch_log, writer, history: list, result: dict) -> None:
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            t0 = time.perf_counter()
+            self.epoch = epoch
+            train = self.train_one_epoch(epoch)
+            due = self.evaluate is not None and evaluation_due(self.cfg, epoch)
+            metrics = self.evaluate(self.model) if due else {}
+            record = {
+                "train_loss": train["loss"],
+                "train_lr": train["lr"],
+                **{f"test_{key}": value for key, value in metrics.items()},
+                "epoch": epoch,
+                "n_parameters": self.n_parameters,
+            }
+            if epoch_log is not None:
+                epoch_log.append(record)
+            scalars = {k: v for k, v in record.items() if k.startswith(("train_", "test_"))}
+            if writer is not None:
+                for key, value in scalars.items():  # at the epoch's end: epoch_1000x (epoch + 1)
+                    writer.add_scalar(key.replace("_", "/", 1), value, epoch_1000x(epoch + 1))
+                writer.flush()
+            done = self.checkpoint(epoch + 1, 0, train["last_lr"], _zero_sums())
+            self.save(done, self._numbered(epoch))
+            barrier(self.info)
+            history.append(record)
+            result["epochs_done"] += 1
+            result["epoch_seconds"].append(time.perf_counter() - t0)
+            result["img_per_s"].append(train["img_per_s"])
+            self.log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+            # a signal during the epoch's last iterations or its evaluation: leave here
+            if epoch + 1 < self.cfg.epochs and stop_agreed(self.info):
+                raise preempted(f"{self.last_good_checkpoint} (epoch {epoch} done)")

@@ -126,6 +126,14 @@ def run_config(cfg, recipe: DenseRecipe, batch_size: int, accum_iter: int, outpu
     )
 
 
+def recipe_settings(recipe: DenseRecipe) -> dict:
+    """The resolved recipe's values that define a run and are not the engine's schedule (epochs,
+    lr, batch: ``attgmae.engine.config.engine_settings``) nor only its evaluation."""
+    names = ("input_size", "head", "weight_decay", "layer_decay", "drop_path",
+             "max_train_images", "max_val_images")  # fmt: skip
+    return {name: getattr(recipe, name) for name in names}
+
+
 def checkpoint_labels(checkpoints, labels=None) -> list[str]:
     """A distinct name per checkpoint: ``labels`` when given, else the file stems, else (when
     stems repeat, as ``runs/mae/checkpoint-last.pth`` and ``runs/attg/checkpoint-last.pth``

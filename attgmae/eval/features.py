@@ -37,6 +37,7 @@ from attgmae.core.files import atomic_path
 from attgmae.core.identity import changed_images, image_identities
 from attgmae.core.listing import folder_labels, list_split, split_root
 from attgmae.core.progress import Progress
+from attgmae.core.signals import ignore_stop_signals
 from attgmae.core.torchfile import CheckpointError, load_torch_file
 from attgmae.data.images import ImageDecodeError, decode_rgb
 from attgmae.eval.transforms import eval_transform
@@ -134,6 +135,8 @@ def make_loader(
         pin_memory=torch.device(device).type == "cuda",
         persistent_workers=False,
         generator=generator,
+        # SIGTERM / SIGUSR1 are the main process's to answer (runs that resume save first)
+        worker_init_fn=ignore_stop_signals,
     )
 
 

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from attgmae.core.distributed import DistInfo, all_gather_rows
 from attgmae.core.errors import InputError
 from attgmae.core.progress import pace
+from attgmae.core.signals import ignore_stop_signals
 from attgmae.engine.seeding import SAMPLE_STREAM, seeded, stable_seed
 from attgmae.eval.features import autocast_for
 from attgmae.models.tokens import features as encoder_features
@@ -173,10 +174,12 @@ class ImageFeatureBatches:
             imgs = imgs.to(self.device, non_blocking=True)
             return encoder_features(self.encoder, imgs, self.pool).float()
 
-    def epoch(self, batches, epoch: int = 0):
+    def epoch(self, batches, epoch: int = 0, start: int = 0):
+        """Features of ``batches[start:]`` (a resumed epoch starts at micro-batch ``start``;
+        each sample keeps the slot it has in the whole epoch)."""
         info = self.dist
         starts = np.cumsum([0, *[len(b) for b in batches]])
-        mine = range(info.rank, len(batches), info.world_size)
+        mine = range(start + info.rank, len(batches), info.world_size)
         # A position listed twice (a cycled epoch) is loaded, and augmented, twice.
         loader = DataLoader(
             SeededDraws(self.dataset, self.seed),
@@ -186,13 +189,14 @@ class ImageFeatureBatches:
             ],
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=ignore_stop_signals,  # the main process answers SIGTERM / SIGUSR1
         )
         if not info.distributed:
             for imgs, targets, _ in loader:
                 yield self._encode(imgs), targets
             return
         own = iter(loader)
-        for first in range(0, len(batches), info.world_size):
+        for first in range(start, len(batches), info.world_size):
             if first + info.rank < len(batches):
                 imgs, targets, _ = next(own)
                 feats = self._encode(imgs)
@@ -210,8 +214,8 @@ class CachedFeatureBatches:
     def __init__(self, feats, labels, device):
         self.feats, self.labels = feats.to(device), labels.to(device)
 
-    def epoch(self, batches, epoch: int = 0):
-        for batch in batches:
+    def epoch(self, batches, epoch: int = 0, start: int = 0):
+        for batch in batches[start:]:
             rows = torch.as_tensor(batch, device=self.feats.device)
             yield self.feats[rows], self.labels[rows]
 
@@ -229,26 +233,34 @@ def train_one_epoch(
     log_every: int = 0,
     log=print,
     epochs: int | None = None,
+    start: int = 0,
+    sums: dict | None = None,
+    should_stop=None,
 ) -> dict:
     """One epoch over ``feature_batches`` (yields (feats [B, D], targets [B]) in the order of
-    ``batch_sizes``); optimizer step after each group of ``accum_iter`` micro-batches. Every
-    ``log_every`` micro-batches a line with the loss, lr, img/s and the ETA of the epoch (and of
-    the run, ``epochs`` long).
+    ``batch_sizes[start:]``); optimizer step after each group of ``accum_iter`` micro-batches.
+    Every ``log_every`` micro-batches a line with the loss, lr, img/s and the ETA of the epoch
+    (and of the run, ``epochs`` long).
 
     Each micro-batch's loss is its summed cross-entropy divided by the size of its whole group,
-    so the accumulated gradient is the mean over the effective batch.
+    so the accumulated gradient is the mean over the effective batch. A resumed epoch starts at
+    micro-batch ``start`` (a group's first) with the running ``sums`` of its first part.
+    ``should_stop()``, asked after every optimizer step but the epoch's last, ends the epoch
+    early (a stop signal): the result's ``stopped_at`` is then the micro-batches done and
+    ``sums`` what a resumed epoch continues with.
     Returns {"loss": mean loss per sample, "lr": last lr, "img_per_s", "steps": optimizer
-    steps, "samples": samples seen}.
+    steps, "samples": samples seen, "stopped_at": None or micro-batches done, "sums"}.
     """
     head.train()
     num_batches = len(batch_sizes)
     group_sizes = [sum(batch_sizes[g : g + accum_iter]) for g in range(0, num_batches, accum_iter)]
     optimizer.zero_grad(set_to_none=True)
-    loss_sum, seen, lr, steps = 0.0, 0, 0.0, 0
-    start = time.perf_counter()
-    for step, (feats, targets) in enumerate(feature_batches):
-        if step % accum_iter == 0:
-            lr = lr_at(epoch + step / num_batches)
+    sums = dict(sums or {"loss_sum": 0.0, "seen": 0, "steps": 0})
+    lr, stopped_at, seen_here = 0.0, None, 0
+    started = time.perf_counter()
+    for step, (feats, targets) in enumerate(feature_batches, start=start):
+        if step % accum_iter == 0 or step == start:
+            lr = lr_at(epoch + (step - step % accum_iter) / num_batches)
             for group in optimizer.param_groups:
                 group["lr"] = lr
         feats = feats.to(device, non_blocking=True).float()
@@ -257,28 +269,35 @@ def train_one_epoch(
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}")
         (loss / group_sizes[step // accum_iter]).backward()
+        sums["loss_sum"] += loss.item()
+        sums["seen"] += targets.shape[0]
+        seen_here += targets.shape[0]
+        if log_every and (step + 1) % log_every == 0:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            left = num_batches - step - 1
+            later_epochs = (epochs or epoch + 1) - epoch - 1
+            per_step = elapsed / (step + 1 - start)
+            timing = pace(per_step, left, left + later_epochs * num_batches, device)
+            log(
+                f"epoch {epoch} [{step + 1}/{num_batches}] loss {loss.item() / len(targets):.4f}"
+                f" lr {lr:.6f} img/s {seen_here / elapsed:.1f} {timing}"
+            )
         if (step + 1) % accum_iter == 0 or step + 1 == num_batches:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            steps += 1
-        loss_sum += loss.item()
-        seen += targets.shape[0]
-        if log_every and (step + 1) % log_every == 0:
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            left = num_batches - step - 1
-            later_epochs = (epochs or epoch + 1) - epoch - 1
-            timing = pace(elapsed / (step + 1), left, left + later_epochs * num_batches, device)
-            log(
-                f"epoch {epoch} [{step + 1}/{num_batches}] loss {loss.item() / len(targets):.4f}"
-                f" lr {lr:.6f} img/s {seen / elapsed:.1f} {timing}"
-            )
-    elapsed = max(time.perf_counter() - start, 1e-9)
+            sums["steps"] += 1
+            if should_stop is not None and step + 1 < num_batches and should_stop():
+                stopped_at = step + 1
+                break
+    elapsed = max(time.perf_counter() - started, 1e-9)
     return {
-        "loss": loss_sum / max(seen, 1),
+        "loss": sums["loss_sum"] / max(sums["seen"], 1),
         "lr": lr,
-        "img_per_s": seen / elapsed,
-        "steps": steps,
-        "samples": seen,
+        "img_per_s": seen_here / elapsed,
+        "steps": sums["steps"],
+        "samples": sums["seen"],
+        "stopped_at": stopped_at,
+        "sums": sums,
     }
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from attgmae.core.minmax import minmax_numpy
+from attgmae.core.signals import ignore_stop_signals
 from attgmae.maps import ncut
 
 MAP_KINDS = ncut.MAP_KINDS
@@ -69,6 +70,14 @@ class _PendingMaps:
         return minmax_numpy(np.concatenate([future.result() for future in self._futures]))
 
 
+def _pool_worker_init() -> None:
+    """A pool process: one BLAS thread; SIGTERM / SIGUSR1 are the main process's to answer
+    (SLURM signals every process of a job step; a pool process that died would break the run
+    before it could save)."""
+    ncut.pin_blas_threads()
+    ignore_stop_signals()
+
+
 class TokenCutRunner:
     """Eigensolves in ``workers`` processes (spawned, BLAS pinned to 1 thread each).
 
@@ -88,7 +97,7 @@ class TokenCutRunner:
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=ncut.pin_blas_threads,
+            initializer=_pool_worker_init,
         )
 
     def submit(self, patch_keys: torch.Tensor) -> _PendingMaps:
