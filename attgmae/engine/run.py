@@ -350,7 +350,8 @@ class SupervisedRun:
         "epoch_seconds", "img_per_s", "last_checkpoint"}."""
         main = self.info.is_main and self.out_dir is not None
         epoch_log = EpochLog(self.out_dir, self.start_epoch) if main else None
-        writer = open_tensorboard(self.cfg.log_dir or self.out_dir / "tensorboard") if main else None
+        log_dir = (self.cfg.log_dir or self.out_dir / "tensorboard") if main else None
+        writer = open_tensorboard(log_dir) if main else None
         history = []  # this run's records (rank 0 returns the whole log's)
         result = {"epochs_done": 0, "stopped": False, "epoch_seconds": [], "img_per_s": []}
         try:
