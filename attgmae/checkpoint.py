@@ -20,7 +20,7 @@ import torch
 
 from attgmae.core.errors import InputError
 from attgmae.core.files import atomic_path
-from attgmae.core.torchfile import CheckpointError, load_torch_file
+from attgmae.core.torchfile import CheckpointError, load_torch_file, save_torch_file
 from attgmae.models import MODEL_FACTORIES
 
 LAST_NAME = "checkpoint-last.pth"
@@ -34,9 +34,7 @@ def epoch_name(epoch: int) -> str:
 def save_atomic(obj: dict, path) -> Path:
     """torch.save aside, then rename over ``path``: a run killed while saving leaves the previous
     checkpoint intact (never a truncated one)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
+    return save_torch_file(obj, path)
 
 
 def load_checkpoint(path, trusted: bool = False) -> dict:

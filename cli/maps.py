@@ -7,6 +7,7 @@ import sys
 
 from attgmae.cli import maps_generate
 from attgmae.cli._args import add_subparsers, make_parser, run_main
+from attgmae.core.outputs import claim_output
 from attgmae.data.example import write_example
 from attgmae.data.example_taskonomy import write_example_taskonomy
 from attgmae.store.exporting import export_store
@@ -148,6 +149,11 @@ def _show(args) -> int:
 
 
 def _make_example(args) -> int:
+    with claim_output(args.root, "make-example ROOT"):
+        return _write_example(args)
+
+
+def _write_example(args) -> int:
     if args.taskonomy:
         root = write_example_taskonomy(args.root, seed=args.seed)
         print(f"wrote the synthetic Taskonomy set to {root} (docs/dense.md: its layout)")

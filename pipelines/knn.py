@@ -17,6 +17,7 @@ import torch
 from attgmae.core.device import resolve_device, use_device
 from attgmae.core.errors import InputError
 from attgmae.core.files import file_sha256, write_json_atomic
+from attgmae.core.outputs import claim_output
 from attgmae.core.provenance import software_versions
 from attgmae.eval.features import (
     check_data_root,
@@ -56,6 +57,8 @@ class KnnConfig:
 
 
 def run_knn(cfg: KnnConfig, log=print) -> dict:
+    """One checkpoint's k-NN result (its JSON and PNG in ``output_dir``, which the caller has
+    claimed: ``run_knn_compare`` does)."""
     device = use_device(resolve_device(cfg.device))
     check_data_root(cfg.data_path, cfg.checkpoint)
     out_dir = Path(cfg.output_dir)
@@ -148,6 +151,11 @@ def run_knn_compare(cfg: KnnConfig, checkpoints, labels=None, log=print) -> list
         raise InputError(f"labels must differ, got {labels}; pass --labels")
     for checkpoint in checkpoints:
         check_data_root(cfg.data_path, checkpoint)
+    with claim_output(cfg.output_dir, "--output_dir"):
+        return _compare(cfg, checkpoints, labels, log)
+
+
+def _compare(cfg: KnnConfig, checkpoints, labels, log) -> list[dict]:
     results = [
         run_knn(dataclasses.replace(cfg, checkpoint=str(ckpt), label=label), log)
         for ckpt, label in zip(checkpoints, labels)

@@ -34,10 +34,11 @@ import torch
 
 from attgmae.core.device import resolve_device, use_device
 from attgmae.core.errors import InputError
-from attgmae.core.files import atomic_path, file_sha256, write_json_atomic
+from attgmae.core.files import file_sha256, write_json_atomic
+from attgmae.core.outputs import claim_output
 from attgmae.core.provenance import software_versions
 from attgmae.core.tensorboard import open_tensorboard
-from attgmae.core.torchfile import load_torch_file
+from attgmae.core.torchfile import load_torch_file, save_torch_file
 from attgmae.eval.features import (
     ImageSplit,
     LabelledImages,
@@ -100,11 +101,6 @@ class LinprobeConfig:
     trust_checkpoint: bool = False  # the checkpoint may be unpickled in full
 
 
-def _save_torch(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def _find_resume(cfg: LinprobeConfig, out_dir: Path):
     if cfg.resume:
         return Path(cfg.resume)
@@ -150,9 +146,13 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
     if cfg.small_subset not in SMALL_SUBSET_MODES:
         raise InputError(f"--small_subset {cfg.small_subset}: choose one of {SMALL_SUBSET_MODES}")
     check_data_root(cfg.data_path, cfg.checkpoint)
+    with claim_output(cfg.output_dir, "--output_dir"):
+        return _probe(cfg, log)
+
+
+def _probe(cfg: LinprobeConfig, log) -> dict:
     device = use_device(resolve_device(cfg.device))
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     features_dir = Path(cfg.features_dir) if cfg.features_dir else out_dir / "features"
     started = time.perf_counter()
 
@@ -271,9 +271,9 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict:
             "history": history,
             **fingerprint,
         }
-        _save_torch(checkpoint, out_dir / "checkpoint-last.pth")
+        save_torch_file(checkpoint, out_dir / "checkpoint-last.pth")
         if epoch == cfg.epochs - 1:
-            _save_torch(checkpoint, out_dir / f"checkpoint-{epoch}.pth")
+            save_torch_file(checkpoint, out_dir / f"checkpoint-{epoch}.pth")
         with open(out_dir / "log.txt", "a", encoding="utf-8") as f:
             f.write(json.dumps(stats) + "\n")
         if writer is not None:
@@ -346,7 +346,11 @@ def run_seeds(cfg: LinprobeConfig, seeds, log=print) -> dict:
     """One probe per seed, then mean and std of the final top-1. A seed draws the head's
     initialisation, the training order and a per-class subset; a --subset_file subset is the
     same for every seed."""
-    seeds = [int(s) for s in seeds]
+    with claim_output(cfg.output_dir, "--output_dir"):  # (each seed claims its own folder)
+        return _seeds(cfg, [int(s) for s in seeds], log)
+
+
+def _seeds(cfg: LinprobeConfig, seeds: list[int], log) -> dict:
     out_dir = Path(cfg.output_dir)
     features_dir = cfg.features_dir or str(out_dir / "features")  # shared by the seeds
     if cfg.subset_file:

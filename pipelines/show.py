@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from attgmae.core.errors import InputError
+from attgmae.core.outputs import check_output_path
 from attgmae.core.torchfile import load_torch_file
 from attgmae.data.images import decode_rgb
 from attgmae.figures import save_figure, tau_figure, weight_figure
@@ -43,6 +44,7 @@ def read_tau_schedule(path) -> TauSchedule:
 
 def render_show(store_path, images_root, keys, taus, out_png, schedule=None,
                 overlay: bool = False) -> Path:  # fmt: skip
+    check_output_path(out_png, "file", "-o")
     store = open_store(store_path)
     maps_norm = store.get_batch(keys)  # [B, 14, 14]
     images = [decode_rgb(Path(images_root) / key) for key in keys]

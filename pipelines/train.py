@@ -38,6 +38,7 @@ from attgmae.core.distributed import (
 )
 from attgmae.core.errors import AttgError
 from attgmae.core.files import write_json_atomic
+from attgmae.core.outputs import claim_output
 from attgmae.core.tensorboard import open_tensorboard
 from attgmae.data.transforms import crop_resize_maps, normalize_images
 from attgmae.engine.history import EpochLog
@@ -54,7 +55,7 @@ from attgmae.pipelines.train_config import (
     validate,
 )
 from attgmae.pipelines.train_data import build_train_data
-from attgmae.pipelines.train_launch import launch_info, locked_output
+from attgmae.pipelines.train_launch import launch_info
 from attgmae.pipelines.train_vis import write_reconstruction_png
 
 
@@ -425,7 +426,7 @@ def run_pretrain(cfg: TrainConfig) -> dict:
     device = rank_device(resolve_device(cfg.device), local_rank, world_size)
     info = init_distributed(device, cfg.dist_timeout_min)  # torchrun / SLURM environment
     try:
-        with locked_output(cfg, info):
+        with claim_output(cfg.output_dir, "--output_dir", info=info):
             return PretrainRun(cfg, info, device).fit()
     except torch.OutOfMemoryError:
         half = max(cfg.batch_size // 2, 1)

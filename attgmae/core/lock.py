@@ -21,7 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from attgmae.core.errors import InputError
+from attgmae.core.errors import InputError, write_error
 
 
 class OutputLockedError(InputError):
@@ -60,8 +60,11 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> OutputLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # (an output folder that cannot be made, a read-only disk: named, with the fix)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise write_error(err, self.target) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -86,9 +89,13 @@ class OutputLock:
             "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": " ".join(sys.argv)[:300],
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+            os.fsync(fd)
+        except OSError as err:  # a full disk: found now, before any work
+            os.close(fd)
+            raise write_error(err, self.target) from err
         self._fd = fd
         _HELD.add(fd)
         return self

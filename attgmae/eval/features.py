@@ -25,9 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from attgmae.core.device import resolve_precision
 from attgmae.core.errors import InputError
-from attgmae.core.files import atomic_path
 from attgmae.core.listing import folder_labels, list_split, split_root
-from attgmae.core.torchfile import CheckpointError, load_torch_file
+from attgmae.core.torchfile import CheckpointError, load_torch_file, save_torch_file
 from attgmae.data.images import ImageDecodeError, decode_rgb
 from attgmae.eval.transforms import eval_transform
 from attgmae.models.tokens import features as encoder_features
@@ -187,8 +186,7 @@ def cache_file(
 
 def save_cache(path: Path, payload: dict) -> None:
     """Atomic write: a reader never sees a half-written cache file."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_file(payload, path)
 
 
 def load_cache(path: Path, split: ImageSplit, checkpoint_sha256: str):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from attgmae.core.files import atomic_path, file_sha256, write_text_atomic
+from attgmae.core.outputs import check_output_path
 
 from .layout import H5_SUFFIXES, STATUS_FAILED, StoreError
 from .reader import open_store
@@ -26,6 +27,7 @@ def export_store(store_path, out, overwrite: bool = False) -> tuple[Path, Path]:
         raise StoreError(f"{out}: export name must end in .zarr.zip or .h5")
     if out.resolve() == Path(store_path).resolve():
         raise StoreError(f"{out} is the store being exported: choose another output name")
+    check_output_path(out, "file")
     if out.exists() and not overwrite:
         raise StoreError(f"{out} already exists; pass --overwrite to replace it")
     store = open_store(store_path)

@@ -15,7 +15,7 @@ import numpy as np
 
 from attgmae.core.files import file_sha256
 from attgmae.core.listing import IMAGE_EXTENSIONS, list_images
-from attgmae.core.lock import OutputLock
+from attgmae.core.outputs import claim_output
 
 from .layout import GRID, STATUS_FAILED, StoreError, normalize_maps, store_format
 from .sources import RawMaps, read_source
@@ -134,8 +134,8 @@ def import_maps(
 ) -> dict:
     """Import ``source`` into a new store at ``out``; returns a summary dict."""
     source = Path(source)
-    store_format(out, fmt)  # fail early on a bad output name
-    with OutputLock(out, "output store"):
+    kind = "file" if store_format(out, fmt) == "h5" else "store"  # (fails early on a bad name)
+    with claim_output(out, "output store", kind):
         return _import(source, out, images, method, resize, normalize, maps_name, keys_name,
                        overwrite, fmt)  # fmt: skip
 
