@@ -5,9 +5,9 @@ command quietly."""
 
 from __future__ import annotations
 
-import builtins
 import errno
 import fnmatch
+import io
 import os
 import subprocess
 import sys
@@ -186,20 +186,36 @@ def test_a_refused_write_keeps_the_old_file_and_names_the_target(tmp_path, code,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]  # no temporary left
     other = write_error(OSError(code, os.strerror(code), "/scratch/x"), target)
     assert f"cannot write {target} (/scratch/x):" in str(other)  # the file that failed, too
+    copy = OSError(code, os.strerror(code), "/src/checkpoint-1.pth", None, str(tmp))
+    assert str(write_error(copy, target)).startswith(f"cannot write {target}: ")  # (a copy's)
 
 
-def test_a_full_disk_under_torch_save_is_an_os_error_not_a_runtime_error(tmp_path, monkeypatch):
-    """torch.save given a path reports ENOSPC as a RuntimeError; the one writer hands it a file,
-    here the kernel's /dev/full (every write: ENOSPC)."""
+class _FillsUp(io.FileIO):
+    """A file on a disk with ``room`` bytes left: a write beyond them fails with ENOSPC."""
+
+    room = 0
+
+    def write(self, data):
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+@pytest.mark.parametrize("room", [0, 1 << 20])  # the first write fails; one midway does
+def test_a_full_disk_under_torch_save_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch,
+                                                                           room):  # fmt: skip
+    """Given a path, or given a file that fills midway, torch.save reports a full disk as a
+    RuntimeError of its own ("unexpected pos"); the one writer says what happened."""
     from attgmae.core.errors import AttgError
 
     target = tmp_path / "checkpoint-last.pth"
     torch.save({"w": torch.zeros(3)}, target)
-    monkeypatch.setattr(torchfile, "open", lambda path, mode: builtins.open("/dev/full", mode),
-                        raising=False)  # fmt: skip
+    monkeypatch.setattr(_FillsUp, "room", room)
+    monkeypatch.setattr(torchfile, "open", lambda path, mode: _FillsUp(path, mode), raising=False)
     with pytest.raises(AttgError, match=f"cannot write {target}: No space left on device"):
-        torchfile.save_torch_file({"w": torch.ones(100_000)}, target)  # the one writer
+        torchfile.save_torch_file({"w": torch.ones(1_000_000)}, target)  # the one writer
     assert torch.equal(torch.load(target)["w"], torch.zeros(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-last.pth"]
 
 
 @pytest.fixture
@@ -280,12 +296,23 @@ def test_a_full_disk_while_generating_keeps_the_staged_chunks(example_root, tmp_
     np.testing.assert_array_equal(a.read_all(), b.read_all())
 
 
-def test_a_full_disk_while_importing_or_exporting_keeps_the_old_store(store, tmp_path, disk_full,
-                                                                     capsys):  # fmt: skip
+def test_a_full_disk_while_importing_or_exporting_keeps_the_old_store(
+    store, tmp_path, disk_full, monkeypatch, capsys
+):
+    from attgmae.store.backends import ZarrBackend
+
     out = tmp_path / "maps.zarr"
     assert maps_main(["import", str(store), str(out)]) == 0
     before = open_store(out).read_all()
-    disk_full("*")  # every write of the new store
+
+    def no_space(*args):  # zarr writing a shard in place, as on a full disk (no file named)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ZarrBackend, "write_rows", staticmethod(no_space))
+        assert maps_main(["import", str(store), str(out), "--overwrite"]) == 1
+    _no_space(capsys.readouterr().err, out)
+    disk_full("*")  # every file written aside (meta.json first)
     assert maps_main(["import", str(store), str(out), "--overwrite"]) == 1
     line = _one_error_line(capsys.readouterr().err)
     assert "No space left on device; free space" in line and str(out) in line
@@ -343,3 +370,39 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(store):
         os.close(write_end)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # no traceback, no "Exception ignored" at exit
+
+
+def test_a_folder_a_failed_run_made_is_removed_and_no_second_run_slips_in(tmp_path, monkeypatch):
+    from attgmae.core.errors import InputError
+    from attgmae.core.lock import OutputLockedError
+    from attgmae.core.outputs import claim_output
+
+    made, kept = tmp_path / "made", tmp_path / "kept"
+    kept.mkdir()
+    for folder in (made, kept):
+        with pytest.raises(InputError), claim_output(folder, "--output_dir"):
+            raise InputError("bad input found late")
+    assert not made.exists() and sorted(p.name for p in kept.iterdir()) == [".lock"]
+
+    # A run that opened the lock file just before its holder removed it takes the lock only
+    # under the name: the file it opened is gone, so it locks the new one, which a third run
+    # then finds held.
+    first = OutputLock(made, inside=True).acquire()
+    opened_before = os.open(first.path, os.O_RDWR)
+    first.release(drop_empty_folder=True)
+    assert not made.exists()
+    real_open = os.open
+    pending = [opened_before]
+
+    def open_once_stale(path, flags, *args):
+        if pending and Path(path) == first.path:
+            return pending.pop()
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_once_stale)
+    second = OutputLock(made, inside=True).acquire()
+    monkeypatch.undo()
+    assert not pending  # (it did meet the stale file)
+    with pytest.raises(OutputLockedError):
+        OutputLock(made, inside=True).acquire()
+    second.release()

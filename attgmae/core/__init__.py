@@ -3,7 +3,9 @@
 errors (the one user-facing error type and its exit code), files (atomic writes, sha256),
 device (``auto``/``cpu``/``cuda``/``cuda:N``), distributed (torchrun / SLURM process groups),
 provenance (software versions), constants (ImageNet mean/std, the 14x14 map grid), minmax (per-map
-normalization), listing (image keys of a folder), torchfile (reading weights and checkpoints).
+normalization), listing (image keys of a folder), torchfile (reading and writing weights and
+checkpoints), lock (one writer per output), outputs (claiming an output before any work: its
+path checked, its lock held by rank 0).
 
 Nothing here imports another attgmae package, so every layer may import it; modules that need
 torch import it at the top, the others (used by the store) stay free of it.

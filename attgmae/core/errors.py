@@ -3,6 +3,12 @@
 Every command maps an ``AttgError`` to ``error: <message>`` on stderr and ``exit_code`` in one
 place (``attgmae.cli._args.run_main``). Exit codes: 2 bad input (flags, files, data: fix and
 rerun), 1 a run that failed (a diverged loss, out of memory).
+
+``write_error`` is the one translation of a write the file system refused (an OSError: disk
+full, read-only, no permission, a name too long...) into such an error, naming the path and the
+fix: ``WriteFailed`` (exit 1) when space ran out midway, ``UnwritablePath`` (exit 2) for a path
+to change. The atomic writer (``core.files``), the output checks (``core.outputs``) and the lock
+use it; ``run_main`` turns any OSError still escaping into ``os_error_line``'s one line.
 """
 
 from __future__ import annotations
@@ -76,6 +82,11 @@ class UnwritablePath(InputError):
     """An output path that cannot be written (read-only, no permission, a file in the way)."""
 
 
+def _one_line(err: OSError) -> str:
+    """The reason an OSError gives, on one line (HDF5's messages span several)."""
+    return " ".join((err.strerror or str(err) or type(err).__name__).split())
+
+
 def write_advice(err: OSError) -> str:
     """What to do about a refused write ("" when the errno says nothing we can act on)."""
     return _WRITE_ADVICE.get(err.errno, "")
@@ -85,11 +96,14 @@ def write_error(err: OSError, path, note: str = "") -> AttgError:
     """``err``, raised while writing ``path``, as one line naming the path and the fix; the file
     that failed is named too when it is another one (a scratch file, a source being copied)."""
     path = Path(path)
-    failed = Path(os.fsdecode(err.filename)) if err.filename else None
-    # (the target itself, or its hidden temporary copy beside it: core.files.temporary_path)
-    ours = failed is None or failed == path or failed.name.startswith(f".{path.name}.tmp-")
-    also = "" if ours else f" ({failed})"
-    reason = err.strerror or str(err) or type(err).__name__
+    # The files the error names (a copy names its source and its destination): the target
+    # itself, or its hidden temporary copy beside it (core.files.temporary_path), goes unsaid.
+    named = [Path(os.fsdecode(name)) for name in (err.filename, err.filename2) if name]
+    ours = not named or any(
+        name == path or name.name.startswith(f".{path.name}.tmp-") for name in named
+    )
+    also = "" if ours else f" ({named[0]})"
+    reason = _one_line(err)
     advice = write_advice(err)
     message = f"cannot write {path}{also}: {reason}" + (f"; {advice}" if advice else "") + note
     stopped = err.errno in _RUN_STOPPED or err.errno not in _WRITE_ADVICE
@@ -99,6 +113,6 @@ def write_error(err: OSError, path, note: str = "") -> AttgError:
 def os_error_line(err: OSError) -> str:
     """An OSError no layer turned into an AttgError, as ``<path>: <strerror>`` (and the fix)."""
     where = " -> ".join(str(name) for name in (err.filename, err.filename2) if name)
-    reason = err.strerror or str(err) or type(err).__name__
+    reason = _one_line(err)
     advice = write_advice(err)
     return (f"{where}: {reason}" if where else reason) + (f" ({advice})" if advice else "")

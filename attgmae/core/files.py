@@ -52,16 +52,26 @@ def atomic_path(path) -> Iterator[Path]:
     """
     path = Path(path)
     tmp = temporary_path(path)
+    with refused_writes_named(path, KEPT_NOTE):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            fsync_path(tmp)
+            os.replace(tmp, path)
+            fsync_path(path.parent)  # the rename itself survives a crash
+        finally:
+            _remove_quietly(tmp)
+
+
+@contextmanager
+def refused_writes_named(path, note: str = "") -> Iterator[None]:
+    """An OSError inside (the file system refusing a write to ``path``) becomes the one error
+    that names ``path`` and the fix (``errors.write_error``). ``atomic_path`` uses it; so does
+    what a library writes in place (a store's arrays, through zarr or HDF5)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(path.parent)  # the rename itself survives a crash
+        yield
     except OSError as err:
-        raise write_error(err, path, KEPT_NOTE) from err
-    finally:
-        _remove_quietly(tmp)
+        raise write_error(err, path, note) from err
 
 
 def _remove_quietly(tmp: Path) -> None:

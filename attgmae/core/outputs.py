@@ -22,7 +22,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -130,15 +130,21 @@ def claim_output(paths: str | os.PathLike | Iterable | None, flag: str, kind: st
     """``with claim_output(cfg.output_dir, "--output_dir", info=info): run()``: rank 0 checks
     each path (``check_output_path``) and holds its lock (``OutputLock``: inside a folder,
     beside a store or file) for the whole block, then runs ``prepare`` under the locks; every
-    rank learns whether that worked, and all raise together. ``paths``: one or several (no
-    path, None or "": nothing to claim); ``info``: None for a single process."""
-    error: BaseException | None = None
-    with ExitStack() as locks:
+    rank learns whether that worked, and all raise together. An output folder this claim made
+    and the block left empty (bad input found late) is removed again: a failed run leaves
+    nothing. ``paths``: one or several (None or "": nothing to claim); ``info``: None for a
+    single process."""
+    locks: list[OutputLock] = []
+    made: set[Path] = set()
+    failed, error = True, None
+    try:
         if info is None or info.is_main:
             try:
                 for path in _as_list(paths):
                     check_output_path(path, kind, flag)
-                    locks.enter_context(OutputLock(path, flag, inside=kind == "folder"))
+                    if kind == "folder" and not path.exists():
+                        made.add(path)
+                    locks.append(OutputLock(path, flag, inside=kind == "folder").acquire())
                 if prepare is not None:
                     prepare()
             except Exception as err:  # noqa: BLE001 (re-raised below, after the ranks agree)
@@ -151,3 +157,7 @@ def claim_output(paths: str | os.PathLike | Iterable | None, flag: str, kind: st
         if error is not None:
             raise error
         yield
+        failed = False
+    finally:
+        for lock in reversed(locks):
+            lock.release(drop_empty_folder=failed and lock.target in made)

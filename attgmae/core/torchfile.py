@@ -7,9 +7,9 @@ holds other Python objects is unpickled in full only when the user says it is tr
 (``--trust_checkpoint``); the error names that flag. ``.safetensors`` files hold tensors only.
 
 ``save_torch_file`` is the one writer: atomic (``core.files.atomic_path``), through an open file
-so that a full disk is an OSError the atomic writer names (``torch.save`` given a path reports it
-as a RuntimeError), and the same bytes for the same object (given a path, torch names the
-archive inside after the file, here a temporary name).
+so that a full disk is the OSError the atomic writer names (given a path, ``torch.save`` reports
+it as a RuntimeError of its own), and the same bytes for the same object (given a path, torch
+names the archive inside after the file, here a temporary name).
 """
 
 from __future__ import annotations
@@ -80,8 +80,24 @@ def save_torch_file(obj, path) -> Path:
     """``torch.save(obj)`` to ``path``, atomically: a run killed or out of disk while saving
     leaves the previous file whole (and says which file and what to do)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(obj, handle)
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as err:
+            # A write that failed midway: torch's zip writer, closing, raises its own error
+            # ("unexpected pos") over the file's OSError; the OSError says what happened.
+            refused = _os_error_in(err)
+            if refused is None:
+                raise
+            raise refused from None
     return Path(path)
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The OSError ``err`` was raised while handling, if any."""
+    seen = err.__context__
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__context__
+    return seen
 
 
 def strip_prefixes(state: dict, prefixes=WRAPPER_PREFIXES) -> dict:

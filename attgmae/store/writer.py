@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attgmae.core.files import atomic_path, write_json_atomic
+from attgmae.core.files import atomic_path, refused_writes_named, write_json_atomic
 from attgmae.core.provenance import software_versions
 
 from . import checksums, swap
@@ -146,14 +146,15 @@ class MapStoreWriter:
         write_json_atomic(meta_path, self.identity, indent=1, sort_keys=True)
 
     def _create_inner(self) -> None:
-        self.backend.create(
-            self.inner,
-            self.keys,
-            self.labels,
-            self._store_attrs(complete=False),
-            self.chunk_rows,
-            self.shard_rows,
-        )
+        with refused_writes_named(self.path):  # (a full disk: named, not a zarr traceback)
+            self.backend.create(
+                self.inner,
+                self.keys,
+                self.labels,
+                self._store_attrs(complete=False),
+                self.chunk_rows,
+                self.shard_rows,
+            )
 
     def _attach(self) -> None:
         meta_path = self.partial / "meta.json"
@@ -304,7 +305,8 @@ class MapStoreWriter:
     def _write_shard_rows(self, shard: int, maps, status, errors: dict) -> None:
         """Write a shard's rows and mark it done, keeping its failures and the checksums of the
         rows as written (``checksums.chunk_data_digests``)."""
-        self.backend.write_rows(self.inner, shard * self.shard_rows, maps, status)
+        with refused_writes_named(self.path):
+            self.backend.write_rows(self.inner, shard * self.shard_rows, maps, status)
         done = {
             "version": DONE_VERSION,
             "failed": errors,
@@ -372,8 +374,9 @@ class MapStoreWriter:
             data_digests, keys_as_bytes(self.keys), self.labels, self.chunk_rows
         )
         attrs = self._store_attrs(True, dict(sorted(failed.items())), record)
-        self.backend.update_attrs(self.inner, attrs)
-        swap.swap_in(self.path, self.fmt)
+        with refused_writes_named(self.path):
+            self.backend.update_attrs(self.inner, attrs)
+            swap.swap_in(self.path, self.fmt)
         return self.path
 
 
