@@ -94,7 +94,7 @@ def check_output_path(path, kind: str = "folder", flag: str | None = None) -> Pa
         try:
             mode = os.stat(step).st_mode
         except FileNotFoundError:
-            if os.path.islink(step):
+            if os.path.islink(step) and not (is_output and kind == "file"):  # (a file replaces it)
                 raise InputError(
                     f"{shown}: {step} is a link to {os.readlink(step)}, which does not exist: "
                     "make its target, remove the link or choose another path"
