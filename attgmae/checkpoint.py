@@ -26,6 +26,7 @@ from attgmae.core.torchfile import (  # noqa: F401 (CheckpointError: for callers
     CheckpointUnreadable,
     CheckpointUntrusted,
     load_torch_file,
+    save_torch_file,
 )
 from attgmae.models import MODEL_FACTORIES
 
@@ -40,9 +41,7 @@ def epoch_name(epoch: int) -> str:
 def save_atomic(obj: dict, path) -> Path:
     """torch.save aside, then rename over ``path``: a run killed while saving leaves the previous
     checkpoint intact (never a truncated one)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
+    return save_torch_file(obj, path)
 
 
 def load_checkpoint(path, trusted: bool = False) -> dict:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import select
 import sys
 
-from attgmae.core.errors import AttgError, user_message
+from attgmae.core.errors import EXIT_FAILED, AttgError, os_error_line, user_message
 
 
 def package_version() -> str:
@@ -183,15 +185,42 @@ def config_from_args(config_class, args: argparse.Namespace, **overrides):
     return config_class(**{**values, **overrides})
 
 
+def _stdout_closed() -> bool:
+    """Whether the reader of stdout has gone (``| head`` has read enough): a pipe without a
+    reader polls as an error. Not another broken pipe (a worker's, a socket's)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no file behind stdout (a test's capture)
+        return False
+
+
 def run_main(fn, argv=None) -> int:
     """Call ``fn(argv)``: the one place where errors become messages and exit codes for every
-    command (an AttgError: its message and ``exit_code``; Ctrl-C: 130)."""
+    command (an AttgError: its message and ``exit_code``; Ctrl-C: 130).
+
+    Also the last net: an OSError no layer named becomes ``error: <path>: <strerror>``, exit 1,
+    not a traceback; a reader of stdout that stopped reading (``| head``) ends the command
+    quietly with 0, as ``head`` expects (Python's recipe: stdout then goes to devnull, so the
+    flush at exit cannot fail again).
+    """
     try:
         code = fn(argv)
+        sys.stdout.flush()  # (a broken pipe shows here, not in the interpreter's exit)
     except AttgError as err:
         print(f"error: {user_message(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as err:
+        if not _stdout_closed():
+            print(f"error: {os_error_line(err)}", file=sys.stderr)
+            return EXIT_FAILED
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as err:
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
+        return EXIT_FAILED
     return int(code or 0)

@@ -171,6 +171,13 @@ def _show(args) -> int:
 
 
 def _make_example(args) -> int:
+    from attgmae.core.outputs import claim_output
+
+    with claim_output(args.root, "make-example ROOT"):
+        return _write_example(args)
+
+
+def _write_example(args) -> int:
     from attgmae.data.example import write_example
     from attgmae.data.example_taskonomy import write_example_taskonomy
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from attgmae.core.constants import MAP_GRID
 from attgmae.core.errors import InputError
+from attgmae.core.outputs import check_output_path
 from attgmae.data.images import ImageDecodeError, decode_rgb
 from attgmae.figures import CMAP, compare_figure, save_figure
 from attgmae.store import STATUS_OK, open_store
@@ -80,6 +81,7 @@ def write_compare_grid(
     overlay: bool = False,
 ) -> Path:
     """Write the comparison PNG (atomically) and return its path."""
+    check_output_path(out_png, "file", "-o")
     stores = [open_store(path) for path in store_paths]
     keys = list(keys) if keys else spread_keys(stores, num)
     per_store = [_store_maps(store, keys) for store in stores]

@@ -25,6 +25,7 @@ import torch
 
 from attgmae.core.errors import InputError
 from attgmae.core.files import file_sha256, write_json_atomic
+from attgmae.core.outputs import claim_output
 from attgmae.core.provenance import software_versions
 from attgmae.engine import RunConfig, SupervisedRun, distributed_session, run_config_from
 from attgmae.engine.resume import config_settings
@@ -180,7 +181,10 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
     validate(cfg)
     check_data_root(cfg.data_path, cfg.checkpoint)
     started = time.perf_counter()
-    with distributed_session(cfg.device) as (info, device):
+    with (
+        distributed_session(cfg.device) as (info, device),
+        claim_output(cfg.output_dir, "--output_dir", info=info),
+    ):
         say = log if info.is_main else (lambda message: None)
         out_dir = Path(cfg.output_dir)
         data = build_finetune_data(cfg, info, device)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from attgmae.core.errors import InputError
 from attgmae.core.files import write_json_atomic
 from attgmae.core.identity import changed_images, image_identities
 from attgmae.core.listing import folder_labels, list_images
-from attgmae.core.lock import OutputLock
+from attgmae.core.outputs import claim_output
 from attgmae.core.resources import WorkerPlan, plan_workers
 from attgmae.maps.compute import MapComputer, load_backbones
 from attgmae.maps.provenance import defining_params, store_attrs
@@ -245,24 +244,17 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         distributed.cleanup(info)
 
 
-@contextmanager
 def _locked_stores(cfg: GenerateConfig, methods, info: distributed.DistInfo):
     """Rank 0 holds each store's lock for the whole run (one writer at a time) and finishes a
     swap into place that a kill interrupted; every rank learns whether that worked."""
-    locks, error = ExitStack(), None
-    with locks:
-        if info.is_main:
-            try:
-                Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-                for method in sorted(methods):
-                    path = store_path(cfg.out_dir, method, cfg.fmt)
-                    locks.enter_context(OutputLock(path, "--out"))
-                    finish_interrupted(path, cfg.fmt)
-            except InputError as err:
-                error = err
-        if distributed.max_across_ranks(int(error is not None), info):
-            raise error or InputError("rank 0 could not lock the stores")
-        yield
+    paths = [store_path(cfg.out_dir, method, cfg.fmt) for method in sorted(methods)]
+    kind = "file" if cfg.fmt == "h5" else "store"
+
+    def finish_swaps():
+        for path in paths:
+            finish_interrupted(path, cfg.fmt)
+
+    return claim_output(paths, "--out", kind, info, prepare=finish_swaps)
 
 
 def _run(cfg, defining, keys, class_names, labels, device, amp, info, unreadable):

@@ -18,6 +18,7 @@ import torch
 
 from attgmae.core.errors import InputError
 from attgmae.core.files import file_sha256, write_json_atomic
+from attgmae.core.outputs import claim_output
 from attgmae.core.progress import Progress
 from attgmae.core.provenance import software_versions
 from attgmae.engine.launch import distributed_session
@@ -214,7 +215,8 @@ def run_knn_compare(cfg: KnnConfig, checkpoints, labels=None, log=print) -> list
             cfg = dataclasses.replace(cfg, label=labels[0])
         _check_sources(cfg)
         with distributed_session(cfg.device) as (info, device):
-            result = _run_knn(cfg, info, device, log)
+            with claim_output(cfg.output_dir, "--output_dir", info=info):
+                result = _run_knn(cfg, info, device, log)
         return [result] if result is not None else []
     labels = list(labels) if labels else [Path(c).stem for c in checkpoints]
     if len(labels) != len(checkpoints):
@@ -232,9 +234,15 @@ def run_knn_compare(cfg: KnnConfig, checkpoints, labels=None, log=print) -> list
     for run in runs:
         _check_sources(run)
     with distributed_session(cfg.device) as (info, device):
-        results = [_run_knn(run, info, device, log) for run in runs]
-    if not info.is_main:
-        return []
+        with claim_output(cfg.output_dir, "--output_dir", info=info):
+            results = [_run_knn(run, info, device, log) for run in runs]
+            if info.is_main:
+                _report(cfg, results, log)
+    return results if info.is_main else []
+
+
+def _report(cfg: KnnConfig, results: list[dict], log) -> None:
+    """The table of every checkpoint's results, and with several knn_compare.json / .png."""
     log(f"\n{'checkpoint':<24}{'k':>5}{'top-1':>9}{'top-5':>9}")
     for res in results:
         for row in res["results"]:
@@ -253,4 +261,3 @@ def run_knn_compare(cfg: KnnConfig, checkpoints, labels=None, log=print) -> list
         chance = 100.0 / results[0]["num_classes"]
         plot_knn(by_label, out / "knn_compare.png", temperature=cfg.temperature, chance=chance)
         log(f"comparison: {out / 'knn_compare.json'}  {out / 'knn_compare.png'}")
-    return results

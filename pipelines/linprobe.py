@@ -46,6 +46,7 @@ from attgmae.core.device import resolve_precision
 from attgmae.core.distributed import main_value
 from attgmae.core.errors import InputError
 from attgmae.core.files import file_sha256, write_json_atomic
+from attgmae.core.outputs import claim_output
 from attgmae.core.progress import duration
 from attgmae.core.provenance import software_versions
 from attgmae.core.signals import preempted, stop_agreed, stop_requested, stop_requests
@@ -98,7 +99,8 @@ def run_linprobe(cfg: LinprobeConfig, log=print) -> dict | None:
     the others)."""
     _check(cfg)
     with distributed_session(cfg.device) as (info, device):
-        return _probe(cfg, info, device, log)
+        with claim_output(cfg.output_dir, "--output_dir", info=info):
+            return _probe(cfg, info, device, log)
 
 
 def _probe(cfg: LinprobeConfig, info, device, log) -> dict | None:
@@ -298,8 +300,6 @@ def run_seeds(cfg: LinprobeConfig, seeds, log=print) -> dict | None:
     seeds = [int(s) for s in seeds]
     out_dir = Path(cfg.output_dir)
     features_dir = cfg.features_dir or str(out_dir / "features")  # shared by the seeds
-    if cfg.subset_file:
-        log(f"{cfg.subset_file} fixes the subset: the seeds vary the head's init and the order")
     seeded_cfgs = [
         dataclasses.replace(
             cfg, seed=seed, output_dir=str(out_dir / f"seed_{seed}"), features_dir=features_dir
@@ -310,12 +310,22 @@ def run_seeds(cfg: LinprobeConfig, seeds, log=print) -> dict | None:
         _check(seeded_cfg)
     runs = []
     with distributed_session(cfg.device) as (info, device):
-        for seed, seeded_cfg in zip(seeds, seeded_cfgs):
-            if info.is_main:
-                log(f"--- seed {seed} ---")
-            runs.append(_probe(seeded_cfg, info, device, log))
-    if not info.is_main:
-        return None
+        with claim_output(cfg.output_dir, "--output_dir", info=info):  # and each seed its own
+            if cfg.subset_file and info.is_main:
+                log(f"{cfg.subset_file} fixes the subset: the seeds vary the head's init and "
+                    "the order")  # fmt: skip
+            for seed, seeded_cfg in zip(seeds, seeded_cfgs):
+                if info.is_main:
+                    log(f"--- seed {seed} ---")
+                with claim_output(seeded_cfg.output_dir, "--output_dir", info=info):
+                    runs.append(_probe(seeded_cfg, info, device, log))
+            if not info.is_main:
+                return None
+            return _seed_summary(cfg, seeds, runs, log)
+
+
+def _seed_summary(cfg: LinprobeConfig, seeds: list[int], runs: list[dict], log) -> dict:
+    out_dir = Path(cfg.output_dir)
     final1 = [r["final"]["acc1"] for r in runs]
     final5 = [r["final"]["acc5"] for r in runs]
 

@@ -14,11 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
-from attgmae.core.files import atomic_path
 from attgmae.core.tensorboard import epoch_1000x, open_tensorboard
-from attgmae.core.torchfile import CheckpointUnreadable, load_torch_file
+from attgmae.core.torchfile import CheckpointUnreadable, load_torch_file, save_torch_file
 from attgmae.engine.history import EpochLog
 from attgmae.engine.resume import check_settings, find_checkpoint
 
@@ -51,11 +48,6 @@ def find_probe_checkpoint(cfg, out_dir: Path, settings: dict, log, is_main: bool
     path, state = found
     note = f"the lr cosine now ends at epoch {cfg.epochs}"
     return path, state, check_settings(path, state, settings, cfg.accept_changed, log, note)
-
-
-def _save(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 class ProbeState:
@@ -106,7 +98,7 @@ class ProbeState:
         step = train_stats["stopped_at"]
         checkpoint = self._checkpoint(epoch - 1, epoch=epoch, step=step, sums=train_stats["sums"])
         if self.writes:
-            _save(checkpoint, self.out_dir / LAST_NAME)
+            save_torch_file(checkpoint, self.out_dir / LAST_NAME)
         return f"{self.out_dir / LAST_NAME} (epoch {epoch}, micro-batch {step})"
 
     def end_epoch(self, epoch: int, train_stats: dict, test_stats: dict) -> None:
@@ -128,9 +120,9 @@ class ProbeState:
             f"{stats['test_acc1']:.2f} top-5 {stats['test_acc5']:.2f}"
         )
         checkpoint = self._checkpoint(epoch, epoch=epoch + 1)
-        _save(checkpoint, self.out_dir / LAST_NAME)
+        save_torch_file(checkpoint, self.out_dir / LAST_NAME)
         if epoch == self.cfg.epochs - 1:
-            _save(checkpoint, self.out_dir / f"checkpoint-{epoch}.pth")
+            save_torch_file(checkpoint, self.out_dir / f"checkpoint-{epoch}.pth")
         if self.writer is not None:
             for key in SCALARS:
                 self.writer.add_scalar(key.replace("_", "/", 1), stats[key], epoch_1000x(epoch + 1))

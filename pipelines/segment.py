@@ -27,6 +27,7 @@ from torch.utils.data import Subset
 
 from attgmae.core.errors import InputError
 from attgmae.core.files import file_sha256, write_json_atomic
+from attgmae.core.outputs import claim_output
 from attgmae.data.dense_datasets import SegmentationDataset, SegmentationSplit, segmentation_split
 from attgmae.data.dense_recipes import RECIPE_SOURCES, DenseRecipe
 from attgmae.data.dense_transforms import SegmentationTransform
@@ -136,7 +137,10 @@ def run_segment(cfg: SegmentConfig, log=print) -> dict:
     recipe = resolve_recipe(cfg.dataset, cfg)
     check_recipe(recipe)
     started = time.perf_counter()
-    with distributed_session(cfg.device) as (info, device):
+    with (
+        distributed_session(cfg.device) as (info, device),
+        claim_output(cfg.output_dir, "--output_dir", info=info),
+    ):
         say = log if info.is_main else (lambda message: None)
         out_dir = Path(cfg.output_dir)
         batch, accum, eff = dense_batch(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from attgmae.core.errors import InputError
+from attgmae.core.outputs import check_output_path
 from attgmae.core.torchfile import load_torch_file
 from attgmae.data.images import decode_rgb
 from attgmae.figures import FIG2_RANGE, save_figure, tau_figure, weight_figure
@@ -65,6 +66,7 @@ def _check(taus, value_range) -> None:
 def render_show(store_path, images_root, keys, taus, out_png, schedule=None,
                 overlay: bool = False, value_range=None) -> Path:  # fmt: skip
     """Write ``show_figure``'s PNG (atomically) and return its path."""
+    check_output_path(out_png, "file", "-o")
     fig = show_figure(store_path, images_root, keys, taus, schedule, overlay, value_range)
     return save_figure(fig, out_png)
 

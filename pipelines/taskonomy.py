@@ -17,6 +17,7 @@ from pathlib import Path
 
 from attgmae.core.errors import InputError
 from attgmae.core.files import file_sha256, write_json_atomic, write_text_atomic
+from attgmae.core.outputs import claim_output
 from attgmae.data.dense_taskonomy import resolve_tasks
 from attgmae.engine import distributed_session
 from attgmae.eval.dense_report import comparison_table
@@ -70,7 +71,10 @@ def run_taskonomy_compare(cfg: TaskonomyConfig, checkpoints=None, labels=None, l
     check_recipe(recipe)
     root = Path(cfg.output_dir)
     summaries = {}
-    with distributed_session(cfg.device) as (info, device):
+    with (
+        distributed_session(cfg.device) as (info, device),
+        claim_output(root, "--output_dir", info=info),
+    ):
         say = log if info.is_main else (lambda message: None)
         batching = dense_batch(
             recipe.total_batch_size, cfg.batch_size, cfg.accum_iter, info.world_size

@@ -39,6 +39,7 @@ from attgmae.core.distributed import (
 )
 from attgmae.core.errors import AttgError
 from attgmae.core.files import write_json_atomic
+from attgmae.core.outputs import claim_output
 from attgmae.core.progress import loop_pace
 from attgmae.core.signals import preempted, stop_agreed, stop_requests
 from attgmae.core.tensorboard import epoch_1000x, open_tensorboard
@@ -60,12 +61,7 @@ from attgmae.pipelines.train_config import (
     validate,
 )
 from attgmae.pipelines.train_data import build_train_data, gather_on_main, record_bad_images
-from attgmae.pipelines.train_launch import (
-    finished_message,
-    launch_info,
-    locked_output,
-    out_of_memory_message,
-)
+from attgmae.pipelines.train_launch import finished_message, launch_info, out_of_memory_message
 from attgmae.pipelines.train_vis import write_reconstruction_png
 
 
@@ -440,7 +436,7 @@ def run_pretrain(cfg: TrainConfig) -> dict:
     device = rank_device(resolve_device(cfg.device), local_rank, world_size)
     info = init_distributed(device, cfg.dist_timeout_min)  # torchrun / SLURM environment
     try:
-        with locked_output(cfg, info):
+        with claim_output(cfg.output_dir, "--output_dir", info=info):
             return PretrainRun(cfg, info, device).fit()
     except torch.OutOfMemoryError:
         raise TrainError(out_of_memory_message(cfg, device)) from None

@@ -1,36 +1,15 @@
-"""How a training run starts and ends: the world the launcher made, the lock on its output, and
-what it says when it is done (or out of memory)."""
+"""How a training run starts and ends: the world the launcher made, and what it says when it is
+done (or out of memory). The output's claim (its lock) is ``attgmae.core.outputs``'s."""
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 from pathlib import Path
 
 from attgmae.checkpoint import LAST_NAME, epoch_name
-from attgmae.core.distributed import DistInfo, launched_world, max_across_ranks
-from attgmae.core.errors import InputError
-from attgmae.core.lock import OutputLock
+from attgmae.core.distributed import launched_world
 from attgmae.engine.history import LOG_NAME
 from attgmae.pipelines.train_config import TrainConfig
-
-
-@contextlib.contextmanager
-def locked_output(cfg: TrainConfig, info: DistInfo):
-    """Rank 0 holds ``--output_dir``'s lock for the run: two runs never write one folder."""
-    lock, error = None, None
-    if info.is_main and cfg.output_dir:
-        try:
-            lock = OutputLock(cfg.output_dir, "--output_dir", inside=True).acquire()
-        except InputError as err:
-            error = err
-    try:
-        if max_across_ranks(int(error is not None), info):
-            raise error or InputError("rank 0 could not lock --output_dir")
-        yield
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def launch_info(cfg: TrainConfig) -> tuple[int, int]:

@@ -17,6 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from attgmae.core.errors import write_error
+
+# Said after a failed atomic write: the reader's file is the one from before.
+KEPT_NOTE = " (the previous file, if any, is kept)"
+
 
 def temporary_path(path, suffix: str | None = None) -> Path:
     """A fresh hidden name beside ``path`` for writing it aside (ending in ``suffix``, by
@@ -61,18 +66,43 @@ def fsync_path(path) -> None:
 def atomic_path(path) -> Iterator[Path]:
     """``with atomic_path(target) as tmp: write(tmp)``: on success ``tmp`` is flushed to disk and
     renamed over ``target`` (its folder is created if needed); on any exception it is removed
-    and ``target`` is left as it was."""
+    and ``target`` is left as it was.
+
+    The file system refusing the write (disk full, read-only, no permission, a name too long, a
+    file where a folder should be: an OSError here or in the block) becomes one error naming
+    ``target`` and the fix (``errors.write_error``: exit 1 for space running out, 2 for a path
+    to change). Writers that take a path may fail otherwise: hand them an open file instead
+    (``torch.save`` reports a full disk as a RuntimeError, a file object's as an OSError).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
+    with refused_writes_named(path, KEPT_NOTE):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            fsync_path(tmp)
+            os.replace(tmp, path)
+            fsync_path(path.parent)  # the rename itself survives a crash
+        finally:
+            _remove_quietly(tmp)
+
+
+@contextmanager
+def refused_writes_named(path, note: str = "") -> Iterator[None]:
+    """An OSError inside (the file system refusing a write to ``path``) becomes the one error
+    that names ``path`` and the fix (``errors.write_error``). ``atomic_path`` uses it; so does
+    what a library writes in place (a store's arrays, through zarr or HDF5)."""
     try:
-        yield tmp
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_path(path.parent)  # the rename itself survives a crash
+        yield
+    except OSError as err:
+        raise write_error(err, path, note) from err
+
+
+def _remove_quietly(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:  # (a read-only file system never let it be made)
+        pass
 
 
 def write_bytes_atomic(path, data: bytes) -> Path:

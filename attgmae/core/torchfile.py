@@ -1,10 +1,15 @@
-"""The one reader of weights and checkpoint files, with one safety rule.
+"""The one reader (and writer) of weights and checkpoint files, with one safety rule.
 
 A ``.pth``/``.pt`` file is a pickle, and unpickling can run arbitrary code. So every file is first
 loaded tensors-only (``torch.load(weights_only=True)``, which also admits plain containers and
 the ``argparse.Namespace`` that MAE, DINO and attg-train store their arguments in). A file that
 holds other Python objects is unpickled in full only when the user says it is trusted
 (``--trust_checkpoint``); the error names that flag. ``.safetensors`` files hold tensors only.
+
+``save_torch_file`` is the one writer: atomic (``core.files.atomic_path``), through an open file
+so that a full disk is the OSError the atomic writer names (given a path, ``torch.save`` reports
+it as a RuntimeError of its own), and the same bytes for the same object (given a path, torch
+names the archive inside after the file, here a temporary name).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from safetensors.torch import load_file
 
 from attgmae.core.constants import TRUST_FLAG
 from attgmae.core.errors import InputError
+from attgmae.core.files import atomic_path
 
 SAFE_GLOBALS = [argparse.Namespace]
 # Wrappers that training code adds in front of a model's own parameter names.
@@ -82,6 +88,30 @@ def load_torch_file(path, trusted: bool = False, what: str = "checkpoint"):
         raise CheckpointUnreadable(
             f"{path}: not a readable {what} file ({type(err).__name__}: {_first_line(err)})"
         ) from None
+
+
+def save_torch_file(obj, path) -> Path:
+    """``torch.save(obj)`` to ``path``, atomically: a run killed or out of disk while saving
+    leaves the previous file whole (and says which file and what to do)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as err:
+            # A write that failed midway: torch's zip writer, closing, raises its own error
+            # ("unexpected pos") over the file's OSError; the OSError says what happened.
+            refused = _os_error_in(err)
+            if refused is None:
+                raise
+            raise refused from None
+    return Path(path)
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The OSError ``err`` was raised while handling, if any."""
+    seen = err.__context__
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__context__
+    return seen
 
 
 def strip_prefixes(state: dict, prefixes=WRAPPER_PREFIXES) -> dict:

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from attgmae.core.errors import InputError
-from attgmae.core.files import atomic_path
-from attgmae.core.torchfile import load_torch_file
+from attgmae.core.torchfile import load_torch_file, save_torch_file
 
 DUMP_FILES = ("trainfeat.pth", "testfeat.pth", "trainlabels.pth", "testlabels.pth")
 # A dumped row whose length is this close to 1 is taken as DINO wrote it (normalizing it again
@@ -28,8 +27,7 @@ def write_feature_dump(folder, train_feats, train_labels, test_feats, test_label
     folder = Path(folder)
     tensors = (train_feats, test_feats, train_labels, test_labels)
     for name, tensor in zip(DUMP_FILES, tensors):
-        with atomic_path(folder / name) as tmp:
-            torch.save(tensor.detach().cpu(), tmp)
+        save_torch_file(tensor.detach().cpu(), folder / name)
     return folder
 
 

@@ -33,12 +33,11 @@ from torch.utils.data import DataLoader, Dataset
 from attgmae.core.device import resolve_precision
 from attgmae.core.distributed import DistInfo, all_gather_rows, main_value
 from attgmae.core.errors import InputError
-from attgmae.core.files import atomic_path
 from attgmae.core.identity import changed_images, image_identities
 from attgmae.core.listing import folder_labels, list_split, split_root
 from attgmae.core.progress import Progress
 from attgmae.core.signals import ignore_stop_signals
-from attgmae.core.torchfile import CheckpointError, load_torch_file
+from attgmae.core.torchfile import CheckpointError, load_torch_file, save_torch_file
 from attgmae.data.images import ImageDecodeError, decode_rgb
 from attgmae.eval.transforms import eval_transform
 from attgmae.models.tokens import features as encoder_features
@@ -259,8 +258,7 @@ def cache_file(features_dir, description: dict) -> Path:
 
 def save_cache(path: Path, payload: dict) -> None:
     """Atomic write: a reader never sees a half-written cache file."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_file(payload, path)
 
 
 def load_cache(path: Path, split: ImageSplit, description: dict, log=print):

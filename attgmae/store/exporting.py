@@ -21,7 +21,7 @@ from attgmae.core.files import (
     temporary_path,
     write_text_atomic,
 )
-from attgmae.core.lock import OutputLock
+from attgmae.core.outputs import claim_output
 
 from .layout import H5_SUFFIXES, STATUS_FAILED, StoreError
 from .reader import open_store
@@ -38,7 +38,7 @@ def export_store(store_path, out, overwrite: bool = False) -> tuple[Path, Path]:
         raise StoreError(f"{out}: export name must end in .zarr.zip or .h5")
     if out.resolve() == Path(store_path).resolve():
         raise StoreError(f"{out} is the store being exported: choose another output name")
-    with OutputLock(out, "output"):
+    with claim_output(out, "OUT", "file"):
         remove_stale_temporaries(out)
         remove_stale_temporaries(Path(f"{out}.sha256"))
         if out.exists() and not overwrite:

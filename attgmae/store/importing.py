@@ -20,7 +20,7 @@ import numpy as np
 
 from attgmae.core.files import file_sha256, remove_stale_temporaries, temporary_path
 from attgmae.core.listing import IMAGE_EXTENSIONS, list_images
-from attgmae.core.lock import OutputLock
+from attgmae.core.outputs import claim_output
 
 from . import checksums, swap
 from .layout import (
@@ -169,7 +169,7 @@ def import_maps(
     """Import ``source`` into a new store at ``out``; returns a summary dict."""
     source, out = Path(source), Path(str(out).rstrip("/"))
     out_fmt = store_format(out, fmt)  # fail early on a bad output name
-    with OutputLock(out, "output store"):
+    with claim_output(out, "output store", "file" if out_fmt == "h5" else "store"):
         remove_stale_temporaries(out)  # what killed imports unpacked beside it
         return _import(source, out, out_fmt, images, method, resize, normalize, maps_name,
                        keys_name, overwrite)  # fmt: skip

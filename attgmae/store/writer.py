@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attgmae.core.files import atomic_path, write_json_atomic
+from attgmae.core.files import atomic_path, refused_writes_named, write_json_atomic
 from attgmae.core.identity import UNKNOWN
 from attgmae.core.provenance import software_versions
 
@@ -163,14 +163,15 @@ class MapStoreWriter:
             self.changed = refresh.redo_changed_images(self)
 
     def _create_inner(self) -> None:
-        self.backend.create(
-            self.inner,
-            self.keys,
-            self.labels,
-            self._store_attrs(complete=False),
-            self.chunk_rows,
-            self.shard_rows,
-        )
+        with refused_writes_named(self.path):  # (a full disk: named, not a zarr traceback)
+            self.backend.create(
+                self.inner,
+                self.keys,
+                self.labels,
+                self._store_attrs(complete=False),
+                self.chunk_rows,
+                self.shard_rows,
+            )
 
     def _attach(self) -> None:
         meta_path = self.partial / "meta.json"
@@ -332,7 +333,10 @@ class MapStoreWriter:
     def _write_shard_rows(self, shard: int, maps, status, errors: dict, image_identity) -> None:
         """Write a shard's rows and mark it done, keeping its failures and the checksums of the
         rows as written (``checksums.chunk_data_digests``)."""
-        self.backend.write_rows(self.inner, shard * self.shard_rows, maps, status, image_identity)
+        with refused_writes_named(self.path):
+            self.backend.write_rows(
+                self.inner, shard * self.shard_rows, maps, status, image_identity
+            )
         done = {
             "version": DONE_VERSION,
             "failed": errors,
@@ -409,8 +413,9 @@ class MapStoreWriter:
             data_digests, keys_as_bytes(self.keys), self.labels, self.chunk_rows
         )
         attrs = self._store_attrs(True, dict(sorted(failed.items())), record)
-        self.backend.update_attrs(self.inner, attrs)
-        swap.swap_in(self.path, self.fmt)
+        with refused_writes_named(self.path):
+            self.backend.update_attrs(self.inner, attrs)
+            swap.swap_in(self.path, self.fmt)
         return self.path
 
     def discard_own_partial(self) -> None:
