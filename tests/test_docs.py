@@ -131,11 +131,12 @@ def shell_blocks(text: str) -> list[str]:
 
 def documented_commands(text: str):
     """Every attg-* command line of the fenced blocks of ``text`` as (command, argv): lines
-    joined at their backslashes, ``$VAR`` replaced by 1, comments, redirections and lines with
-    placeholders (``...``, ``[``, ``<``, pipes) left out."""
+    joined at their backslashes, ``$VAR`` replaced by 1, comments, redirections, a final ``&``
+    and lines with placeholders (``...``, ``[``, ``<``, pipes) left out."""
     for block in shell_blocks(text):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             line = re.sub(r"\s\d?>\s*\S+", "", line.split(" #")[0]).strip()
+            line = re.sub(r"\s&$", "", line)  # a job started in the background
             for part in re.split(r"\s*(?:&&|;)\s*", line):
                 if "attg" not in part or any(mark in part for mark in ("...", "[", "<", "|")):
                     continue

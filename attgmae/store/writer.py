@@ -154,10 +154,14 @@ class MapStoreWriter:
             else:  # creation itself was interrupted, or --overwrite: nothing to keep
                 shutil.rmtree(self.partial)
         if not self.resumed:
-            self.staging.mkdir(parents=True)
-            self._create_inner()
-            # meta.json last: its presence means the partial store is fully set up.
-            write_json_atomic(meta_path, self.identity, indent=1, sort_keys=True)
+            try:
+                self.staging.mkdir(parents=True)
+                self._create_inner()
+                # meta.json last: its presence means the partial store is fully set up.
+                write_json_atomic(meta_path, self.identity, indent=1, sort_keys=True)
+            except BaseException:  # (a full disk, Ctrl-C) what this run just made goes again
+                shutil.rmtree(self.partial, ignore_errors=True)
+                raise
             self.created = True
         if self.images_root is not None:
             self.changed = refresh.redo_changed_images(self)
