@@ -148,8 +148,11 @@ class _HashingFile:
         self.file = open(path, "wb")  # noqa: SIM115 - closed by _ShardFiles.finished
         self.digest = hashlib.sha256()
         self.bytes = 0
+        self.discarded = False  # an abandoned tar stream may still flush into it when collected
 
     def write(self, data) -> int:
+        if self.discarded:
+            return len(data)
         self.digest.update(data)
         self.bytes += len(data)
         return self.file.write(data)
@@ -192,6 +195,7 @@ class _ShardFiles:
     def discard(self) -> None:
         """A failed pack: the shard in writing is removed (the whole ones stay)."""
         for handle in self.open.values():
+            handle.discarded = True
             handle.file.close()
             handle.path.unlink(missing_ok=True)
         self.open.clear()

@@ -23,6 +23,7 @@ when the file was replaced since the parent mapped it.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -356,11 +357,22 @@ def open_node_table(list_keys, info: DistInfo, log=print, **table) -> SharedTabl
             folder = prepare_table(list_keys(), log=log, **table)
         except Exception as err:  # noqa: BLE001 - re-raised below, once every rank knows
             error = err
+        _release_freed_heap()
     if max_across_ranks(int(error is not None), info):
         raise error or InputError(
             "the joined map table could not be prepared (local rank 0's error says why)"
         )
     return SharedTable(_node_folder(folder, info))
+
+
+def _release_freed_heap() -> None:
+    """Hand the heap the join freed back to the system (glibc keeps it otherwise: 0.19 of the
+    0.33 GiB a 1.28M-key build leaves, measured), so that local rank 0 trains as lean as the
+    other ranks; a no-op without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _node_folder(folder: Path | None, info: DistInfo) -> Path:
