@@ -157,6 +157,12 @@ def report(results: dict) -> str:
                 lines.append(f"| {phase} | rank {entry['rank']} worker {w} | | "
                              f"{gib(worker['uss'])} | {gib(worker['pss'])} | "
                              f"{gib(worker['peak_rss'])} | |")  # fmt: skip
+    lines += ["", "| path | all processes: PSS GiB (the node's memory they hold) | USS GiB |",
+              "|---|---|---|"]  # fmt: skip
+    for phase, ranks in results.items():
+        everyone = [*ranks, *(w for entry in ranks for w in entry["workers"])]
+        lines.append(f"| {phase} | {gib(sum(e['pss'] for e in everyone))} | "
+                     f"{gib(sum(e['uss'] for e in everyone))} |")  # fmt: skip
     return "\n".join(lines)
 
 

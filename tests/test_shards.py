@@ -21,7 +21,7 @@ from attgmae.cli.maps import main as maps_main
 from attgmae.cli.train import main as train_main
 from attgmae.core.listing import folder_labels, list_images
 from attgmae.data import shard_stream
-from attgmae.data.pretrain_dataset import EpochSampler
+from attgmae.data.pretrain_dataset import BadImageError, EpochSampler
 from attgmae.data.shard_access import ShardReader
 from attgmae.data.shard_stream import ShardTrainStream, plan_streams
 from attgmae.data.shards import ShardError, decode_sample, open_shards
@@ -218,3 +218,27 @@ def test_generate_on_shards_writes_the_folders_stores(packed, tmp_path):
         assert list(a.keys) == list(b.keys) and len(a.keys) == 4
         assert np.array_equal(a.read_all(), b.read_all()) and np.array_equal(a.labels, b.labels)
     shutil.rmtree(tmp_path / "shards")
+
+
+def test_an_undecodable_image_in_shards_stops_or_is_stood_in_for(example_root, tmp_path):
+    images = tmp_path / "train"
+    keys = list_images(example_root / "train")[:4]
+    for key in keys:
+        (images / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(example_root / "train" / key, images / key)
+    (images / keys[0]).write_bytes(b"not a jpeg")  # the first: no good image before it
+    write_store(tmp_path / "m.zarr", keys, np.zeros((4, 14, 14)), method="m")
+    out = tmp_path / "s" / "t-%06d.tar"
+    assert maps_main(["pack", str(images), "--maps", str(tmp_path / "m.zarr"), "--out",
+                      str(out)]) == 0  # fmt: skip
+    shards = open_shards(str(tmp_path / "s" / "t-000000.tar"))
+    plan = plan_streams(shards.counts, 1, 1, 2)
+
+    def stream(skip):
+        return ShardTrainStream(shards, plan, 0, JointTransform(32), 4, "store", "m", 0, 1, skip)
+
+    with pytest.raises(BadImageError, match=f"{keys[0]}.*--skip_bad_images"):
+        list(stream(False))
+    samples = list(stream(True))
+    assert [s["index"] for s in samples] == [1, 1, 2, 3]  # the next good image stands in
+    assert [s["bad"] for s in samples] == [keys[0], "", "", ""]

@@ -241,7 +241,9 @@ def table_arrays(keys, join: MapJoin | None) -> dict:
         used, rows = np.unique(join.rows[join.rows >= 0], return_inverse=True)
         arrays["rows"] = np.full(len(join.rows), -1, dtype=np.int64)
         arrays["rows"][join.rows >= 0] = rows
-        arrays["maps"] = np.ascontiguousarray(np.asarray(join.maps)[used])
+        maps = np.asarray(join.maps)
+        # every map used (the usual whole-set join: used is 0..M-1): no second copy of them
+        arrays["maps"] = maps if len(used) == len(maps) else np.ascontiguousarray(maps[used])
     return arrays
 
 
