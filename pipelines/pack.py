@@ -78,12 +78,13 @@ def check_config(cfg: PackConfig) -> None:
     if not cfg.maps:
         problems.append("--maps needs at least one store")
     try:
-        if cfg.out % 0 == cfg.out % 1 or not (cfg.out % 0).endswith(".tar"):
+        name = Path(cfg.out).name
+        if cfg.out % 0 == cfg.out % 1 or name % 0 == name % 1 or not name.endswith(".tar"):
             raise ValueError
     except (TypeError, ValueError):
         problems.append(
             f"--out {cfg.out!r} must be a pattern such as 'shards/train-%06d.tar' "
-            "(one %d placeholder, ending in .tar)"
+            "(one %d placeholder in the file name, ending in .tar)"
         )
     if cfg.shard_size < 1:
         problems.append("--shard_size must be >= 1")

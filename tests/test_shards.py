@@ -128,6 +128,17 @@ def test_training_on_shards_equals_training_on_the_folder(packed, tmp_path, monk
     assert all(torch.equal(folder[1][name], shards[1][name]) for name in folder[1])
 
 
+def test_a_run_on_shards_killed_mid_epoch_resumes_to_the_sample(packed, tmp_path, capsys):
+    _, _, pattern = packed
+    common = ["--maps", "imported", "--batch_size", 2, "--num_workers", 2, "--shuffle_buffer", 5]
+    whole = _train(pattern, tmp_path / "whole", capsys, *common)
+    killed = tmp_path / "killed"
+    _train(pattern, killed, capsys, *common, "--ckpt_every_steps", 3, "--stop_after_iters", 3)
+    resumed = _train(pattern, killed, capsys, *common, "--auto_resume")
+    assert len(whole[0]) == 8 and resumed[0] == whole[0][3:]  # 2 workers, resumed at an odd step
+    assert all(torch.equal(whole[1][name], resumed[1][name]) for name in whole[1])
+
+
 def test_training_on_shards_keeps_the_packs_policies(packed, tmp_path, capsys):
     root, _, _ = packed
     keys = list_images(root / "train")
