@@ -29,6 +29,7 @@ from attgmae.core.files import (
     remove_stale_temporaries,
     temporary_path,
     write_json_atomic,
+    write_text_atomic,
 )
 from attgmae.core.identity import image_identities
 from attgmae.core.listing import folder_labels, list_images
@@ -130,7 +131,10 @@ def _recorded(progress: Path, identity: dict) -> list[dict]:
         lines = progress.read_text().splitlines()
     except FileNotFoundError:
         return []
-    if not lines or json.loads(lines[0]) != identity:
+    try:
+        if not lines or json.loads(lines[0]) != identity:
+            return []
+    except ValueError:
         return []
     done = []
     for line in lines[1:]:
@@ -234,10 +238,11 @@ def run_pack(cfg: PackConfig, log=print) -> PackResult:
                 f"{index} holds shards of another pack; pass --overwrite to replace "
                 "them, or choose another --out"
             )
+        index.unlink(missing_ok=True)  # (--overwrite) no index over shards being replaced
         done = _still_whole([] if cfg.overwrite else _recorded(progress, identity), index.parent)
         if done:
             log(f"continuing a killed pack: {len(done)} of {len(bounds)} shards are written")
-        progress.write_text("".join(json.dumps(x) + "\n" for x in [identity, *done]))
+        write_text_atomic(progress, "".join(json.dumps(x) + "\n" for x in [identity, *done]))
         written = _write_shards(cfg, keys, labels, joins, bounds, len(done), progress, log)
         write_json_atomic(
             index,
