@@ -1,11 +1,12 @@
-"""`attg-maps`: guidance-map stores — generate, import, export, verify, inspect, show, compare."""
+"""`attg-maps`: guidance-map stores — generate, import, export, verify, inspect, show, compare,
+pack (tar shards of the images with their maps)."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from attgmae.cli import maps_generate
+from attgmae.cli import maps_generate, maps_pack
 from attgmae.cli._args import add_subparsers, make_parser, run_main
 
 # Each command imports what it runs (numpy, zarr, h5py, OpenCV, torch for some): building the
@@ -96,6 +97,7 @@ def build_parser():
     )
 
     maps_generate.add_parsers(sub)
+    maps_pack.add_parser(sub)
     return parser
 
 
@@ -197,6 +199,7 @@ COMMANDS = {
     "inspect": _inspect,
     "show": _show,
     "make-example": _make_example,
+    "pack": maps_pack.run,
 }
 
 

@@ -35,7 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flag(p)
 
     # data
-    p.add_argument("--data_path", required=True, help="folder holding train/<class>/<image>")
+    p.add_argument("--data_path", required=True,
+                   help="folder holding train/<class>/<image>, or tar shards of `attg-maps "
+                        "pack` as a brace pattern: 'shards/train-{000000..000099}.tar'")
+    p.add_argument("--shuffle_buffer", type=int, default=d.shuffle_buffer,
+                   help="tar shards: samples in each loader worker's shuffle buffer")
+    p.add_argument("--table_dir", default=None,
+                   help="folder of the node's joined map table (default: beside the store when "
+                        "its folder is writable, else the temporary folder)")
     p.add_argument("--input_size", type=int, default=d.input_size, help="image size")
     p.add_argument("--aug", choices=("rrc", "resize"), default=d.aug,
                    help="rrc: RandomResizedCrop(scale 0.2-1, bicubic) + flip (MAE); "
@@ -51,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     # guidance
     p.add_argument("--guidance", choices=("store", "random", "none"), default=d.guidance,
                    help="store: maps from --maps; random: random maps (control); none: vanilla MAE")
-    p.add_argument("--maps", help="map store (*.zarr or *.h5) keyed by paths under data_path/train")
+    p.add_argument("--maps", help="map store (*.zarr or *.h5) keyed by paths under "
+                                  "data_path/train; with tar shards, the method of their maps")
     p.add_argument("--tau", type=float, default=d.tau,
                    help="temperature of the weights exp(M_norm/tau): the cosine's start, or the "
                         f"constant with --tau_schedule constant (default: {TAU_START} for the "

@@ -33,6 +33,8 @@ from attgmae.core.identity import changed_images, image_identities
 from attgmae.core.listing import folder_labels, list_images
 from attgmae.core.outputs import claim_output
 from attgmae.core.resources import WorkerPlan, plan_workers
+from attgmae.data.shard_access import shard_keys
+from attgmae.data.shards import is_shard_source, open_shards
 from attgmae.maps.compute import MapComputer, load_backbones
 from attgmae.maps.provenance import defining_params, store_attrs
 from attgmae.maps.registry import (
@@ -128,12 +130,17 @@ def check_config(cfg: GenerateConfig) -> dict:
             raise InputError(f"--{BACKBONES[backbone].weights_flag} {path}: no such file")
     if cfg.file_list is not None and not Path(cfg.file_list).is_file():
         raise InputError(f"--file_list {cfg.file_list}: no such file")
-    if not Path(cfg.images_root).is_dir():
+    if is_shard_source(cfg.images_root):  # tar shards of `attg-maps pack`: keys and images
+        if cfg.file_list is not None:
+            raise InputError("--file_list lists files of an image folder, not of tar shards")
+    elif not Path(cfg.images_root).is_dir():
         raise InputError(f"image root {cfg.images_root} is not a directory")
     return params
 
 
 def list_keys(cfg: GenerateConfig, unreadable: list) -> list[str]:
+    if is_shard_source(cfg.images_root):
+        return shard_keys(open_shards(cfg.images_root))
     keys = list_images(cfg.images_root, cfg.file_list, unreadable if cfg.skip_unreadable else None)
     if not keys:
         where = f" listed in {cfg.file_list}" if cfg.file_list else ""
@@ -210,7 +217,7 @@ def _images_changed(store, cfg: GenerateConfig, keys, info, now: list) -> bool:
     """Whether any image changed since its map in ``store`` was computed. Rank 0 stats the
     images once for all stores (``now`` keeps their identities); every rank learns the answer."""
     changed = False
-    if info.is_main and store.image_identity is not None:
+    if info.is_main and store.image_identity is not None and not is_shard_source(cfg.images_root):
         if not now:
             now.append(image_identities(cfg.images_root, keys))
         changed = bool(changed_images(cfg.images_root, keys, store.image_identity, now[0]))

@@ -33,6 +33,8 @@ from attgmae.core.signals import (
     stop_requests,
 )
 from attgmae.data.map_inputs import DecodedImages, collate_decoded, normalize_batch
+from attgmae.data.shard_access import ShardImages
+from attgmae.data.shards import is_shard_source, open_shards
 from attgmae.store import MapStoreWriter, StoreError
 
 
@@ -72,7 +74,7 @@ def open_writers(cfg, keys, labels, attrs_by_method, info, update=()) -> dict:
                 fmt=cfg.fmt,
                 rank=info.rank,
                 world_size=info.world_size,
-                images_root=cfg.images_root,
+                images_root=None if is_shard_source(cfg.images_root) else cfg.images_root,
                 update=method in update,
                 **layout,
             )
@@ -152,6 +154,13 @@ def _chunks_to_compute(writers: dict) -> tuple[dict, dict]:
     return bounds, needs
 
 
+def _decoded_images(images_root, keys):
+    """The images decoded and resized by row: from a folder, or from tar shards' bytes."""
+    if is_shard_source(images_root):
+        return ShardImages(open_shards(images_root), keys)
+    return DecodedImages(images_root, keys)
+
+
 @dataclass
 class LoopTiming:
     """Images and seconds of one rank's compute loop, whole and after its first chunk (the
@@ -195,7 +204,7 @@ def _compute_plan(cfg, keys, labels, writers, computer, device, info, workers, p
     until no rank runs)."""
     num_todo = sum(len(rows) for _, rows in plan)
     loader = DataLoader(
-        DecodedImages(cfg.images_root, keys),
+        _decoded_images(cfg.images_root, keys),
         batch_sampler=[rows.tolist() for _, rows in plan],
         num_workers=workers.loader_workers if plan else 0,
         collate_fn=collate_decoded,

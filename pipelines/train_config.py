@@ -80,6 +80,8 @@ class TrainConfig:
     knn_every: int = 0
     knn_data: str | None = None
     skip_bad_images: bool = False
+    table_dir: str | None = None  # the node's joined table: None = beside the store, else /tmp
+    shuffle_buffer: int = 1000  # tar shards: samples in each loader worker's shuffle buffer
 
     # The flags that define a run (everything that changes its result): a resume with other
     # values is refused (attgmae.engine.resume). ``run_settings`` adds what is resolved from
@@ -134,6 +136,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("--knn_every needs --knn_data ROOT (with train/ and val/)")
     if cfg.save_every < 1 or cfg.print_freq < 1 or cfg.vis_count < 1:
         problems.append("--save_every, --print_freq and --vis_count must be >= 1")
+    if cfg.shuffle_buffer < 1:
+        problems.append("--shuffle_buffer must be >= 1 (1: the shards' own order)")
     if cfg.keep_checkpoints < 0:
         problems.append("--keep_checkpoints must be >= 0 (0 keeps every checkpoint)")
     if problems:
@@ -204,6 +208,7 @@ def run_settings(cfg: TrainConfig, data, amp: str, schedule: TauSchedule) -> dic
         amp=amp,
         images=data.identity["images"],
         maps=data.identity["maps"],
+        streams=data.identity.get("streams"),  # (tar shards only)
     )
 
 

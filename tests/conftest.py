@@ -29,6 +29,15 @@ def no_outputs_left_in_the_checkout():
     assert not left, f"a test wrote {sorted(left)} into the checkout; give it a tmp_path"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tables_in_the_session_folder(tmp_path_factory):
+    """Joined tables that go to the temporary folder (runs without a store) stay in the test
+    session's own folder."""
+    from attgmae.data import shared_table
+
+    shared_table.DEFAULT_TABLE_DIR = tmp_path_factory.mktemp("tables")
+
+
 @pytest.fixture(scope="session")
 def example_root(tmp_path_factory):
     """The procedural example set (4 classes, 6 train + 3 val images each), read-only for tests."""

@@ -286,6 +286,8 @@ NOT_IN_DEFINES_RUN = {
         "knn_every",
         "knn_data",
         "skip_bad_images",
+        "table_dir",
+        "shuffle_buffer",  # (with tar shards: the run's "streams", resolved)
     },
     FinetuneConfig: {
         # the engine's schedule, the checkpoint's and the subset's digests

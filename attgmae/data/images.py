@@ -10,6 +10,7 @@ do); CMYK, grayscale and palette images get PIL's RGB conversion. One deliberate
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,22 @@ def decode_rgb(path) -> np.ndarray:
         raise ImageDecodeError(path, f"cannot read file ({err.strerror})") from None
     if size == 0:
         raise ImageDecodeError(path, "empty file (0 bytes)")
+    return _decode(path, path)
+
+
+def decode_rgb_bytes(data: bytes, name: str) -> np.ndarray:
+    """``decode_rgb`` of an image file's bytes (a tar shard's sample); ``name`` (the shard and
+    key) names it in errors."""
+    if not data:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, path) -> np.ndarray:
+    """The one decode: ``source`` (a path or a binary file) as PIL's ``convert("RGB")``,
+    16-bit grayscale scaled; ImageDecodeError naming ``path``."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             if img.mode == "I;16" or img.mode == "I":
                 # 16-bit grayscale: scale to 8 bit before RGB conversion (PIL would clip).

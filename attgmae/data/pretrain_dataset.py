@@ -58,7 +58,7 @@ class MapJoin:
 
 
 def join_maps(keys: np.ndarray, store_path, missing_policy: str = "error", image_root=None,
-              changed_policy: str = "error") -> MapJoin:  # fmt: skip
+              changed_policy: str = "error", identities=None) -> MapJoin:  # fmt: skip
     """Look up every image key in the map store at ``store_path`` (loaded fully into memory).
 
     Maps that the store marks as failed count as missing. With ``missing_policy='error'`` any
@@ -67,7 +67,8 @@ def join_maps(keys: np.ndarray, store_path, missing_policy: str = "error", image
     images whose size or mtime differ from what the store recorded when their map was computed
     (``core.identity``) raise MapJoinError naming them too, unless ``changed_policy`` is
     ``'uniform'`` (zero maps) or ``'accept'`` (the old maps). The stat of every joined image
-    costs about as much as the listing's own walk (docs/training.md).
+    costs about as much as the listing's own walk (docs/training.md); ``identities`` (int64
+    [N, 2], ``core.identity.image_identities`` of ``keys``) spares it when already taken.
     """
     if missing_policy not in MISSING_POLICIES:
         raise ValueError(f"missing_policy must be one of {MISSING_POLICIES}")
@@ -91,7 +92,10 @@ def join_maps(keys: np.ndarray, store_path, missing_policy: str = "error", image
             f"`attg-maps generate <data_path>/train`, or pass --missing_maps uniform to train "
             f"those images with uniform weights."
         )
-    changed = [] if image_root is None else _changed_since_maps(store, image_root, keys, rows)
+    changed = (
+        [] if image_root is None
+        else _changed_since_maps(store, image_root, keys, rows, identities)
+    )  # fmt: skip
     if changed and changed_policy == "error":
         raise MapJoinError(
             f"{len(changed)} of {len(keys)} training images changed since their maps in "
@@ -106,13 +110,14 @@ def join_maps(keys: np.ndarray, store_path, missing_policy: str = "error", image
                    method=store.method, changed=tuple(changed))  # fmt: skip
 
 
-def _changed_since_maps(store, image_root, keys, rows) -> list[str]:
+def _changed_since_maps(store, image_root, keys, rows, identities=None) -> list[str]:
     """Joined image keys whose image is not the one the store recorded for its map."""
     recorded = store.image_identity
     if recorded is None:  # a store from before identities were recorded: nothing to compare
         return []
     joined = np.flatnonzero(rows >= 0)
-    return changed_images(image_root, [str(keys[i]) for i in joined], recorded[rows[joined]])
+    now = None if identities is None else np.asarray(identities)[joined]
+    return changed_images(image_root, [str(keys[i]) for i in joined], recorded[rows[joined]], now)
 
 
 class PretrainDataset(Dataset):
@@ -141,8 +146,12 @@ class PretrainDataset(Dataset):
             raise ValueError("guidance 'store' needs the joined maps")
         self.image_root = Path(image_root)
         # UTF-8 bytes in one numpy array: no per-key Python objects whose refcounts would copy
-        # the pages into every forked worker, and 4x smaller than numpy unicode.
-        self.keys = np.char.encode(np.asarray(keys, dtype=str), "utf-8")
+        # the pages into every forked worker, and 4x smaller than numpy unicode. Keys already
+        # as bytes (a node's shared table, mapped from its file) are kept as they are.
+        if getattr(keys, "dtype", None) is not None and keys.dtype.kind == "S":
+            self.keys = keys
+        else:
+            self.keys = np.char.encode(np.asarray(keys, dtype=str), "utf-8")
         self.transform = transform
         self.num_patches = num_patches
         self.guidance = guidance
@@ -187,24 +196,35 @@ class PretrainDataset(Dataset):
         index, epoch = item if isinstance(item, tuple) else (item, 0)
         rng = self.sample_rng(index, epoch)
         used, img, bad_key = self._decode(index)
-        image, box, flip = self.transform(img, rng)
-        sample = {
-            "image": image,
-            "box": torch.from_numpy(box),
-            "flip": flip,
-            "noise": torch.from_numpy(rng.random(self.num_patches, dtype=np.float32)),
-            "index": used,
-            "bad": bad_key,
-        }
+        stored = None
         if self.guidance == "store":
-            row = self.join.rows[used]
-            if row >= 0:
-                sample["map"] = torch.from_numpy(self.join.maps[row].astype(np.float32))
-            else:  # missing map under --missing_maps uniform: zero map = uniform weights
-                sample["map"] = torch.zeros(self.map_grid, self.map_grid)
-        elif self.guidance == "random":
-            sample["map"] = torch.from_numpy(fresh_random_map(rng, self.map_grid))
-        return sample
+            row = self.join.rows[used]  # -1: missing under --missing_maps uniform (zero map)
+            stored = self.join.maps[row] if row >= 0 else np.zeros((self.map_grid,) * 2)
+        return augmented_sample(img, rng, self.transform, self.num_patches, self.guidance,
+                                stored, used, bad_key, self.map_grid)  # fmt: skip
+
+
+def augmented_sample(img, rng, transform: JointTransform, num_patches: int, guidance: str,
+                     stored_map, used: int, bad_key: str = "",
+                     map_grid: int = MAP_GRID) -> dict:  # fmt: skip
+    """One training sample (``PretrainDataset``'s dict) from a decoded image and its generator:
+    crop and flip, then mask noise, then (``guidance='random'``) the random map, always drawn
+    in this order; ``stored_map`` [G, G] for ``guidance='store'``. Images from a folder and
+    from tar shards go through here alike."""
+    image, box, flip = transform(img, rng)
+    sample = {
+        "image": image,
+        "box": torch.from_numpy(box),
+        "flip": flip,
+        "noise": torch.from_numpy(rng.random(num_patches, dtype=np.float32)),
+        "index": used,
+        "bad": bad_key,
+    }
+    if guidance == "store":
+        sample["map"] = torch.from_numpy(np.array(stored_map, dtype=np.float32))
+    elif guidance == "random":
+        sample["map"] = torch.from_numpy(fresh_random_map(rng, map_grid))
+    return sample
 
 
 def list_train_keys(data_path, skipped: list | None = None) -> tuple[Path, np.ndarray]:
