@@ -12,11 +12,13 @@ import torch
 from PIL import Image, ImageOps
 
 from attgmae.cli.eval import main
+from attgmae.core.constants import IMAGENET_MEAN, IMAGENET_STD
 from attgmae.core.errors import InputError
+from attgmae.data.transforms import normalize_images
 from attgmae.eval.features import LabelledImages, image_split, l2_normalize
 from attgmae.eval.knn import knn_classifier
 from attgmae.eval.monitor import knn_top1
-from attgmae.eval.transforms import eval_transform
+from attgmae.eval.transforms import EvalPixels, eval_transform
 from attgmae.models import mae_vit_tiny_patch16
 from attgmae.models.encoder import load_encoder
 from attgmae.models.tokens import features
@@ -109,13 +111,20 @@ def test_knn_end_to_end_with_cache(tmp_path, example_root, checkpoints, capsys):
         )
         assert row == {"k": row["k"], "top1": top1, "top5": top5}
     # ... and the cached features are the encoder's CLS on Resize + CenterCrop (256/224 scaled
-    # to the 112 px input used here to keep the test fast).
+    # to the 112 px input used here to keep the test fast): the uint8 pixels of the loader,
+    # normalized on the device, within 1 grey level of the PIL protocol transform's.
     encoder, _ = load_encoder(checkpoints["guided"][0], img_size=112)
     key = val["keys"][-1]
-    img = eval_transform(112, 128)(Image.open(example_root / "val" / key).convert("RGB"))
+    pil = Image.open(example_root / "val" / key).convert("RGB")
+    protocol = eval_transform(112, 128)(pil)  # normalized float [3, 112, 112]
+    pixels = EvalPixels(112, 128)(np.asarray(pil))  # uint8 [3, 112, 112]
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    assert ((protocol * std + mean) * 255 - pixels.float()).abs().max() <= 1.0 + 1e-3
     with torch.no_grad():
-        direct = features(encoder, img[None])[0]
+        direct = features(encoder, normalize_images(pixels[None]))[0]
+        via_pil = features(encoder, protocol[None])[0]
     assert torch.allclose(val["features"][-1], direct, atol=1e-4)
+    assert torch.allclose(val["features"][-1], via_pil, atol=1e-2)
     assert val["labels"][-1].item() == res["class_names"].index(key.split("/")[0])
 
     # A second run reuses the cache and reports the same numbers.

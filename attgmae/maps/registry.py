@@ -69,6 +69,8 @@ class MapMethod:
     check_images: Callable | str | None = None
     # (params, workers) -> a pool with submit(...) and close(): CPU work beside the GPU
     pool: Callable | str | None = None
+    # (params) -> the same interface doing that work on the batch's device (a GPU) instead
+    device_pool: Callable | str | None = None
     param_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self):
@@ -158,6 +160,7 @@ register(
         ),
         summary="TokenCut normalized cut on the last-block patch keys",
         pool="attgmae.maps.tokencut:start_pool",
+        device_pool="attgmae.maps.tokencut:start_device_solver",
     )
 )
 register(
