@@ -3,8 +3,10 @@
 The writers' ``pending_chunks()`` drive what is computed: a killed run resumes where it stopped,
 and under torchrun each rank gets whole shards. Batches never straddle a chunk, so a row's batch
 (and thus its floating-point result) is the same in a fresh, a resumed and a multi-rank run.
-TokenCut's eigensolves run in a process pool while the next batch is on the GPU: a chunk is
-written once all its rows are in and its pending results are done.
+TokenCut's eigensolves run in a process pool (or batched on the GPU) while the next batch is on
+the GPU, and every method's maps come back to the host with non-blocking copies (nothing in the
+loop waits for the device per batch): a chunk is written once all its rows are in and its
+pending results are done.
 """
 
 from __future__ import annotations
@@ -179,8 +181,8 @@ def compute_pending(cfg, keys, labels, writers, computer, device, info, workers)
     started = time.perf_counter()
     steady_from, steady_images_before = None, 0
     try:
-        for (chunk_index, planned_rows), (rows, pixels, reasons) in zip(plan, loader):
-            rows = rows.numpy()
+        for (chunk_index, planned_rows), (rows_tensor, pixels, reasons) in zip(plan, loader):
+            rows = rows_tensor.numpy()
             assert np.array_equal(rows, planned_rows), "loader and plan out of step"
             if steady_from is None and chunk_index != plan[0][0]:  # the first chunk: warm-up
                 steady_from, steady_images_before = time.perf_counter(), computed
@@ -190,7 +192,8 @@ def compute_pending(cfg, keys, labels, writers, computer, device, info, workers)
             errors = {keys[r]: why for r, why in zip(rows, reasons) if why is not None}
             images = normalize_batch(pixels, device=device)  # float32 [B, 3, 224, 224]
             batch_keys = [keys[r] for r in rows]
-            batch_labels = labels_on_device[torch.as_tensor(rows, device=device)]
+            # From the loader's (pinned) rows: no blocking copy from Python numbers per batch.
+            batch_labels = labels_on_device[rows_tensor.to(device, non_blocking=True)]
             results = computer.compute(images, batch_keys, batch_labels, needs[chunk_index])
             buffers[-1].add(rows, results, ok, errors)
             computed, failed = computed + len(rows), failed + len(errors)

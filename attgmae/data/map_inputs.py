@@ -15,6 +15,7 @@ conversion batched, with the mean and std made once per device.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,22 @@ def collate_decoded(items):
         if image is not None:
             pixels[i] = image
     return rows, pixels, [reason for _, _, reason in items]
+
+
+def decode_seconds(root, keys: list[str], samples: int = 8) -> float:
+    """Seconds per image of a loader worker's job (decode + resize, one thread, as in a worker)
+    on up to ``samples`` images spread over ``keys``; one more first, untimed (imports)."""
+    spread = np.linspace(0, len(keys) - 1, min(len(keys), samples + 1)).round().astype(int)
+    picks = [str(keys[i]) for i in spread]
+    dataset = DecodedImages(root, picks)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dataset[0]
+        timed = range(1, len(picks)) if len(picks) > 1 else range(1)
+        started = time.perf_counter()
+        for row in timed:
+            dataset[row]
+        return (time.perf_counter() - started) / len(timed)
+    finally:
+        torch.set_num_threads(threads)

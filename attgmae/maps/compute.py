@@ -58,7 +58,10 @@ def load_backbones(methods, weights: dict, random_weights: bool, device, trusted
         model, identity = load(
             weights=weights.get(backbone), random_weights=random_weights, trusted=trusted
         )
-        models[backbone], identities[backbone] = model.eval().to(device), identity
+        model = model.eval().to(device)
+        if torch.device(device).type == "cuda" and BACKBONES[backbone].channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        models[backbone], identities[backbone] = model, identity
     return models, identities
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -234,6 +235,41 @@ def batch_maps(batch, params: dict):
     if pool is not None:
         return pool.submit(patch_keys)  # .result() later: the GPU moves on meanwhile
     return tokencut_maps(patch_keys, params["tau"], params["eps"], params["map"])
+
+
+def sample_keys(batch: int, seed: int = 0, num_patches: int = 196, dim: int = 64) -> torch.Tensor:
+    """Synthetic patch keys [B, N, D] like DINO's on a photo (an object's patches sharing one
+    direction, the background's another, noise): graphs for timing the eigensolves."""
+    generator = torch.Generator().manual_seed(seed)
+    keys = 0.9 * torch.randn(batch, num_patches, dim, generator=generator)
+    on_object = torch.rand(batch, num_patches, 1, generator=generator) < 0.3
+    object_dir, background_dir = torch.randn(2, batch, 1, dim, generator=generator)
+    return keys + torch.where(on_object, 1.2 * object_dir, 0.8 * background_dir)
+
+
+def pool_costs(params: dict, device: torch.device, batch_size: int) -> tuple:
+    """The registry's cost of the pool's job: (seconds per image of the CPU eigensolve on one
+    core, BLAS pinned as in a worker; seconds per image of ``DeviceSolver`` on a CUDA
+    ``device`` for a batch of ``batch_size``, else None). On synthetic graphs: a dense 196 x 196
+    eigensolve costs about the same whatever the graph."""
+    keys = sample_keys(8)
+    adjacency = patch_adjacency(keys, params["tau"]).numpy()
+    with threadpool_limits(1):
+        ncut.ncut_map(adjacency[0], params["eps"], params["map"])  # untimed: first-call costs
+        started = time.perf_counter()
+        for graph in adjacency[1:]:
+            ncut.ncut_map(graph, params["eps"], params["map"])
+        cpu_s = (time.perf_counter() - started) / (len(adjacency) - 1)
+    if device.type != "cuda":
+        return cpu_s, None
+    batch = sample_keys(batch_size, seed=1).to(device)
+    graphs = patch_adjacency(batch, params["tau"])
+    fiedler_vectors(graphs, params["eps"])  # untimed: solver set-up
+    torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    fiedler_vectors(graphs, params["eps"])
+    torch.cuda.synchronize(device)
+    return cpu_s, (time.perf_counter() - started) / batch_size
 
 
 def close_pools() -> None:
