@@ -74,16 +74,18 @@ def today_eval(path) -> torch.Tensor:
 
 
 class TodayEval(Dataset):
-    """Today's evaluation dataset: (normalized float32 [3, 224, 224], label, row)."""
+    """Today's evaluation dataset over an ImageSplit: (normalized float32 [3, 224, 224], label,
+    row), as ``LabelledImages(split, eval_transform())`` was with today's decoder."""
 
-    def __init__(self, paths):
-        self.paths = paths
+    def __init__(self, split: ImageSplit):
+        self.split, self.indices = split, np.arange(len(split.keys))
 
     def __len__(self):
-        return len(self.paths)
+        return len(self.split.keys)
 
     def __getitem__(self, row):
-        return today_eval(self.paths[row]), 0, row
+        label = int(self.split.labels[row])
+        return today_eval(self.split.root / self.split.keys[row]), label, row
 
 
 # ---- timing ---------------------------------------------------------------------------------
@@ -187,9 +189,8 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "images"
             keys = photo_set(root, args.images, unique=args.images)
-            paths = [root / key for key in keys]
             split = ImageSplit(root, keys, np.zeros(len(keys), np.int64), ["c"])
-            loaders = {"new": LabelledImages(split, EvalPixels()), "today": TodayEval(paths)}
+            loaders = {"new": LabelledImages(split, EvalPixels()), "today": TodayEval(split)}
             speeds = {name: max(loader_throughput(DataLoader(
                 data, batch_size=16, num_workers=args.loader_workers)) for _ in range(2))
                 for name, data in loaders.items()}  # fmt: skip

@@ -523,3 +523,40 @@ def test_linprobe_on_a_subset_file_with_seeds(tmp_path, example_root, checkpoint
     assert "not in the training set" in err
     with pytest.raises(SystemExit):  # argparse: not allowed with --shots
         main([*argv, "--subset_file", str(listed), "--shots", "2"])
+
+
+def test_knn_linprobe_and_fewshot_results_are_those_of_the_pil_transform(
+    tmp_path, example_root, checkpoints, monkeypatch
+):
+    """The extraction's uint8 path (EvalPixels, normalized on the device) against today's PIL
+    protocol transform (float32 out of the loader) on the example set: the same k-NN
+    accuracies, linear-probe and few-shot probe results; the features within round-off."""
+    from attgmae.eval import features as features_module
+    from attgmae.pipelines.knn import KnnConfig, run_knn
+
+    quiet = lambda msg: None  # noqa: E731
+    ckpt = str(checkpoints["guided"][0])
+
+    def evaluate(tag):
+        knn = run_knn(KnnConfig(ckpt, str(example_root), str(tmp_path / f"knn_{tag}"),
+                                nb_knn=[3, 5, 10], device="cpu", batch_size=16, num_workers=0,
+                                input_size=64), quiet)  # fmt: skip
+        probes = {}
+        for name, extra in (("linprobe", {}), ("fewshot", {"shots": 2})):
+            cfg = LinprobeConfig(checkpoint=ckpt, data_path=str(example_root), epochs=2,
+                                 warmup_epochs=1, batch_size=8, eff_batch_size=8,
+                                 cached_features=True, device="cpu", num_workers=0, input_size=64,
+                                 output_dir=str(tmp_path / f"{name}_{tag}"), log_every=0,
+                                 **extra)  # fmt: skip
+            probes[name] = run_linprobe(cfg, quiet)
+        feats = torch.load(next((tmp_path / f"knn_{tag}" / "features").glob("*_val_*.pt")))
+        return knn, probes, feats["features"]
+
+    knn, probes, feats = evaluate("uint8")
+    monkeypatch.setattr(features_module, "EvalPixels", eval_transform)  # today's transform
+    knn_pil, probes_pil, feats_pil = evaluate("pil")
+    assert knn["results"] == knn_pil["results"]
+    for name in probes:
+        curve = [(h["test_acc1"], h["test_acc5"]) for h in probes[name]["history"]]
+        assert curve == [(h["test_acc1"], h["test_acc5"]) for h in probes_pil[name]["history"]]
+    assert 0 < (feats - feats_pil).abs().max() < 1e-2  # the 1-grey-level pixels, nothing more

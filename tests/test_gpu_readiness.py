@@ -82,6 +82,8 @@ def test_the_whole_check_runs_small_on_the_cpu_within_its_budget(tmp_path):
                             capture_output=True, text=True, timeout=420)
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "imports ok" in result.stdout and "cannot import" not in result.stdout
+    assert result.stdout.index("== train ") < result.stdout.index("== train-end-to-end ")
     figures = (out / "figures.jsonl").read_text().splitlines()
     scripts = {json.loads(line)["script"] for line in figures}
     assert scripts == {"train", "generate", "eval", "finetune", "dense"}
@@ -89,6 +91,22 @@ def test_the_whole_check_runs_small_on_the_cpu_within_its_budget(tmp_path):
     assert result.stdout.splitlines()[-len(summary) :] == summary  # the summary ends the output
     assert "NOT MEASURED" in "\n".join(summary)  # the H200 targets, on a CPU
     assert seconds < 360, f"the small check took {seconds:.0f} s"
+
+
+def test_the_check_stops_at_once_when_an_import_fails(tmp_path):
+    """The import check's own status decides (not that of the tee it is shown through): one
+    package that cannot be imported stops the check before any step, exit code 2."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "torch.py").write_text('raise ImportError("broken on purpose")\n')
+    out = tmp_path / "out"
+    env = {**os.environ, "DEVICE": "cpu", "SMALL": "1", "OUT": str(out),
+           "PYTHON": sys.executable, "PYTHONPATH": str(fake)}
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout[-2000:]
+    assert "cannot import: torch (ImportError: broken on purpose)" in result.stdout
+    assert "== train" not in result.stdout and not (out / "figures.jsonl").exists()
 
 
 # ---- devices, ranks, timeouts ---------------------------------------------------------------

@@ -152,3 +152,38 @@ def test_images_above_the_limit_are_refused_before_decoding(photo, tmp_path, mon
     assert decode_rgb(tmp_path / "fits.png").shape == (30, 30, 3)
     _, pixels, reason = DecodedImages(tmp_path, ["big.png"])[0]
     assert pixels is None and reason.startswith("image too large")
+
+
+def test_maps_from_the_fast_pixels_stay_within_the_documented_tolerance():
+    """DINO, TokenCut and Grad-CAM maps (fp32, seeded random networks) of photo-like images from
+    the pipeline's pixels against those from PIL's resize (today's and the originals' input):
+    well inside the bf16 tolerance of docs/maps.md."""
+    import torch
+
+    from attgmae.data.map_inputs import normalize_batch, to_model_input
+    from attgmae.maps.agreement import agreement, within_tolerance
+    from attgmae.maps.dino import dino_maps, dino_outputs
+    from attgmae.maps.gradcam import gradcam_maps
+    from attgmae.maps.tokencut import tokencut_maps
+    from attgmae.models.backbones import load_dino_vit, load_resnet50
+
+    rng = np.random.default_rng(4)
+    photos = [photo_like_image(rng) for _ in range(3)]
+    pil = np.stack(
+        [np.asarray(Image.fromarray(p).resize((224, 224), Image.BILINEAR)) for p in photos]
+    )
+    ours, theirs = to_model_input(photos), normalize_batch(torch.from_numpy(pil))
+    with pytest.warns(UserWarning):  # random weights
+        vit, resnet = load_dino_vit(random_weights=True)[0], load_resnet50(random_weights=True)[0]
+    with torch.no_grad():
+        (attn_a, keys_a), (attn_b, keys_b) = (
+            dino_outputs(vit, x, amp=False) for x in (ours, theirs)
+        )
+    pairs = {
+        "dino": (dino_maps(attn_a).numpy(), dino_maps(attn_b).numpy()),
+        "tokencut": (tokencut_maps(keys_a), tokencut_maps(keys_b)),
+        "gradcam": tuple(gradcam_maps(resnet.eval(), x, amp=False).numpy() for x in (ours, theirs)),
+    }
+    for method, (a, b) in pairs.items():
+        stats = agreement(a, b)
+        assert within_tolerance(stats) and stats["mean_abs_diff"] < 0.002, (method, stats)
