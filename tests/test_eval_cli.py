@@ -112,14 +112,15 @@ def test_knn_end_to_end_with_cache(tmp_path, example_root, checkpoints, capsys):
         assert row == {"k": row["k"], "top1": top1, "top5": top5}
     # ... and the cached features are the encoder's CLS on Resize + CenterCrop (256/224 scaled
     # to the 112 px input used here to keep the test fast): the uint8 pixels of the loader,
-    # normalized on the device, within 1 grey level of the PIL protocol transform's.
+    # normalized on the device, within 1 grey level of the PIL protocol transform's (2 at a
+    # few values in 10 million: tests/test_image_decoding.py).
     encoder, _ = load_encoder(checkpoints["guided"][0], img_size=112)
     key = val["keys"][-1]
     pil = Image.open(example_root / "val" / key).convert("RGB")
     protocol = eval_transform(112, 128)(pil)  # normalized float [3, 112, 112]
     pixels = EvalPixels(112, 128)(np.asarray(pil))  # uint8 [3, 112, 112]
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
-    assert ((protocol * std + mean) * 255 - pixels.float()).abs().max() <= 1.0 + 1e-3
+    assert ((protocol * std + mean) * 255 - pixels.float()).abs().max() <= 2.0 + 1e-3
     with torch.no_grad():
         direct = features(encoder, normalize_images(pixels[None]))[0]
         via_pil = features(encoder, protocol[None])[0]

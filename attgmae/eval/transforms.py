@@ -4,8 +4,9 @@
   validation (MAE) protocol.
 - ``EvalPixels``: the same protocol on the decoded uint8 array, uint8 [3, S, S] out, for feature
   extraction: torchvision's uint8 antialiased bicubic kernel (PIL's filter, within 1 grey level
-  of ``eval_transform``'s pixels, tested) and no float tensors out of the loader workers; the
-  batch is normalized on the device (``attgmae.data.transforms.normalize_images``).
+  of ``eval_transform``'s pixels but for ~2 values in 10 million at 2, tested) and no float
+  tensors out of the loader workers; the batch is normalized on the device
+  (``attgmae.data.transforms.normalize_images``).
 - ``probe_train_transform``: MAE's linear-probe augmentation, RandomResizedCrop(224, bicubic)
   with MAE's single-draw crop (as TF/BYOL: no retry loop, the box clipped to the image) + flip.
 - ``finetune_train_transform``: MAE's fine-tuning augmentation (DeiT's), timm's
