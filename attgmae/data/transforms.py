@@ -118,8 +118,10 @@ def crop_resize_maps(
     (mirrored when flipped); values stay within the map's range, so [0, 1] stays [0, 1].
     """
     maps = maps.float()
-    boxes = boxes.to(device=maps.device, dtype=torch.float32)
-    flips = flips.to(device=maps.device, dtype=torch.bool)
+    # non_blocking: the loader's pinned boxes and flips queue behind the step (a blocking copy
+    # would wait for every kernel before it, once per training step)
+    boxes = boxes.to(device=maps.device, non_blocking=True).float()
+    flips = flips.to(device=maps.device, non_blocking=True).bool()
     centers = (torch.arange(out_grid, device=maps.device, dtype=torch.float32) + 0.5) / out_grid
     x0, y0, x1, y1 = boxes.unbind(dim=1)  # [B] each
     xs = x0[:, None] + centers[None, :] * (x1 - x0)[:, None]  # [B, out]

@@ -14,6 +14,7 @@ seed), and agree (tested, with torch's solver on the CPU). Definitions: ``attgma
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import time
@@ -38,13 +39,18 @@ def patch_adjacency(patch_keys: torch.Tensor, threshold: float = 0.2) -> torch.T
     return (features @ features.transpose(1, 2)) > threshold
 
 
+@functools.lru_cache(maxsize=8)
+def _bit_weights(device: torch.device) -> torch.Tensor:
+    """uint8 [8] 128 ... 1 on ``device``, made once (not a host-to-device copy per batch)."""
+    return torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8).to(device)
+
+
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """bool [B, M] -> uint8 [B, ceil(M / 8)] on the same device, ``np.packbits(axis=1)``'s
     layout (first bit the most significant, zero padding at the end)."""
     pad = -bits.shape[1] % 8
     padded = F.pad(bits.to(torch.uint8), (0, pad)).view(bits.shape[0], -1, 8)
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-    return (padded * weights.to(bits.device)).sum(dim=2, dtype=torch.uint8)
+    return (padded * _bit_weights(bits.device)).sum(dim=2, dtype=torch.uint8)
 
 
 def _packed_adjacency(patch_keys: torch.Tensor, threshold: float) -> torch.Tensor:
