@@ -200,7 +200,7 @@ def main():
                   chunk_bytes=8 << 30, target_s=60)
         bench_features(device, "large", 256, 20, "bf16")
     elif args.small:
-        bench_extraction(device, "tiny", 16, 8, args.workers or 1, "fp32")
+        bench_extraction(device, "tiny", 16, 8, args.workers or 0, "fp32")
         bench_features(device, "tiny", 8, 2, "fp32")
         bench_knn(device, 2_000, 200, 64, 10, (5, 20), chunk_bytes=8 << 20, reference_test=200)
     else:
