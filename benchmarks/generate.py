@@ -10,8 +10,10 @@ time: decode, resize, then per image fp32 explicit attention (dino), scipy ``eig
 with default BLAS threading (tokencut), pytorch-grad-cam's GradCAM called per batch (gradcam),
 then one store write. "all" for the reference is the sum of its per-method times. Then the
 precision check: bf16 (the CUDA default) against fp32 maps of the same images, per method, held
-to ``attgmae.maps.agreement.BF16_TOLERANCE``. Random weights; synthetic JPEGs of ImageNet's
-typical size (500x375) in an ImageNet-like folder layout. Figures: ``benchmarks/figures.py``.
+to ``attgmae.maps.agreement.BF16_TOLERANCE``. On CUDA, also TokenCut's eigensolves in the CPU
+pool vs on the GPU (``--tokencut_solver``), and Grad-CAM's ResNet-50 in channels_last vs
+contiguous. Random weights; photo-like JPEGs of ImageNet's size and bitrate (``photos.py``) in
+an ImageNet-like folder layout; the machine first. Figures: ``benchmarks/figures.py``.
 
     python benchmarks/generate.py                                   # small CPU settings
     python benchmarks/generate.py --device cuda --images 8192 --batch_size 256 \
@@ -21,7 +23,6 @@ typical size (500x375) in an ImageNet-like folder layout. Figures: ``benchmarks/
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 import warnings
@@ -30,33 +31,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from figures import figure
-from PIL import Image
+from machine import print_machine
+from photos import describe, photo_set
+from timing import best_of_rounds
 
 from attgmae.core.listing import list_images
-from attgmae.data.example import CLASSES, make_example_image
 from attgmae.data.images import decode_rgb
 from attgmae.maps.agreement import BF16_TOLERANCE, agreement, within_tolerance
 from attgmae.maps.registry import DEFAULT_METHODS
 from attgmae.pipelines.generate import GenerateConfig, run_generate
 from attgmae.store import open_store
 
-JPEG_SIZE = (500, 375)  # ImageNet's most common size
-UNIQUE_JPEGS = 256  # more files are hard links to these: decoding cost is the same, writing is not
+UNIQUE_JPEGS = 128  # more files are hard links to these: decoding cost is the same, writing is not
 TARGETS = {"dino": 5000, "tokencut": 4000, "gradcam": 4000, "all methods": 2500}  # one H200
 
 
-def write_jpegs(root: Path, count: int, seed: int = 0) -> Path:
-    """``count`` example scenes upscaled to 500x375, as class folders of JPEGs."""
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        folder = root / f"n{i % len(CLASSES):08d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"img_{i:06d}.JPEG"
-        if i >= UNIQUE_JPEGS:
-            os.link(root / f"n{i % len(CLASSES):08d}" / f"img_{i % UNIQUE_JPEGS:06d}.JPEG", path)
-            continue
-        image, _ = make_example_image(CLASSES[i % len(CLASSES)], rng)
-        Image.fromarray(image).resize(JPEG_SIZE, Image.BICUBIC).save(path, quality=90)
+def write_jpegs(root: Path, count: int) -> Path:
+    """``count`` photo-like JPEGs (400 x 390, ~106 KB) in class folders (``photos.py``)."""
+    photo_set(root, count, unique=UNIQUE_JPEGS)
     return root
 
 
@@ -65,6 +57,7 @@ def run_pipeline(root, out, methods, args, precision="auto", file_list=None):
         images_root=str(root), out_dir=str(out), methods=tuple(methods), random_weights=True,
         device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
         tokencut_workers=args.tokencut_workers, overwrite=True, progress=False,
+        tokencut_solver=getattr(args, "solver", "auto"),
         precision=precision, file_list=file_list, chunk_rows=args.chunk_rows,
         shard_rows=args.chunk_rows * 8,
     )  # fmt: skip
@@ -152,13 +145,12 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
+        print_machine(args.device)
         started = time.perf_counter()
         root = write_jpegs(work / "images", args.images)
         keys = list_images(root)
-        print(f"device {args.device}, {os.cpu_count()} CPUs, torch threads "
-              f"{torch.get_num_threads()}, {len(keys)} JPEGs {JPEG_SIZE[0]}x{JPEG_SIZE[1]} "
-              f"(written in {time.perf_counter() - started:.1f} s), batch {args.batch_size}",
-              flush=True)
+        print(f"{describe(root, keys)}; written in {time.perf_counter() - started:.1f} s; "
+              f"torch threads {torch.get_num_threads()}, batch {args.batch_size}", flush=True)
         ref_seconds_per_image = 0.0
         for method in [*methods, "all methods"] if len(methods) > 1 else methods:
             run = methods if method == "all methods" else [method]
@@ -176,6 +168,55 @@ def main(argv=None) -> None:
             figure(f"stage1 {method} pipeline / per-image reference", result.steady_img_per_s / ref,
                    "x", note=f"reference {ref:.1f} img/s")
         check_agreement(root, keys[: args.agreement_images], methods, args, work / "agreement")
+        if args.device == "cuda" and "tokencut" in methods:
+            compare_solvers(root, work / "solvers", args)
+        if args.device == "cuda" and "gradcam" in methods:
+            compare_channels_last(args.batch_size)
+
+
+def compare_solvers(root, work: Path, args) -> None:
+    """TokenCut's eigensolves in the CPU pool vs batched on the GPU, same files, same run:
+    steady img/s of each and how far their maps are apart."""
+    rates, maps = {}, {}
+    for solver in ("cpu", "gpu"):
+        args.solver = solver
+        result = run_pipeline(root, work / solver, ["tokencut"], args)
+        rates[solver] = result.steady_img_per_s
+        maps[solver] = open_store(work / solver / "tokencut.zarr").read_all().astype(np.float32)
+    args.solver = "auto"
+    stats = agreement(maps["gpu"], maps["cpu"])
+    figure("stage1 tokencut solver gpu / cpu pool", rates["gpu"] / rates["cpu"], "x",
+           note=f"gpu {rates['gpu']:.0f} img/s, cpu pool {rates['cpu']:.0f} img/s; maps max "
+           f"|diff| {stats['max_abs_diff']:.2e}, foreground agreement "
+           f"{stats['foreground_agreement']:.5f}")
+
+
+def compare_channels_last(batch: int, steps: int = 10) -> None:
+    """The batched Grad-CAM (bf16 forward, backward from layer4) with ResNet-50 weights in
+    channels_last (the CUDA default, registry.Backbone.channels_last) vs contiguous."""
+    from attgmae.maps.gradcam import cam_7x7
+    from attgmae.models.backbones import load_resnet50
+
+    device = torch.device("cuda")
+    contiguous = load_resnet50(random_weights=True)[0].eval().to(device)
+    models = {"contiguous": contiguous,
+              "channels_last": load_resnet50(random_weights=True)[0].eval().to(device)
+              .to(memory_format=torch.channels_last)}  # fmt: skip
+    x = torch.randn(batch, 3, 224, 224, device=device)
+
+    def rate(model) -> float:
+        cam_7x7(model, x)  # warm-up (cuDNN's plans)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(steps):
+            cam_7x7(model, x)
+        torch.cuda.synchronize()
+        return steps * batch / (time.perf_counter() - started)
+
+    rates = best_of_rounds({name: (lambda m=m: rate(m)) for name, m in models.items()}, 2)
+    figure("stage1 gradcam channels_last / contiguous", rates["channels_last"] /
+           rates["contiguous"], "x", note=f"channels_last {rates['channels_last']:.0f} img/s, "
+           f"contiguous {rates['contiguous']:.0f} img/s (batched Grad-CAM, bf16)")
 
 
 if __name__ == "__main__":

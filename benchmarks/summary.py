@@ -22,7 +22,7 @@ EXPECTED = (
     "stage1 tokencut",
     "stage1 gradcam",
     "stage1 all methods",
-    "eval features ViT-L/16 bf16",
+    "eval extraction ViT-L/16 bf16 from JPEGs",
     "eval k-NN 1.28M x 1024 vs 50k",
     "finetune step ViT-large/16 compiled",
     "dense convnext step ViT-large/16 512px eager",

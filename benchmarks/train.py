@@ -1,13 +1,17 @@
 """Stage 2 throughput (not a test), most important figure first (``benchmarks/figures.py``):
 
 1. end to end: attg-train's own loop (``PretrainRun``) from JPEG files, guided, compiled on CUDA
-   (``--compile``; the second epoch, so compilation and worker start-up are not counted);
+   (``--compile``; the second epoch's log windows after its first, so compilation, worker
+   start-up and the wait for the first batch are not counted);
 2. the guidance's cost per training step: vanilla MAE vs guided (map crop + weights + weighted
    loss) on synthetic tensors, eager (compiled, the small extra kernels fuse: eager is the upper
    bound), alternating rounds;
 3. loader img/s from JPEG files: ours (decode_rgb + joint RandomResizedCrop, uint8 out, maps)
    vs the MAE recipe (torchvision ImageFolder + PIL RandomResizedCrop + ToTensor + Normalize);
 4. the batched map crop (one grid_sample per batch) vs a per-image Python loop.
+``--part figures`` runs 2-4 (eager, seconds), ``--part end_to_end`` only 1 (a cold compile of a
+ViT-L takes a minute or more: the GPU check gives it its own step, so it cannot take the other
+figures with it). Photo-like JPEGs (``photos.py``); the machine first.
 
 Small by default on CPU (tiny model, few steps); full on GPU:
   python benchmarks/train.py                                  # CPU, tiny
@@ -20,7 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from figures import figure
-from PIL import Image
+from machine import print_machine
+from photos import describe, photo_set
 from timing import loader_throughput
 from torch.utils.data import DataLoader
 
@@ -113,26 +118,12 @@ def map_crop_ratio(batch: int, device, repeats: int = 20) -> tuple[float, float]
     return timings[0], timings[1]
 
 
-UNIQUE_JPEGS = 256  # more files are hard links to these: decoding cost is the same
+UNIQUE_JPEGS = 128  # more files are hard links to these: decoding cost is the same
 
 
 def write_jpegs(root: Path, count: int) -> list[str]:
-    """ImageNet-like JPEGs (500 x 375, smooth content) under root/train/c/."""
-    rng = np.random.default_rng(0)
-    folder = root / "train" / "c"
-    folder.mkdir(parents=True)
-    base = rng.random((47, 63, 3))
-    keys = []
-    for i in range(count):
-        path = folder / f"{i:05d}.JPEG"
-        if i >= UNIQUE_JPEGS:
-            os.link(folder / f"{i % UNIQUE_JPEGS:05d}.JPEG", path)
-        else:
-            small = np.roll(base, i, axis=1) * 255
-            img = Image.fromarray(small.astype(np.uint8)).resize((500, 375), Image.BICUBIC)
-            img.save(path, quality=90)
-        keys.append(f"c/{i:05d}.JPEG")
-    return keys
+    """Photo-like JPEGs (400 x 390, ~106 KB, ``photos.py``) under root/train/c/; -> keys."""
+    return photo_set(root / "train", count, unique=UNIQUE_JPEGS, classes=1)
 
 
 def loaders(root: Path, keys, batch: int, workers: int):
@@ -153,17 +144,33 @@ def loaders(root: Path, keys, batch: int, workers: int):
     return ours_loader, mae_loader
 
 
+WINDOW_LINE = re.compile(r"Epoch \[1\] \[(\d+)/(\d+)\].* img/s ([0-9.]+)")
+
+
 def end_to_end(data_path: Path, model: str, batch: int, workers: int, device, compiled: bool,
-               guidance: str) -> float:
-    """img/s of attg-train's own loop (JPEG files -> loader -> step), second of two epochs
-    (compiled and workers warm); 'random' guidance runs exactly the guided path of 'store'."""
+               guidance: str, window: int) -> tuple[float, int]:
+    """img/s of attg-train's own loop (JPEG files -> loader -> step) in the steady state: the
+    second of two epochs (compiled, workers warm), from its log lines of ``window`` iterations
+    each after the first one (which holds the wait for the first batch) -> (img/s, iterations
+    timed). 'random' guidance runs exactly the guided path of 'store'."""
     cfg = TrainConfig(data_path=str(data_path), output_dir="", model=model, batch_size=batch,
                       accum_iter=1, epochs=2, warmup_epochs=1, guidance=guidance,
                       device=str(device), num_workers=workers, compile=compiled,
-                      print_freq=10**9, ckpt_every_min=0)
-    with contextlib.redirect_stdout(io.StringIO()):
+                      print_freq=window, ckpt_every_min=0)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
         result = PretrainRun(cfg, DistInfo(), device).fit()
-    return result["log"][-1]["train_img_per_s"]
+    windows, last = [], 0
+    for match in WINDOW_LINE.finditer(log.getvalue()):
+        done = int(match.group(1))
+        windows.append((done - last, float(match.group(3))))
+        last = done
+    steady = windows[1:]
+    if not steady:  # one window only: the whole epoch, first batch included
+        return result["log"][-1]["train_img_per_s"], last
+    iterations = sum(n for n, _ in steady)
+    seconds = sum(n * batch / rate for n, rate in steady)
+    return iterations * batch / seconds, iterations
 
 
 def short_name(model: str) -> str:
@@ -184,6 +191,9 @@ def main():
     p.add_argument("--no_compile", action="store_false", dest="compile")
     p.add_argument("--loader_images", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--part", default="all", choices=("all", "figures", "end_to_end"),
+                   help="figures: everything but the end-to-end run (eager, seconds); "
+                   "end_to_end: only that run (with --compile, a cold compile first)")
     args = p.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -193,40 +203,46 @@ def main():
     warmup = args.warmup or (3 if gpu else 2)
     do_compile = gpu if args.compile is None else args.compile
     amp = "bf16" if gpu else "none"
-    n_images = args.loader_images or (4096 if gpu else 256)
+    n_images = args.loader_images or (8192 if gpu else 256)
     workers = args.workers if args.workers is not None else (15 if gpu else 2)
     full = gpu and model == "mae_vit_large_patch16" and n_images >= 4096
     name = short_name(model)
 
-    threads = torch.get_num_threads()
-    where = torch.cuda.get_device_name(device) if gpu else f"CPU ({threads} threads)"
-    print(f"device {where}; model {model}; batch {batch}; amp {amp}; steps {steps}")
+    print_machine(device)
+    print(f"model {model}; batch {batch}; amp {amp}; steps {steps}; torch threads "
+          f"{torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         started = time.perf_counter()
         keys = write_jpegs(root, n_images)
-        print(f"{n_images} JPEGs written in {time.perf_counter() - started:.1f} s")
-        # 1. The flagship figure first: attg-train's own loop from JPEG files, guided.
-        mode = "compiled" if do_compile else "eager"
-        e2e = end_to_end(root, model, batch, workers, device, do_compile, "random")
-        figure(f"stage2 end-to-end guided {name} {mode}", e2e, "img/s",
-               2600 if full and do_compile else None,
-               note=f"second epoch of {n_images} JPEGs, {workers} loader workers, batch {batch}")
-        # 2. What the guidance costs a training step (eager: an upper bound of the compiled cost).
-        rates = step_throughput(model, device, batch, steps, warmup, False, amp)
-        overhead = 100 * (rates["vanilla"] / rates["guided"] - 1)
-        figure("stage2 guidance step overhead", overhead, "% step time", 3 if full else None,
-               "lower", note=f"eager steps: vanilla {rates['vanilla']:.1f} img/s, guided "
-               f"{rates['guided']:.1f} img/s")
-        # 3. The loader alone, beside the MAE recipe's.
-        ours_loader, mae_loader = loaders(root, keys, min(batch, 64), workers)
-        ours, mae = loader_throughput(ours_loader), loader_throughput(mae_loader)
-        figure("stage2 loader", ours, "img/s", 4000 if full else None,
-               note=f"{workers} workers, 500x375 JPEG -> 224 + map row")
-        figure("stage2 loader / MAE recipe loader", ours / mae, "x", note=f"MAE {mae:.1f} img/s")
-    fast, slow = map_crop_ratio(batch, device)
-    figure("stage2 batched map crop / per-image loop", fast / slow, "x",
-           note=f"{fast:,.0f} vs {slow:,.0f} maps/s")
+        print(f"{describe(root / 'train', keys)}; written in {time.perf_counter() - started:.1f} s")
+        if args.part in ("all", "figures"):
+            # What the guidance costs a training step (eager: an upper bound of the compiled
+            # cost), then the loader alone beside the MAE recipe's.
+            rates = step_throughput(model, device, batch, steps, warmup, False, amp)
+            overhead = 100 * (rates["vanilla"] / rates["guided"] - 1)
+            figure("stage2 guidance step overhead", overhead, "% step time", 3 if full else None,
+                   "lower", note=f"eager steps: vanilla {rates['vanilla']:.1f} img/s, guided "
+                   f"{rates['guided']:.1f} img/s")
+            ours_loader, mae_loader = loaders(root, keys, min(batch, 64), workers)
+            ours, mae = loader_throughput(ours_loader), loader_throughput(mae_loader)
+            figure("stage2 loader", ours, "img/s", 4000 if full else None,
+                   note=f"{workers} workers, photo-like 400x390 JPEG -> 224 + map row")
+            figure("stage2 loader / MAE recipe loader", ours / mae, "x",
+                   note=f"MAE {mae:.1f} img/s")
+            fast, slow = map_crop_ratio(batch, device)
+            figure("stage2 batched map crop / per-image loop", fast / slow, "x",
+                   note=f"{fast:,.0f} vs {slow:,.0f} maps/s")
+        if args.part in ("all", "end_to_end"):
+            # attg-train's own loop from JPEG files, guided, in its steady state.
+            mode = "compiled" if do_compile else "eager"
+            window = max(1, n_images // batch // 4)
+            e2e, timed = end_to_end(root, model, batch, workers, device, do_compile, "random",
+                                    window)
+            figure(f"stage2 end-to-end guided {name} {mode}", e2e, "img/s",
+                   2600 if full and do_compile else None,
+                   note=f"second epoch of {n_images} JPEGs, {timed} iterations after its first "
+                   f"window, {workers} loader workers, batch {batch}")
 
 
 if __name__ == "__main__":

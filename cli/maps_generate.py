@@ -81,7 +81,12 @@ def _add_generate(subparsers) -> None:
         help="forward precision: auto = bf16 autocast on CUDA (fast), fp32 on CPU; fp32 on CUDA "
         "(TF32 off) reproduces the original fp32 code most closely",
     )
-    p.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="images per batch (default: 256 on CUDA, 64 on CPU)",
+    )
     p.add_argument(
         "--num_workers",
         type=int,
@@ -93,7 +98,16 @@ def _add_generate(subparsers) -> None:
         "--tokencut_workers",
         type=int,
         default=-1,
-        help="eigensolve processes (-1: 0 on CPU, half of each rank's cores with CUDA)",
+        help="eigensolve processes (-1: 0 on CPU; with CUDA the share of each rank's cores "
+        "that the measured costs of decoding and eigensolving ask for)",
+    )
+    p.add_argument(
+        "--tokencut_solver",
+        default="auto",
+        choices=("auto", "cpu", "gpu"),
+        help="with CUDA, where TokenCut's eigensolves run: cpu (a process pool), gpu (batched "
+        "on the device, every core left to decoding), auto (the GPU when it measures at least "
+        "twice as fast as the planned pool)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing complete stores")
     p.add_argument(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,7 +32,8 @@ from attgmae.core.files import write_json_atomic
 from attgmae.core.identity import changed_images, image_identities
 from attgmae.core.listing import folder_labels, list_images
 from attgmae.core.outputs import claim_output
-from attgmae.core.resources import WorkerPlan, plan_workers
+from attgmae.core.resources import JobCosts, WorkerPlan, plan_workers
+from attgmae.data.map_inputs import decode_seconds
 from attgmae.data.shard_access import shard_keys
 from attgmae.data.shards import is_shard_source, open_shards
 from attgmae.maps.compute import MapComputer, load_backbones
@@ -52,6 +53,10 @@ from attgmae.store.swap import finish_interrupted
 EXIT_OK, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 2, 3
 RUN_RECORD = "generate_run.json"
 FORMATS = ("zarr", "h5")
+# Images per batch when --batch_size is not given: an H200 runs ViT-B/16 and ResNet-50 at full
+# speed from 256 (docs/benchmarks.md); a CPU gains nothing beyond 64.
+DEFAULT_BATCH_SIZE = {"cuda": 256, "cpu": 64}
+SOLVERS = {"auto": None, "cpu": False, "gpu": True}  # --tokencut_solver -> plan's device_pool
 
 
 @dataclass
@@ -70,9 +75,10 @@ class GenerateConfig:
     trust_checkpoint: bool = False  # weights files may be unpickled in full
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
     precision: str = "auto"  # 'auto' (bf16 on CUDA, fp32 on CPU) | 'bf16' | 'fp32'
-    batch_size: int = 64
+    batch_size: int | None = None  # None: DEFAULT_BATCH_SIZE of the device type
     num_workers: int = -1  # loader processes; -1: from the cores and /dev/shm (worker_plan)
-    tokencut_workers: int = -1  # -1 auto (0 on CPU, half the cores with CUDA); 0 in-process
+    tokencut_workers: int = -1  # -1 auto (0 on CPU, measured share of the cores with CUDA)
+    tokencut_solver: str = "auto"  # where eigensolves run with CUDA: auto (measured), cpu, gpu
     overwrite: bool = False
     chunk_rows: int | None = None  # store layout; None = the store's defaults
     shard_rows: int | None = None
@@ -122,8 +128,10 @@ def check_config(cfg: GenerateConfig) -> dict:
     """Everything that can be checked before any work; returns the resolved parameters."""
     if cfg.fmt not in FORMATS:
         raise InputError(f"--format {cfg.fmt!r}: use zarr or h5")
-    if cfg.batch_size < 1:
+    if cfg.batch_size is not None and cfg.batch_size < 1:
         raise InputError("--batch_size must be >= 1")
+    if cfg.tokencut_solver not in SOLVERS:
+        raise InputError(f"--tokencut_solver {cfg.tokencut_solver!r}: use auto, cpu or gpu")
     params = resolved_params(cfg)
     for backbone, path in cfg.weights.items():
         if path is not None and not Path(path).is_file():
@@ -172,16 +180,46 @@ def configure_cuda_backends(fp32: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def worker_plan(cfg: GenerateConfig, methods, device: torch.device) -> WorkerPlan:
+def measure_costs(cfg: GenerateConfig, params: dict, keys, device) -> JobCosts | None:
+    """Seconds per image of the CPU jobs beside the GPU forwards (decoding; each pool's job, on
+    one core and on the GPU), measured on this machine to split its cores; None where nothing
+    is planned from them (no GPU, no method with a pool, or both sizes and the solver given)."""
+    pooled = [m for m in params if METHODS[m].pool_cost is not None]
+    chosen = cfg.num_workers >= 0 and cfg.tokencut_workers >= 0
+    if device.type != "cuda" or not pooled or (chosen and cfg.tokencut_solver != "auto"):
+        return None
+    pool_s, device_s = 0.0, 0.0
+    for method in pooled:
+        cpu, on_device = resolve(METHODS[method].pool_cost)(params[method], device, cfg.batch_size)
+        pool_s, device_s = pool_s + cpu, None if on_device is None else (device_s or 0) + on_device
+    return JobCosts(decode_seconds(cfg.images_root, keys), pool_s, device_s)
+
+
+def worker_plan(cfg: GenerateConfig, methods, device: torch.device, costs=None,
+                device_pool: bool | None = None) -> WorkerPlan:  # fmt: skip
     """Loader workers and pool processes (TokenCut's eigensolves) for this machine's cores and
-    shared memory; explicit --num_workers / --tokencut_workers are kept (or refused)."""
+    shared memory, split by the measured ``costs``; explicit --num_workers / --tokencut_workers
+    are kept (or refused); ``device_pool`` None: --tokencut_solver's choice."""
     return plan_workers(
         cfg.num_workers,
         cfg.tokencut_workers,
         uses_pool=any(METHODS[m].pool is not None for m in methods),
         gpu=device.type == "cuda",
         batch_bytes=cfg.batch_size * MAP_INPUT_SIZE * MAP_INPUT_SIZE * 3,  # uint8 pixels
+        costs=costs,
+        device_pool=SOLVERS[cfg.tokencut_solver] if device_pool is None else device_pool,
     )
+
+
+def agreed_plan(cfg: GenerateConfig, params: dict, keys, device, info) -> WorkerPlan:
+    """Every rank plans its own processes; all of them solve where any one found the GPU
+    faster, so one store never mixes two solvers' round-off."""
+    costs = measure_costs(cfg, params, keys, device)
+    plan = worker_plan(cfg, list(params), device, costs)
+    on_gpu = bool(distributed.max_across_ranks(int(plan.device_pool), info))
+    if on_gpu != plan.device_pool:
+        plan = worker_plan(cfg, list(params), device, costs, on_gpu)
+    return plan
 
 
 # ----------------------------------------------------------------------------- the run
@@ -237,6 +275,10 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     info = distributed.init_distributed(device, cfg.dist_timeout_min)
     precision = resolve_precision(cfg.precision, device)
     amp = precision == "bf16"
+    if cfg.batch_size is None:
+        cfg = replace(cfg, batch_size=DEFAULT_BATCH_SIZE[device.type])
+    if cfg.tokencut_solver == "gpu" and device.type != "cuda":
+        raise InputError("--tokencut_solver gpu needs a CUDA device (--device cuda)")
     if device.type == "cuda":
         configure_cuda_backends(fp32=not amp)
     defining = {
@@ -290,6 +332,7 @@ def _run(cfg, defining, keys, class_names, labels, device, amp, info, unreadable
     models, identities = load_backbones(
         todo, cfg.weights, cfg.random_weights, device, cfg.trust_checkpoint
     )
+    plan = agreed_plan(cfg, {m: defining[m] for m in todo}, keys, device, info)
     attrs = {
         m: store_attrs(
             m,
@@ -302,6 +345,9 @@ def _run(cfg, defining, keys, class_names, labels, device, amp, info, unreadable
         )
         for m in todo
     }
+    for method in todo:
+        if METHODS[method].device_pool is not None:  # where its eigensolves ran (round-off)
+            attrs[method]["compute"]["pool"] = "gpu" if plan.device_pool else "cpu"
     stored_labels = labels if (labels >= 0).any() else None
     writers = open_writers(cfg, keys, stored_labels, attrs, info, update)
     for writer in writers.values():
@@ -314,10 +360,11 @@ def _run(cfg, defining, keys, class_names, labels, device, amp, info, unreadable
         ranks = f", {info.world_size} ranks" if info.distributed else ""
         _log(info, f"generate: {len(keys)} images -> {', '.join(todo)} on {device}{ranks}")
 
-    plan = worker_plan(cfg, todo, device)
     if todo:
         _log(info, plan.text)
-    computer = MapComputer({m: defining[m] for m in todo}, models, amp, plan.pool_workers)
+    computer = MapComputer(
+        {m: defining[m] for m in todo}, models, amp, plan.pool_workers, plan.device_pool
+    )
     try:
         timing = compute_pending(cfg, keys, labels, writers, computer, device, info, plan)
     finally:

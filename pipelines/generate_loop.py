@@ -3,10 +3,12 @@
 The writers' ``pending_chunks()`` drive what is computed: a killed run resumes where it stopped,
 and under torchrun each rank gets whole shards. Batches never straddle a chunk, so a row's batch
 (and thus its floating-point result) is the same in a fresh, a resumed and a multi-rank run.
-TokenCut's eigensolves run in a process pool while the next batch is on the GPU: a chunk is
-written once all its rows are in and its pending results are done. On SIGTERM / SIGUSR1
-(``attgmae.core.signals``) the ranks agree after a batch, write the chunks they have whole,
-drop the rest and raise ``Preempted`` (exit code 75): the rerun resumes from the staged chunks.
+TokenCut's eigensolves run in a process pool (or batched on the GPU) while the next batch is on
+the GPU, and every method's maps come back to the host with non-blocking copies (nothing in the
+loop waits for the device per batch): a chunk is written once all its rows are in and its
+pending results are done. On SIGTERM / SIGUSR1 (``attgmae.core.signals``) the ranks agree after
+a batch, write the chunks they have whole, drop the rest and raise ``Preempted`` (exit code
+75): the rerun resumes from the staged chunks.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from attgmae.data.map_inputs import DecodedImages, collate_decoded, normalize_ba
 from attgmae.data.shard_access import ShardImages
 from attgmae.data.shards import is_shard_source, open_shards
 from attgmae.store import MapStoreWriter, StoreError
+
+STOP_CHECK_BATCHES = 8  # under torchrun: batches between two agreements on a stop signal
 
 
 def store_path(out_dir, method: str, fmt: str) -> Path:
@@ -219,9 +223,13 @@ def _compute_plan(cfg, keys, labels, writers, computer, device, info, workers, p
     started = time.perf_counter()
     steady_from, steady_images_before = None, 0
     stopped = False
+    # Ranks agree on a stop signal every few batches (a collective waits for the device; one
+    # process looks after every batch).
+    check_every = STOP_CHECK_BATCHES if info.distributed else 1
     with contextlib.closing(bar):
-        for (chunk_index, planned_rows), (rows, pixels, reasons, stats) in zip(plan, loader):
-            rows = rows.numpy()
+        batches = enumerate(zip(plan, loader), start=1)
+        for done, ((chunk_index, planned_rows), (rows_tensor, pixels, reasons, stats)) in batches:
+            rows = rows_tensor.numpy()
             assert np.array_equal(rows, planned_rows), "loader and plan out of step"
             if steady_from is None and chunk_index != plan[0][0]:  # the first chunk: warm-up
                 steady_from, steady_images_before = time.perf_counter(), computed
@@ -231,7 +239,8 @@ def _compute_plan(cfg, keys, labels, writers, computer, device, info, workers, p
             errors = {keys[r]: why for r, why in zip(rows, reasons) if why is not None}
             images = normalize_batch(pixels, device=device)  # float32 [B, 3, 224, 224]
             batch_keys = [keys[r] for r in rows]
-            batch_labels = labels_on_device[torch.as_tensor(rows, device=device)]
+            # From the loader's (pinned) rows: no blocking copy from Python numbers per batch.
+            batch_labels = labels_on_device[rows_tensor.to(device, non_blocking=True)]
             results = computer.compute(images, batch_keys, batch_labels, needs[chunk_index])
             buffers[-1].add(rows, results, ok, errors, stats)
             computed, failed = computed + len(rows), failed + len(errors)
@@ -241,9 +250,10 @@ def _compute_plan(cfg, keys, labels, writers, computer, device, info, workers, p
             # Write finished chunks in order; wait on the pool only when two chunks are queued.
             while buffers and (buffers[0].ready() or len(buffers) > 2):
                 buffers.popleft().write(writers)
-            stopped = stop_and_running(info, running=True)[0]
-            if stopped:
-                break
+            if done % check_every == 0:
+                stopped = stop_and_running(info, running=True)[0]
+                if stopped:
+                    break
         while buffers and (not stopped or buffers[0].complete()):
             buffers.popleft().write(writers)
         while not stopped:

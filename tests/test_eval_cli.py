@@ -12,11 +12,13 @@ import torch
 from PIL import Image, ImageOps
 
 from attgmae.cli.eval import main
+from attgmae.core.constants import IMAGENET_MEAN, IMAGENET_STD
 from attgmae.core.errors import InputError
+from attgmae.data.transforms import normalize_images
 from attgmae.eval.features import LabelledImages, image_split, l2_normalize
 from attgmae.eval.knn import knn_classifier
 from attgmae.eval.monitor import knn_top1
-from attgmae.eval.transforms import eval_transform
+from attgmae.eval.transforms import EvalPixels, eval_transform
 from attgmae.models import mae_vit_tiny_patch16
 from attgmae.models.encoder import load_encoder
 from attgmae.models.tokens import features
@@ -109,13 +111,21 @@ def test_knn_end_to_end_with_cache(tmp_path, example_root, checkpoints, capsys):
         )
         assert row == {"k": row["k"], "top1": top1, "top5": top5}
     # ... and the cached features are the encoder's CLS on Resize + CenterCrop (256/224 scaled
-    # to the 112 px input used here to keep the test fast).
+    # to the 112 px input used here to keep the test fast): the uint8 pixels of the loader,
+    # normalized on the device, within 1 grey level of the PIL protocol transform's (2 at a
+    # few values in 10 million: tests/test_image_decoding.py).
     encoder, _ = load_encoder(checkpoints["guided"][0], img_size=112)
     key = val["keys"][-1]
-    img = eval_transform(112, 128)(Image.open(example_root / "val" / key).convert("RGB"))
+    pil = Image.open(example_root / "val" / key).convert("RGB")
+    protocol = eval_transform(112, 128)(pil)  # normalized float [3, 112, 112]
+    pixels = EvalPixels(112, 128)(np.asarray(pil))  # uint8 [3, 112, 112]
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    assert ((protocol * std + mean) * 255 - pixels.float()).abs().max() <= 2.0 + 1e-3
     with torch.no_grad():
-        direct = features(encoder, img[None])[0]
+        direct = features(encoder, normalize_images(pixels[None]))[0]
+        via_pil = features(encoder, protocol[None])[0]
     assert torch.allclose(val["features"][-1], direct, atol=1e-4)
+    assert torch.allclose(val["features"][-1], via_pil, atol=1e-2)
     assert val["labels"][-1].item() == res["class_names"].index(key.split("/")[0])
 
     # A second run reuses the cache and reports the same numbers.
@@ -514,3 +524,40 @@ def test_linprobe_on_a_subset_file_with_seeds(tmp_path, example_root, checkpoint
     assert "not in the training set" in err
     with pytest.raises(SystemExit):  # argparse: not allowed with --shots
         main([*argv, "--subset_file", str(listed), "--shots", "2"])
+
+
+def test_knn_linprobe_and_fewshot_results_are_those_of_the_pil_transform(
+    tmp_path, example_root, checkpoints, monkeypatch
+):
+    """The extraction's uint8 path (EvalPixels, normalized on the device) against today's PIL
+    protocol transform (float32 out of the loader) on the example set: the same k-NN
+    accuracies, linear-probe and few-shot probe results; the features within round-off."""
+    from attgmae.eval import features as features_module
+    from attgmae.pipelines.knn import KnnConfig, run_knn
+
+    quiet = lambda msg: None  # noqa: E731
+    ckpt = str(checkpoints["guided"][0])
+
+    def evaluate(tag):
+        knn = run_knn(KnnConfig(ckpt, str(example_root), str(tmp_path / f"knn_{tag}"),
+                                nb_knn=[3, 5, 10], device="cpu", batch_size=16, num_workers=0,
+                                input_size=64), quiet)  # fmt: skip
+        probes = {}
+        for name, extra in (("linprobe", {}), ("fewshot", {"shots": 2})):
+            cfg = LinprobeConfig(checkpoint=ckpt, data_path=str(example_root), epochs=2,
+                                 warmup_epochs=1, batch_size=8, eff_batch_size=8,
+                                 cached_features=True, device="cpu", num_workers=0, input_size=64,
+                                 output_dir=str(tmp_path / f"{name}_{tag}"), log_every=0,
+                                 **extra)  # fmt: skip
+            probes[name] = run_linprobe(cfg, quiet)
+        feats = torch.load(next((tmp_path / f"knn_{tag}" / "features").glob("*_val_*.pt")))
+        return knn, probes, feats["features"]
+
+    knn, probes, feats = evaluate("uint8")
+    monkeypatch.setattr(features_module, "EvalPixels", eval_transform)  # today's transform
+    knn_pil, probes_pil, feats_pil = evaluate("pil")
+    assert knn["results"] == knn_pil["results"]
+    for name in probes:
+        curve = [(h["test_acc1"], h["test_acc5"]) for h in probes[name]["history"]]
+        assert curve == [(h["test_acc1"], h["test_acc5"]) for h in probes_pil[name]["history"]]
+    assert 0 < (feats - feats_pil).abs().max() < 1e-2  # the 1-grey-level pixels, nothing more

@@ -20,7 +20,7 @@ from attgmae.core import device as device_module
 from attgmae.core import distributed
 from attgmae.core.errors import InputError
 from attgmae.core.listing import list_images
-from attgmae.core.resources import plan_workers
+from attgmae.core.resources import JobCosts, plan_workers
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
@@ -82,6 +82,8 @@ def test_the_whole_check_runs_small_on_the_cpu_within_its_budget(tmp_path):
                             capture_output=True, text=True, timeout=420)
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "imports ok" in result.stdout and "cannot import" not in result.stdout
+    assert result.stdout.index("== train ") < result.stdout.index("== train-end-to-end ")
     figures = (out / "figures.jsonl").read_text().splitlines()
     scripts = {json.loads(line)["script"] for line in figures}
     assert scripts == {"train", "generate", "eval", "finetune", "dense"}
@@ -89,6 +91,22 @@ def test_the_whole_check_runs_small_on_the_cpu_within_its_budget(tmp_path):
     assert result.stdout.splitlines()[-len(summary) :] == summary  # the summary ends the output
     assert "NOT MEASURED" in "\n".join(summary)  # the H200 targets, on a CPU
     assert seconds < 360, f"the small check took {seconds:.0f} s"
+
+
+def test_the_check_stops_at_once_when_an_import_fails(tmp_path):
+    """The import check's own status decides (not that of the tee it is shown through): one
+    package that cannot be imported stops the check before any step, exit code 2."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "torch.py").write_text('raise ImportError("broken on purpose")\n')
+    out = tmp_path / "out"
+    env = {**os.environ, "DEVICE": "cpu", "SMALL": "1", "OUT": str(out),
+           "PYTHON": sys.executable, "PYTHONPATH": str(fake)}
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout[-2000:]
+    assert "cannot import: torch (ImportError: broken on purpose)" in result.stdout
+    assert "== train" not in result.stdout and not (out / "figures.jsonl").exists()
 
 
 # ---- devices, ranks, timeouts ---------------------------------------------------------------
@@ -157,6 +175,43 @@ def test_workers_share_the_cores_of_each_rank():
     assert "7 loader workers" in plan_workers(
         -1, -1, uses_pool=True, gpu=True, batch_bytes=MIB, cores=16, ranks=1, shm_free=None
     ).text
+
+
+def test_cores_are_split_by_the_measured_cost_of_each_job():
+    """Decoding and TokenCut's eigensolves get cores in proportion to their measured cost per
+    image (halves only without a measurement), so neither side waits on the other."""
+    def plan(costs, **kw):
+        return plan_workers(-1, -1, uses_pool=True, gpu=True, batch_bytes=MIB, cores=16,
+                            ranks=1, shm_free=None, costs=costs, **kw)
+
+    measured = JobCosts(decode_s=1.6e-3, pool_s=1.3e-3)  # the issue's per-core figures
+    split = plan(measured)
+    assert (split.pool_workers, split.loader_workers, split.device_pool) == (7, 8, False)
+    decode_rate, solve_rate = 8 / measured.decode_s, 7 / measured.pool_s
+    assert abs(decode_rate - solve_rate) < max(1 / measured.decode_s, 1 / measured.pool_s)
+    assert "measured per image" in split.text and "decode 1.60 ms" in split.text
+    cheap = plan(JobCosts(decode_s=1.6e-3, pool_s=0.4e-3))
+    assert (cheap.pool_workers, cheap.loader_workers) == (3, 12)
+    # a GPU solver is used only when it beats the planned processes twice over
+    fast_gpu = plan(JobCosts(1.6e-3, 1.3e-3, device_pool_s=2e-5))
+    assert (fast_gpu.device_pool, fast_gpu.pool_workers, fast_gpu.loader_workers) == (True, 0, 15)
+    assert "the pool's job on the GPU" in fast_gpu.text
+    assert not plan(JobCosts(1.6e-3, 1.3e-3, device_pool_s=1e-4)).device_pool
+    assert not plan(JobCosts(1.6e-3, 1.3e-3, device_pool_s=2e-5), device_pool=False).device_pool
+    assert plan(None, device_pool=True).device_pool  # --tokencut_solver gpu
+    cpu_only = plan_workers(-1, -1, uses_pool=True, gpu=False, batch_bytes=MIB, cores=2,
+                            ranks=1, shm_free=None, costs=measured, device_pool=True)
+    assert (cpu_only.pool_workers, cpu_only.loader_workers, cpu_only.device_pool) == (0, 1, False)
+
+
+def test_the_tokencut_solver_choice_is_checked(four_images, tmp_path, capsys):
+    root, listed = four_images
+    argv = ["generate", str(root), "--out", str(tmp_path / "m"), "--methods", "tokencut",
+            "--random_weights", "--device", "cpu", "--no_progress", *listed]
+    assert maps_main([*argv, "--tokencut_solver", "gpu"]) == 2
+    assert "--tokencut_solver gpu needs a CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        maps_main([*argv, "--tokencut_solver", "tpu"])
 
 
 def test_a_small_dev_shm_shrinks_automatic_workers_and_refuses_explicit_ones():

@@ -166,3 +166,84 @@ def test_bad_parameters_raise():
         tokencut.tokencut_maps(keys, map_kind="heatmap")
     with pytest.raises(ValueError, match="eps"):
         tokencut.tokencut_maps(keys, eps=0.0)
+
+
+# ---- the device solver (torch.linalg.eigh, batched): the GPU path, run here on the CPU ----
+
+
+def test_device_solver_agrees_with_scipy():
+    """torch's batched eigh on the symmetric form (what a GPU runs) against scipy's fast solver
+    and TokenCut's own generalized call: the same maps, to float64 round-off."""
+    keys = _object_keys(10, 3)
+    slow = [_slow_tokencut(k.double().numpy()) for k in keys]
+    for map_kind in ("fg-eigvec", "eigvec", "mask"):
+        on_device = tokencut.DeviceSolver(map_kind=map_kind).submit(keys).result()
+        assert on_device.shape == (3, 14, 14) and on_device.dtype == np.float32
+        np.testing.assert_allclose(on_device, tokencut.tokencut_maps(keys, map_kind=map_kind),
+                                   atol=1e-5)
+        for b in range(3):
+            np.testing.assert_allclose(on_device[b], slow[b][map_kind], atol=1e-4)
+
+
+def test_device_solver_bipartitions_equal_on_noisy_keys():
+    rng = np.random.default_rng(3)
+    keys = torch.from_numpy(rng.standard_normal((4, 196, 32)) + 0.5).float()
+    vectors = tokencut.fiedler_vectors(tokencut.patch_adjacency(keys, 0.2), 1e-5).numpy()
+    for b in range(4):
+        slow = _slow_tokencut(keys[b].double().numpy())
+        if slow["eigengap"] < 1e-6:
+            continue  # degenerate eigenspace: any vector in it is a valid answer
+        _, bipartition, _ = ncut.bipartition_with_sign_rule(vectors[b])
+        np.testing.assert_array_equal(bipartition, slow["bipartition"])
+
+
+def test_graphs_are_packed_where_the_keys_are_as_numpy_packs_them():
+    rng = np.random.default_rng(5)
+    for width in (196 * 196, 13):  # a multiple of 8, and one padded
+        bits = rng.random((3, width)) > 0.5
+        packed = tokencut.pack_bits(torch.from_numpy(bits))
+        assert packed.dtype == torch.uint8
+        np.testing.assert_array_equal(packed.numpy(), np.packbits(bits, axis=1))
+
+
+def test_the_map_computer_puts_tokencut_on_the_device_when_asked():
+    """MapComputer(device_pools=True) runs the device solver (no processes), and its maps equal
+    the process pool's within round-off."""
+    from attgmae.maps.compute import MapBatch, MapComputer
+
+    keys = _object_keys(11, 3)
+    params = {"tokencut": {"tau": 0.2, "eps": 1e-5, "map": "fg-eigvec"}}
+    computer = MapComputer(params, models={}, amp=False, device_pools=True)
+    assert isinstance(computer.pools["tokencut"], tokencut.DeviceSolver)
+    batch = MapBatch(torch.zeros(3, 3, 224, 224), ["a", "b", "c"], None, {}, False, computer.pools)
+    batch._forwards["dino"] = (None, keys)  # the shared DINO forward's keys
+    pending = tokencut.batch_maps(batch, params["tokencut"])
+    assert pending.done()
+    np.testing.assert_allclose(pending.result(), tokencut.tokencut_maps(keys), atol=1e-5)
+    computer.close()
+
+
+def test_the_pool_gets_a_batch_once_its_graphs_have_reached_the_host(monkeypatch):
+    """With a GPU the graphs' copy to the host is still in flight when ``submit`` returns: the
+    batch goes to the pool at the next submit (or when its result is asked for), and nothing
+    is lost or reordered."""
+    landed = []
+
+    class SlowCopy(tokencut.HostCopy):  # a copy that lands only when waited for
+        def done(self):
+            return False
+
+        def numpy(self):
+            landed.append(len(landed))
+            return super().numpy()
+
+    monkeypatch.setattr(tokencut, "HostCopy", SlowCopy)
+    first, second = _object_keys(12, 2), _object_keys(13, 2)
+    with tokencut.TokenCutRunner(1) as runner:
+        pending_first = runner.submit(first)
+        assert landed == [] and not pending_first.done()  # still in flight: not handed over
+        pending_second = runner.submit(second)
+        assert landed == [0]  # the first batch went to the pool when the second came
+        maps = [pending_first.result(), pending_second.result()]
+    np.testing.assert_array_equal(maps[0], tokencut.tokencut_maps(first))
+    np.testing.assert_array_equal(maps[1], tokencut.tokencut_maps(second))

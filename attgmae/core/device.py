@@ -56,3 +56,31 @@ def resolve_precision(precision: str, device) -> str:
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     return precision
+
+
+class HostCopy:
+    """A tensor's copy to the host, started now and waited for only when it is read.
+
+    On CUDA the copy goes into pinned memory with ``non_blocking`` behind the work already
+    queued, and an event marks its end: the caller queues the next batch's GPU work at once
+    instead of waiting here (``.cpu()`` would wait for the whole queue). ``done()`` asks the
+    event without waiting; ``numpy()`` waits for it. A CPU tensor is ready at once.
+    """
+
+    def __init__(self, tensor: torch.Tensor):
+        self._event = None
+        if tensor.device.type == "cuda":
+            self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._host.copy_(tensor, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = tensor.detach()
+
+    def done(self) -> bool:
+        return self._event is None or self._event.query()
+
+    def numpy(self):
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.numpy()

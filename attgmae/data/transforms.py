@@ -12,6 +12,7 @@ Boxes are ``(x0, y0, x1, y1)`` as fractions of the original width and height.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -117,8 +118,10 @@ def crop_resize_maps(
     (mirrored when flipped); values stay within the map's range, so [0, 1] stays [0, 1].
     """
     maps = maps.float()
-    boxes = boxes.to(device=maps.device, dtype=torch.float32)
-    flips = flips.to(device=maps.device, dtype=torch.bool)
+    # non_blocking: the loader's pinned boxes and flips queue behind the step (a blocking copy
+    # would wait for every kernel before it, once per training step)
+    boxes = boxes.to(device=maps.device, non_blocking=True).float()
+    flips = flips.to(device=maps.device, non_blocking=True).bool()
     centers = (torch.arange(out_grid, device=maps.device, dtype=torch.float32) + 0.5) / out_grid
     x0, y0, x1, y1 = boxes.unbind(dim=1)  # [B] each
     xs = x0[:, None] + centers[None, :] * (x1 - x0)[:, None]  # [B, out]
@@ -138,15 +141,22 @@ def crop_resize_maps(
     return out[:, 0]
 
 
+@functools.lru_cache(maxsize=8)
+def imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) float32 [1, 3, 1, 1] on ``device``, made once per device: a tensor built from
+    Python numbers on a GPU is a blocking host-to-device copy, per batch."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return mean.to(device), std.to(device)
+
+
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, S, S] -> float32 ImageNet-normalized (done batched on the device)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = imagenet_stats(images.device)
     return (images.float() / 255.0 - mean) / std
 
 
 def denormalize_images(images: torch.Tensor) -> torch.Tensor:
     """Inverse of ``normalize_images`` to float [0, 1] (for visualization)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = imagenet_stats(images.device)
     return (images.float() * std + mean).clamp(0, 1)

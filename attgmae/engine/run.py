@@ -248,20 +248,31 @@ class SupervisedRun:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def _forward_backward(self, batch, step: Step, update: bool, lr: float) -> float:
-        """Loss of one micro-batch (mean over the ranks), its gradient accumulated."""
-        info = self.info
-        sync = self.ddp_model.no_sync() if info.distributed and not update else nullcontext()
+    def _forward_backward(self, batch, step: Step, update: bool) -> torch.Tensor:
+        """Loss of one micro-batch, left on the device (reading it would make the host wait for
+        the device every step: ``_read_losses`` reads a window of them), gradient accumulated."""
+        sync = self.ddp_model.no_sync() if self.info.distributed and not update else nullcontext()
         with sync:
             with self.autocast():
                 loss = self.loss_fn(self.train_model, batch, step)
-            loss_value = loss.detach().float().item()
-            if info.distributed:  # every rank sees the same value and stops together
-                loss_value = sum_across_ranks([loss_value], info)[0] / info.world_size
-            if not math.isfinite(loss_value):
-                raise RunFailed(self._diverged_message(loss_value, step, lr))
             (loss / self.cfg.accum_iter).backward()
-        return loss_value
+        return loss.detach().float()
+
+    def _read_losses(self, losses: list, epoch: int, first: int, lr: float) -> float:
+        """The sum of a window's micro-batch losses (each the mean over the ranks), read at log
+        lines and before saves only. A non-finite one stops every rank together (they all see
+        the same sum), naming the first such iteration of this rank; no save comes between."""
+        values = torch.stack(losses).double()  # [n] on the device
+        total = float(values.sum().item())
+        if self.info.distributed:
+            total = sum_across_ranks([total], self.info)[0] / self.info.world_size
+        if not math.isfinite(total):
+            bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
+            at = first + (bad[0] if bad else len(losses) - 1)  # else: another rank's
+            value = float(values[bad[0]]) if bad else total
+            step = Step(epoch, at, epoch + at / self.iters_per_epoch)
+            raise RunFailed(self._diverged_message(value, step, lr))
+        return total
 
     def _optimizer_step(self) -> None:
         if self.cfg.clip_grad is not None:
@@ -281,7 +292,7 @@ class SupervisedRun:
         self.optimizer.zero_grad(set_to_none=True)
         lr = float("nan")
         epoch_t0 = window_t0 = time.perf_counter()
-        window = 0
+        window, losses = 0, []  # the losses since the last read, on the device
         stopping = False  # a stop signal agreed by every rank: leave at the next optimizer step
         for it, batch in enumerate(self.loader, start=start):
             if it % accum == 0 or it == start:
@@ -296,25 +307,33 @@ class SupervisedRun:
                 batch = self.batch_hook(batch, step)
             seed_everything(stable_seed(cfg.seed, MODEL_STREAM, epoch, it, self.info.rank))
             update = (it + 1) % accum == 0
-            loss_value = self._forward_backward(batch, step, update, lr)
+            losses.append(self._forward_backward(batch, step, update))
             if update:
                 self._optimizer_step()
-            sums["loss"] += loss_value
             sums["lr"] += lr
             sums["iterations"] += 1
             window += 1
-            if (it + 1) % cfg.print_freq == 0 or it + 1 == iters:
+            log_due = (it + 1) % cfg.print_freq == 0 or it + 1 == iters
+            # Ranks agree on a stop signal at log lines (a collective: not every step, where it
+            # would make the host wait for the device); one process looks every step.
+            if not stopping and (log_due or not self.info.distributed):
+                stopping = stop_agreed(self.info)
+            steps_due = cfg.ckpt_every_steps and self.global_step % cfg.ckpt_every_steps == 0
+            save_due = update and (steps_due or stopping) and it + 1 < iters
+            if log_due or save_due:  # the host waits for the device here only
+                window_loss = self._read_losses(losses, epoch, it + 1 - len(losses), lr)
+                sums["loss"] += window_loss
+                mean_loss, losses = window_loss / len(losses), []
+            if log_due:
                 seconds = max(time.perf_counter() - window_t0, 1e-9)
                 img_per_s = window * cfg.batch_size * self.info.world_size / seconds
                 timing = loop_pace(epoch_t0, start, it, iters, epoch, cfg.epochs, self.device)
                 self.log(
-                    f"epoch {epoch} [{it + 1}/{iters}] loss {loss_value:.4f} lr {lr:.3e} "
+                    f"epoch {epoch} [{it + 1}/{iters}] loss {mean_loss:.4f} lr {lr:.3e} "
                     f"img/s {img_per_s:.1f} {timing}"
                 )
                 window_t0, window = time.perf_counter(), 0
-            steps_due = cfg.ckpt_every_steps and self.global_step % cfg.ckpt_every_steps == 0
-            stopping = stopping or stop_agreed(self.info)  # (the loss is read every step anyway)
-            if update and (steps_due or stopping) and it + 1 < iters:
+            if save_due:
                 self.save(self.checkpoint(epoch, it + 1, lr, sums), None)
                 if stopping:
                     barrier(self.info)  # rank 0 has written it

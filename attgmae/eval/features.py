@@ -2,8 +2,9 @@
 
 A split is ``<data_root>/<split>/<class>/<image>`` (ImageFolder layout); labels are the class
 folders, with the class list taken from ``train`` so ``val`` uses the same indices. Features are
-extracted once on Resize(256, bicubic) + CenterCrop(224), bf16 autocast on CUDA (fp32 on CPU),
-and cached raw (not normalized: the linear probe's BatchNorm wants them raw; k-NN normalizes).
+extracted once on Resize(256, bicubic) + CenterCrop(224) (``EvalPixels``: uint8 pixels out of
+the loader workers, normalized on the device), bf16 autocast on CUDA (fp32 on CPU), and cached
+raw (not normalized: the linear probe's BatchNorm wants them raw; k-NN normalizes).
 
 The cache never serves stale features. A file in ``features_dir`` is named by a digest of
 everything that defines its features (``feature_description``: the checkpoint's sha256 and the
@@ -39,10 +40,12 @@ from attgmae.core.progress import Progress
 from attgmae.core.signals import ignore_stop_signals
 from attgmae.core.torchfile import CheckpointError, load_torch_file, save_torch_file
 from attgmae.data.images import ImageDecodeError, decode_rgb
-from attgmae.eval.transforms import eval_transform
+from attgmae.data.transforms import normalize_images
+from attgmae.eval.transforms import EvalPixels
 from attgmae.models.tokens import features as encoder_features
 
-CACHE_VERSION = 2  # 2: the whole description and the images' identities inside
+CACHE_VERSION = 3  # 2: the whole description and the images' identities; 3: uint8 pixels
+FLUSH_BYTES = 256 << 20  # features held on the device before one copy to the host
 
 
 @dataclass
@@ -93,20 +96,26 @@ def check_class_count(split: ImageSplit, nb_classes: int | None) -> None:
         )
 
 
-def load_rgb(path) -> Image.Image:
-    """An evaluation image for the torchvision transforms, read by the project's one decoder
+def load_rgb_array(path) -> np.ndarray:
+    """An evaluation image, uint8 RGB [H, W, 3], read by the project's one decoder
     (``decode_rgb``: as torchvision's ImageFolder loader reads it, which DINO's eval_knn.py and
     MAE's main_linprobe.py use; no EXIF rotation). Raises InputError naming the file when it
     cannot be decoded (a one-argument error survives the trip out of a DataLoader worker).
     """
     try:
-        return Image.fromarray(decode_rgb(path))
+        return decode_rgb(path)
     except ImageDecodeError as err:
         raise InputError(f"cannot read image {err}; remove or replace it and rerun") from None
 
 
+def load_rgb(path) -> Image.Image:
+    """``load_rgb_array`` as a PIL image, for the torchvision PIL transforms."""
+    return Image.fromarray(load_rgb_array(path))
+
+
 class LabelledImages(Dataset):
-    """(image tensor, label, index) for the ``indices`` of an ImageSplit."""
+    """(image tensor, label, index) for the ``indices`` of an ImageSplit. A transform with
+    ``takes_array`` (``EvalPixels``) gets the decoded array, any other a PIL image."""
 
     def __init__(self, split: ImageSplit, transform, indices=None):
         self.split = split
@@ -118,8 +127,10 @@ class LabelledImages(Dataset):
 
     def __getitem__(self, i):
         row = int(self.indices[i])
-        img = load_rgb(self.split.root / self.split.keys[row])
-        return self.transform(img), int(self.split.labels[row]), row
+        image = load_rgb_array(self.split.root / self.split.keys[row])
+        if not getattr(self.transform, "takes_array", False):
+            image = Image.fromarray(image)
+        return self.transform(image), int(self.split.labels[row]), row
 
 
 def make_loader(
@@ -151,33 +162,47 @@ def autocast_for(device, precision: str = "auto"):
 def extract_features(model, loader, device, pool="cls", precision="auto", progress=None):
     """Features of every image the loader yields -> (float32 [N, D] on CPU, labels [N], img/s).
 
-    Rows are placed by the dataset row index each batch carries, so the order is the split's.
+    Batches of uint8 pixels (``EvalPixels``) are normalized on the device; float batches are
+    taken as normalized. Rows are placed by the dataset row index each batch carries, so the
+    order is the split's. On CUDA nothing waits for the device per batch: features stay there
+    and come to the host about every ``FLUSH_BYTES`` (one wait per many batches), so the next
+    batches' uploads and forwards queue up while the workers decode.
     """
     device = torch.device(device)
     dataset = loader.dataset
     num_rows = len(dataset.split.keys)
-    feats = labels = None
-    filled = torch.zeros(num_rows, dtype=torch.bool)
+    on_host, on_device, device_bytes = [], [], 0
+    row_batches, label_batches = [], []
     start, seen = time.perf_counter(), 0
     for imgs, targets, rows in loader:
         imgs = imgs.to(device, non_blocking=True)
+        if imgs.dtype == torch.uint8:
+            imgs = normalize_images(imgs)
         with autocast_for(device, precision):
-            out = encoder_features(model, imgs, pool)  # [B, D]
-        out = out.float().cpu()
-        if feats is None:
-            feats = torch.zeros(num_rows, out.shape[1], dtype=torch.float32)
-            labels = torch.full((num_rows,), -1, dtype=torch.int64)
-        feats[rows] = out
-        labels[rows] = targets
-        filled[rows] = True
+            out = encoder_features(model, imgs, pool).float()  # [B, D], left on the device
+        on_device.append(out)
+        device_bytes += out.numel() * 4
+        if device_bytes >= FLUSH_BYTES:
+            on_host.append(torch.cat(on_device).cpu())
+            on_device, device_bytes = [], 0
+        row_batches.append(rows)
+        label_batches.append(targets)
         seen += imgs.shape[0]
         if progress is not None:
             progress(seen)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if on_device:
+        on_host.append(torch.cat(on_device).cpu())
+    if not on_host:
+        raise RuntimeError("feature extraction did not cover every image")
+    out = torch.cat(on_host)
     img_per_s = seen / max(time.perf_counter() - start, 1e-9)
+    feats = torch.zeros(num_rows, out.shape[1], dtype=torch.float32)
+    labels = torch.full((num_rows,), -1, dtype=torch.int64)
+    filled = torch.zeros(num_rows, dtype=torch.bool)
+    all_rows = torch.cat(row_batches)
+    feats[all_rows], labels[all_rows], filled[all_rows] = out, torch.cat(label_batches), True
     rows = torch.as_tensor(dataset.indices, dtype=torch.long)
-    if feats is None or not bool(filled[rows].all()):
+    if not bool(filled[rows].all()):
         raise RuntimeError("feature extraction did not cover every image")
     return feats[rows], labels[rows], img_per_s
 
@@ -221,9 +246,10 @@ def encoder_description(info, cfg) -> dict:
     }
 
 
-def split_transform(input_size: int):
-    """The feature transform: Resize(input * 256 / 224, bicubic) + CenterCrop(input)."""
-    return eval_transform(input_size, round(input_size * 256 / 224))
+def split_transform(input_size: int) -> EvalPixels:
+    """The feature transform: Resize(input * 256 / 224, bicubic) + CenterCrop(input), uint8 out
+    of the workers (normalized on the device)."""
+    return EvalPixels(input_size, round(input_size * 256 / 224))
 
 
 def feature_description(

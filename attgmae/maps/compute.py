@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from attgmae.core.device import HostCopy
 from attgmae.core.errors import InputError
 from attgmae.maps.registry import BACKBONES, METHODS, backbones_needed, resolve
 
@@ -57,7 +58,10 @@ def load_backbones(methods, weights: dict, random_weights: bool, device, trusted
         model, identity = load(
             weights=weights.get(backbone), random_weights=random_weights, trusted=trusted
         )
-        models[backbone], identities[backbone] = model.eval().to(device), identity
+        model = model.eval().to(device)
+        if torch.device(device).type == "cuda" and BACKBONES[backbone].channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        models[backbone], identities[backbone] = model, identity
     return models, identities
 
 
@@ -72,12 +76,29 @@ def _onednn_off(active: bool):
         torch.backends.mkldnn.enabled = before
 
 
+class _PendingTensor:
+    """A method's maps on the GPU, on their way to the host (``HostCopy``): the loop queues the
+    next batch instead of waiting for this one."""
+
+    def __init__(self, maps: torch.Tensor):
+        self._copy = HostCopy(maps.float())
+
+    def done(self) -> bool:
+        return self._copy.done()
+
+    def result(self) -> np.ndarray:
+        return self._copy.numpy()
+
+
 def _as_maps(value):
-    """A method's output as float32 numpy [B, 14, 14], or a pending result left as it is."""
+    """A method's output as float32 numpy [B, 14, 14], or a pending result (``.done()``,
+    ``.result()``): a worker pool's, or a GPU tensor's copy to the host."""
     if hasattr(value, "result"):
         return value
     if isinstance(value, torch.Tensor):
-        return value.float().cpu().numpy()
+        if value.device.type == "cuda":
+            return _PendingTensor(value)
+        return value.float().numpy()
     return np.asarray(value, dtype=np.float32)
 
 
@@ -85,7 +106,10 @@ class MapComputer:
     """Normalized images -> {method: float32 [B, 14, 14] or a pending result (``.done()``,
     ``.result()``)} for the methods of ``params`` ({method: resolved parameters})."""
 
-    def __init__(self, params: dict, models: dict, amp: bool, pool_workers: int = 0):
+    def __init__(self, params: dict, models: dict, amp: bool, pool_workers: int = 0,
+                 device_pools: bool = False):  # fmt: skip
+        """``pool_workers`` > 0: methods with a pool start one of that many processes;
+        ``device_pools``: methods that can do that work on the device do it there instead."""
         unknown = [name for name in params if name not in METHODS]
         if unknown:
             raise InputError(f"unknown map method(s) {unknown}; choose from {', '.join(METHODS)}")
@@ -93,9 +117,11 @@ class MapComputer:
         self.functions = {name: resolve(METHODS[name].compute) for name in params}
         self.pools = {}
         for name in params:
-            start_pool = METHODS[name].pool
-            if start_pool is not None and pool_workers > 0:
-                self.pools[name] = resolve(start_pool)(params[name], pool_workers)
+            method = METHODS[name]
+            if device_pools and method.device_pool is not None:
+                self.pools[name] = resolve(method.device_pool)(params[name])
+            elif method.pool is not None and pool_workers > 0:
+                self.pools[name] = resolve(method.pool)(params[name], pool_workers)
 
     def compute(self, images: torch.Tensor, keys, labels=None, methods=None) -> dict:
         """images float32 [B, 3, 224, 224] on the device; keys [B]; labels int64 [B] or None;

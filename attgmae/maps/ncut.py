@@ -13,6 +13,8 @@ Fast solver: the generalized problem equals the symmetric one on
 L = D^-1/2 (D - A) D^-1/2 = I - D^-1/2 A D^-1/2 with x = D^-1/2 y (so x^T D x = 1, the same
 scaling scipy's generalized ``eigh`` returns). Solving for the single eigenvector index 1 with
 LAPACK ``syevr`` is about twice as fast as the generalized solve, and agrees with it (tested).
+The same symmetric form solved batched by ``torch.linalg.eigh`` on a GPU
+(``attgmae.maps.tokencut.fiedler_vectors``) feeds the same ``map_from_eigvec``.
 """
 
 from __future__ import annotations
@@ -80,7 +82,13 @@ def ncut_map(
     """
     affinity = adjacency_to_affinity(adjacent, eps)
     solve = second_eigvec_fast if solver == "fast" else second_eigvec_reference
-    eigvec, bipartition, seed = bipartition_with_sign_rule(solve(affinity))
+    return map_from_eigvec(solve(affinity), map_kind)
+
+
+def map_from_eigvec(eigvec: np.ndarray, map_kind: str = "fg-eigvec") -> np.ndarray:
+    """x [N] (the generalized Fiedler vector, any sign) -> float32 [g, g] map of ``map_kind``:
+    TokenCut's sign rule, bipartition and seed, whichever solver found x."""
+    eigvec, bipartition, seed = bipartition_with_sign_rule(np.asarray(eigvec, dtype=np.float64))
     grid = math.isqrt(len(eigvec))
     if map_kind == "eigvec":
         values = minmax_numpy(eigvec[None])[0]

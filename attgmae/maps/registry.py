@@ -56,6 +56,9 @@ class Backbone:
     tag: str  # the pretrained weights used when no file is given (a timm tag), or a reference
     weights_help: str = ""
     forward: Callable | str | None = None  # (model, images, amp) -> outputs the methods share
+    # On CUDA, weights in channels_last: a convolutional network's tensor-core kernels run
+    # NHWC natively (the input follows the first convolution; results differ by round-off only)
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class MapMethod:
     check_images: Callable | str | None = None
     # (params, workers) -> a pool with submit(...) and close(): CPU work beside the GPU
     pool: Callable | str | None = None
+    # (params) -> the same interface doing that work on the batch's device (a GPU) instead
+    device_pool: Callable | str | None = None
+    # (params, device, batch_size) -> (s per image of the pool's job on one core, s per image
+    # on the device or None): measured before a run to split the cores (resources.JobCosts)
+    pool_cost: Callable | str | None = None
     param_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self):
@@ -91,6 +99,7 @@ BACKBONES: dict[str, Backbone] = {
         weights_flag="resnet_weights",
         tag="attgmae.models.backbones:RESNET_TAG",
         weights_help="ResNet-50 weights (torchvision or timm); default: timm tag resnet50.tv_in1k",
+        channels_last=True,
     ),
 }
 
@@ -158,6 +167,8 @@ register(
         ),
         summary="TokenCut normalized cut on the last-block patch keys",
         pool="attgmae.maps.tokencut:start_pool",
+        device_pool="attgmae.maps.tokencut:start_device_solver",
+        pool_cost="attgmae.maps.tokencut:pool_costs",
     )
 )
 register(

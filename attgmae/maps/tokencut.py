@@ -1,16 +1,23 @@
-"""TokenCut maps from the DINO patch keys: batched graph on the device, eigensolves on CPUs.
+"""TokenCut maps from the DINO patch keys: batched graph on the device, eigensolves on CPUs or
+on the device.
 
 The affinity ``cos(k_i, k_j) > threshold`` (TokenCut's ``tau``) is one batched matmul (GPU when
-the keys are there); the
-per-image eigensolve (``attgmae.maps.ncut``) runs in this process (workers=0) or in a process pool
-with BLAS pinned to one thread per worker, so it can overlap with the next GPU batch
-(``TokenCutRunner.submit``). Definitions and the sign rule: see ``attgmae/maps/ncut.py``.
+the keys are there). The per-image eigensolve (``attgmae.maps.ncut``) runs in this process
+(workers=0) or in a process pool with BLAS pinned to one thread per worker, so it overlaps with
+the next GPU batch (``TokenCutRunner.submit``: the bit-packed graphs come to the host with a
+non-blocking copy, handed to the pool one batch later, so the GPU never waits for the host).
+``DeviceSolver`` instead solves the same symmetric form batched with ``torch.linalg.eigh`` where
+the keys are (a GPU: no CPU pool, every core left to decoding) and brings only the Fiedler
+vectors back; both paths end in the same ``ncut.map_from_eigvec`` (sign rule, bipartition,
+seed), and agree (tested, with torch's solver on the CPU). Definitions: ``attgmae/maps/ncut.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -18,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
+from attgmae.core.device import HostCopy
 from attgmae.core.minmax import minmax_numpy
 from attgmae.core.signals import ignore_stop_signals
 from attgmae.maps import ncut
@@ -32,10 +40,38 @@ def patch_adjacency(patch_keys: torch.Tensor, threshold: float = 0.2) -> torch.T
     return (features @ features.transpose(1, 2)) > threshold
 
 
-def _packed_adjacency(patch_keys: torch.Tensor, threshold: float) -> np.ndarray:
-    """-> uint8 [B, ceil(N*N/8)], the adjacency bit-packed on the host."""
-    adjacency = patch_adjacency(patch_keys, threshold).cpu().numpy()  # [B, N, N] bool
-    return np.packbits(adjacency.reshape(len(adjacency), -1), axis=1)
+@functools.lru_cache(maxsize=8)
+def _bit_weights(device: torch.device) -> torch.Tensor:
+    """uint8 [8] 128 ... 1 on ``device``, made once (not a host-to-device copy per batch)."""
+    return torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8).to(device)
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """bool [B, M] -> uint8 [B, ceil(M / 8)] on the same device, ``np.packbits(axis=1)``'s
+    layout (first bit the most significant, zero padding at the end)."""
+    pad = -bits.shape[1] % 8
+    padded = F.pad(bits.to(torch.uint8), (0, pad)).view(bits.shape[0], -1, 8)
+    return (padded * _bit_weights(bits.device)).sum(dim=2, dtype=torch.uint8)
+
+
+def _packed_adjacency(patch_keys: torch.Tensor, threshold: float) -> torch.Tensor:
+    """-> uint8 [B, ceil(N*N/8)], the adjacency bit-packed where the keys are (8x less to copy
+    to the host and to send to the worker processes)."""
+    adjacency = patch_adjacency(patch_keys, threshold)  # [B, N, N] bool
+    return pack_bits(adjacency.reshape(len(adjacency), -1))
+
+
+def fiedler_vectors(adjacency: torch.Tensor, eps: float) -> torch.Tensor:
+    """bool [B, N, N] -> float64 [B, N]: each graph's generalized Fiedler vector x, computed as
+    ``ncut.second_eigvec_fast`` does (the symmetric form, x = D^-1/2 y) but batched with
+    ``torch.linalg.eigh`` (every eigenpair, index 1) on the adjacency's device."""
+    one = torch.ones((), dtype=torch.float64, device=adjacency.device)
+    affinity = torch.where(adjacency, one, one * eps)  # [B, N, N]: 1 / eps, float64
+    inv_sqrt_degree = 1.0 / torch.sqrt(affinity.sum(dim=2))  # [B, N]
+    scale = inv_sqrt_degree[:, :, None] * inv_sqrt_degree[:, None, :]
+    identity = torch.eye(adjacency.shape[1], dtype=torch.float64, device=adjacency.device)
+    _, vectors = torch.linalg.eigh(identity - affinity * scale)  # ascending eigenvalues
+    return vectors[:, :, 1] * inv_sqrt_degree
 
 
 def check_threshold(threshold) -> float:
@@ -58,15 +94,24 @@ def _check_params(map_kind: str, threshold: float, eps: float) -> None:
 
 
 class _PendingMaps:
-    """The maps of one submitted batch; ``result()`` -> float32 [B, g, g]."""
+    """The maps of one submitted batch; ``result()`` -> float32 [B, g, g]. Its packed graphs
+    go to the pool once their copy to the host has landed (``_start``)."""
 
-    def __init__(self, futures):
-        self._futures = futures
+    def __init__(self, runner: TokenCutRunner, packed: HostCopy, num_patches: int):
+        self._runner, self._packed, self._num_patches = runner, packed, num_patches
+        self._futures = None
+
+    def _start(self, wait: bool) -> bool:
+        """Hand the graphs to the pool (waiting for their copy if ``wait``); -> whether done."""
+        if self._futures is None and (wait or self._packed.done()):
+            self._futures = self._runner._solve(self._packed.numpy(), self._num_patches)
+        return self._futures is not None
 
     def done(self) -> bool:
-        return all(future.done() for future in self._futures)
+        return self._start(wait=False) and all(future.done() for future in self._futures)
 
     def result(self) -> np.ndarray:
+        self._start(wait=True)
         return minmax_numpy(np.concatenate([future.result() for future in self._futures]))
 
 
@@ -99,18 +144,26 @@ class TokenCutRunner:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_pool_worker_init,
         )
+        self._waiting: list[_PendingMaps] = []  # submitted, graphs not yet handed to the pool
 
     def submit(self, patch_keys: torch.Tensor) -> _PendingMaps:
-        packed = _packed_adjacency(patch_keys, self.threshold)  # [B, bytes]
-        num_patches = patch_keys.shape[1]
+        """Queue the graphs of a batch; returns at once (the previous batch's graphs, whose copy
+        has landed by now, go to the pool)."""
+        packed = HostCopy(_packed_adjacency(patch_keys, self.threshold))  # [B, bytes]
+        for earlier in self._waiting:
+            earlier._start(wait=True)
+        pending = _PendingMaps(self, packed, patch_keys.shape[1])
+        self._waiting = [pending] if not pending._start(wait=False) else []
+        return pending
+
+    def _solve(self, packed: np.ndarray, num_patches: int) -> list:
         # Several small chunks per worker keep the pool evenly loaded.
         chunks = np.array_split(packed, min(len(packed), 4 * self.workers))
-        futures = [
+        return [
             self._pool.submit(ncut.ncut_maps_packed, chunk, num_patches, self.eps, self.map_kind)
             for chunk in chunks
             if len(chunk)
         ]
-        return _PendingMaps(futures)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -120,6 +173,36 @@ class TokenCutRunner:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _DeviceMaps:
+    """The maps of one batch solved on the device; ``result()`` -> float32 [B, g, g]."""
+
+    def __init__(self, vectors: torch.Tensor, map_kind: str):
+        self._vectors, self._map_kind = HostCopy(vectors), map_kind
+
+    def done(self) -> bool:
+        return self._vectors.done()
+
+    def result(self) -> np.ndarray:
+        vectors = self._vectors.numpy()  # [B, N] float64
+        return minmax_numpy(np.stack([ncut.map_from_eigvec(x, self._map_kind) for x in vectors]))
+
+
+class DeviceSolver:
+    """Eigensolves where the keys are (``fiedler_vectors``), the same interface as
+    ``TokenCutRunner``: ``submit`` queues the work and returns at once."""
+
+    def __init__(self, threshold: float = 0.2, eps: float = 1e-5, map_kind: str = "fg-eigvec"):
+        _check_params(map_kind, threshold, eps)
+        self.threshold, self.eps, self.map_kind = threshold, eps, map_kind
+
+    def submit(self, patch_keys: torch.Tensor) -> _DeviceMaps:
+        adjacency = patch_adjacency(patch_keys, self.threshold)
+        return _DeviceMaps(fiedler_vectors(adjacency, self.eps), self.map_kind)
+
+    def close(self) -> None:
+        pass
 
 
 _RUNNERS: dict[tuple, TokenCutRunner] = {}
@@ -154,6 +237,11 @@ def start_pool(params: dict, workers: int) -> TokenCutRunner:
     return TokenCutRunner(workers, params["tau"], params["eps"], params["map"])
 
 
+def start_device_solver(params: dict) -> DeviceSolver:
+    """The registry's device solver: eigensolves of resolved tokencut parameters on the GPU."""
+    return DeviceSolver(params["tau"], params["eps"], params["map"])
+
+
 def batch_maps(batch, params: dict):
     """The registry's entry: a MapBatch -> float32 [B, 14, 14] (or, with a pool, a pending
     result) from the keys of the shared DINO forward."""
@@ -162,6 +250,41 @@ def batch_maps(batch, params: dict):
     if pool is not None:
         return pool.submit(patch_keys)  # .result() later: the GPU moves on meanwhile
     return tokencut_maps(patch_keys, params["tau"], params["eps"], params["map"])
+
+
+def sample_keys(batch: int, seed: int = 0, num_patches: int = 196, dim: int = 64) -> torch.Tensor:
+    """Synthetic patch keys [B, N, D] like DINO's on a photo (an object's patches sharing one
+    direction, the background's another, noise): graphs for timing the eigensolves."""
+    generator = torch.Generator().manual_seed(seed)
+    keys = 0.9 * torch.randn(batch, num_patches, dim, generator=generator)
+    on_object = torch.rand(batch, num_patches, 1, generator=generator) < 0.3
+    object_dir, background_dir = torch.randn(2, batch, 1, dim, generator=generator)
+    return keys + torch.where(on_object, 1.2 * object_dir, 0.8 * background_dir)
+
+
+def pool_costs(params: dict, device: torch.device, batch_size: int) -> tuple:
+    """The registry's cost of the pool's job: (seconds per image of the CPU eigensolve on one
+    core, BLAS pinned as in a worker; seconds per image of ``DeviceSolver`` on a CUDA
+    ``device`` for a batch of ``batch_size``, else None). On synthetic graphs: a dense 196 x 196
+    eigensolve costs about the same whatever the graph."""
+    keys = sample_keys(8)
+    adjacency = patch_adjacency(keys, params["tau"]).numpy()
+    with threadpool_limits(1):
+        ncut.ncut_map(adjacency[0], params["eps"], params["map"])  # untimed: first-call costs
+        started = time.perf_counter()
+        for graph in adjacency[1:]:
+            ncut.ncut_map(graph, params["eps"], params["map"])
+        cpu_s = (time.perf_counter() - started) / (len(adjacency) - 1)
+    if device.type != "cuda":
+        return cpu_s, None
+    batch = sample_keys(batch_size, seed=1).to(device)
+    graphs = patch_adjacency(batch, params["tau"])
+    fiedler_vectors(graphs, params["eps"])  # untimed: solver set-up
+    torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    fiedler_vectors(graphs, params["eps"])
+    torch.cuda.synchronize(device)
+    return cpu_s, (time.perf_counter() - started) / batch_size
 
 
 def close_pools() -> None:

@@ -1,0 +1,218 @@
+"""The CPU side per core (not a test): every CPU job that feeds the GPU, new path vs today's path
+on the same photo-like JPEGs in the same run, and the 16-core ceilings they give.
+
+Jobs (each timed in this process on one thread, as one DataLoader worker or pool process runs
+it, its output collated as a worker collates it). Timing: image by image, the jobs' calls
+interleaved (so new and today's paths meet the same load), each image's fastest of ``--rounds``
+calls kept: on a shared machine that is the figure a quiet one gives (the lead's quiet-box
+reruns check it).
+
+- stage 1 decode + resize to 224 (``DecodedImages``): torchvision's ``decode_jpeg`` + its uint8
+  antialiased bilinear kernel; today's = PIL decode + PIL resize with the numpy round trips.
+- TokenCut's eigensolve (a pool process's job, BLAS pinned to one thread; unchanged).
+- evaluation extraction (``LabelledImages`` + ``EvalPixels``, uint8 out); today's = PIL decode +
+  PIL bicubic Resize(256) + CenterCrop + ToTensor + Normalize (float32 out, 4x the bytes).
+- the training loader's sample (``PretrainDataset``'s decode + joint RandomResizedCrop); today's
+  = the same with PIL's decoder.
+
+Then the 16-core ceilings (one H200 machine: 16 cores, one for the main process): stage 1 with
+TokenCut (the cores split between decoding and eigensolves by ``plan_workers`` from the measured
+costs; today's split was halves, 7 decoders and 8 solvers), stage 1 decoding alone (dino,
+gradcam), evaluation extraction and the training loader with 15 workers. Pixel agreement of new
+and today's paths on the same files is printed beside the figures.
+
+    python benchmarks/cpu_jobs.py                # 48 photo-like JPEGs, 3 rounds (~1 min)
+    python benchmarks/cpu_jobs.py --images 128 --rounds 5 --loader_workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from figures import figure
+from machine import print_machine
+from photos import describe, photo_set
+from PIL import Image
+from threadpoolctl import threadpool_limits
+from timing import loader_throughput
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from attgmae.core.resources import JobCosts, plan_workers
+from attgmae.data.images import decode_rgb
+from attgmae.data.map_inputs import DecodedImages, collate_decoded
+from attgmae.data.transforms import JointTransform
+from attgmae.eval.features import ImageSplit, LabelledImages
+from attgmae.eval.transforms import EvalPixels, eval_transform
+from attgmae.maps import ncut, tokencut
+
+CORES = 16  # the GPU machine's
+TARGETS = {"stage1": 2500, "eval": 3000, "train": 2600}  # img/s on one H200 (issue 19)
+
+
+# ---- today's paths (before issue 19), kept here as the reference ---------------------------
+
+
+def today_decode(path) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()
+        return np.array(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
+
+
+def today_stage1(path) -> torch.Tensor:
+    image = Image.fromarray(today_decode(path))
+    resized = np.asarray(image.resize((224, 224), Image.BILINEAR), dtype=np.uint8)
+    return torch.from_numpy(resized.copy())
+
+
+_EVAL = eval_transform()
+
+
+def today_eval(path) -> torch.Tensor:
+    return _EVAL(Image.fromarray(today_decode(path)))
+
+
+class TodayEval(Dataset):
+    """Today's evaluation dataset over an ImageSplit: (normalized float32 [3, 224, 224], label,
+    row), as ``LabelledImages(split, eval_transform())`` was with today's decoder."""
+
+    def __init__(self, split: ImageSplit):
+        self.split, self.indices = split, np.arange(len(split.keys))
+
+    def __len__(self):
+        return len(self.split.keys)
+
+    def __getitem__(self, row):
+        label = int(self.split.labels[row])
+        return today_eval(self.split.root / self.split.keys[row]), label, row
+
+
+# ---- timing ---------------------------------------------------------------------------------
+
+
+def interleaved_rates(jobs: dict, count: int, rounds: int) -> dict[str, float]:
+    """{name: img/s} of ``jobs`` {name: job(i) for item i < count}: item by item, every job in
+    turn (the order reversed every other item), each item's fastest of ``rounds`` calls."""
+    fastest = {name: [float("inf")] * count for name in jobs}
+    names = list(jobs)
+    for _ in range(rounds):
+        for i in range(count):
+            for name in names if i % 2 == 0 else names[::-1]:
+                started = time.perf_counter()
+                jobs[name](i)
+                fastest[name][i] = min(fastest[name][i], time.perf_counter() - started)
+    return {name: count / sum(times) for name, times in fastest.items()}
+
+
+def eigensolve_job(graphs: int):
+    """job(i): the eigensolve of synthetic graph i (BLAS pinned, as in a pool process)."""
+    params = {"tau": 0.2, "eps": 1e-5, "map": "fg-eigvec"}
+    adjacency = tokencut.patch_adjacency(tokencut.sample_keys(graphs), params["tau"]).numpy()
+    return lambda i: ncut.ncut_map(adjacency[i % graphs], params["eps"], params["map"])
+
+
+def stage1_agreement(dataset: DecodedImages, paths) -> tuple[int, float]:
+    diffs = [
+        np.abs(dataset[row][1].numpy().astype(int) - today_stage1(path).numpy())
+        for row, path in enumerate(paths)
+    ]
+    return max(int(d.max()) for d in diffs), float(np.mean([d.mean() for d in diffs]))
+
+
+def eval_agreement(paths) -> tuple[float, float]:
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    diffs = []
+    for path in paths:
+        today = (today_eval(path) * std + mean) * 255  # today's float pixels, in grey levels
+        diffs.append((EvalPixels()(decode_rgb(path)).float() - today).abs())
+    return float(max(d.max() for d in diffs)), float(np.mean([float(d.mean()) for d in diffs]))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=48, help="photo-like JPEGs, 400 x 390")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--loader_workers", type=int, default=0,
+                        help="also time evaluation DataLoaders with this many workers (0: no)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # one core, as a worker process
+    print_machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "images"
+        keys = photo_set(root, args.images, unique=args.images)
+        paths = [root / key for key in keys]
+        print(describe(root, keys))
+        stage1 = DecodedImages(root, keys)
+        split = ImageSplit(root, keys, np.zeros(len(keys), np.int64), ["c"])
+        evaluation = LabelledImages(split, EvalPixels())
+        joint, rng = JointTransform(224, "rrc"), np.random.default_rng(0)
+        for job in (stage1, evaluation):
+            job[0]  # imports and first-call costs, untimed
+        today_evaluation = TodayEval(split)
+        # each job's output collated as a worker collates it (into the batch it sends)
+        with threadpool_limits(1):
+            rates = interleaved_rates({
+                "stage1 new": lambda i: collate_decoded([stage1[i]]),
+                "stage1 today": lambda i: collate_decoded([(i, today_stage1(paths[i]), None)]),
+                "eval new": lambda i: default_collate([evaluation[i]]),
+                "eval today": lambda i: default_collate([today_evaluation[i]]),
+                "train new": lambda i: joint(decode_rgb(paths[i]), rng),
+                "train today": lambda i: joint(today_decode(paths[i]), rng),
+                "eigensolve": eigensolve_job(len(paths)),
+            }, len(paths), args.rounds)  # fmt: skip
+        worst, mean = stage1_agreement(stage1, paths)
+        eval_worst, eval_mean = eval_agreement(paths)
+
+    per_core = "img/s per core"
+    for job, note in (("stage1", f"pixels vs today: max {worst}, mean {mean:.4f} grey levels"),
+                      ("eval", f"pixels vs today: max {eval_worst:.2f}, mean {eval_mean:.4f}"),
+                      ("train", "decoder only differs (same pixels)")):  # fmt: skip
+        new, today = rates[f"{job} new"], rates[f"{job} today"]
+        figure(f"cpu {job} job new", new, per_core, note=note)
+        figure(f"cpu {job} job today", today, per_core)
+        figure(f"cpu {job} job new / today", new / today, "x")
+    figure("cpu tokencut eigensolve job", rates["eigensolve"], per_core, note="unchanged")
+
+    # 16-core ceilings: stage 1 with TokenCut, split by plan_workers from the measured costs.
+    costs = JobCosts(1 / rates["stage1 new"], 1 / rates["eigensolve"])
+    plan = plan_workers(-1, -1, uses_pool=True, gpu=True, batch_bytes=1, cores=CORES, ranks=1,
+                        shm_free=None, costs=costs)
+    new = min(plan.loader_workers * rates["stage1 new"], plan.pool_workers * rates["eigensolve"])
+    today = min(7 * rates["stage1 today"], 8 * rates["eigensolve"])  # today's halves
+    figure("ceiling16 stage1 with tokencut new", new, "img/s", TARGETS["stage1"],
+           note=f"{plan.loader_workers} decoders + {plan.pool_workers} solvers (measured split)")
+    figure("ceiling16 stage1 with tokencut today", today, "img/s",
+           note="7 decoders + 8 solvers (halves), today's decode")
+    figure("ceiling16 stage1 with tokencut new / today", new / today, "x",
+           note=f"per core of the CPU side: {new / (CORES - 1):.0f} vs {today / (CORES - 1):.0f} "
+           "img/s")
+    spare = CORES - 1
+    for job, label in (("stage1", "stage1 decode only"), ("eval", "eval extraction"),
+                       ("train", "train loader")):  # fmt: skip
+        new, today = spare * rates[f"{job} new"], spare * rates[f"{job} today"]
+        target = TARGETS[job] if job != "stage1" else None
+        figure(f"ceiling16 {label} new", new, "img/s", target, note=f"{spare} workers")
+        figure(f"ceiling16 {label} today", today, "img/s")
+
+    if args.loader_workers:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "images"
+            keys = photo_set(root, args.images, unique=args.images)
+            split = ImageSplit(root, keys, np.zeros(len(keys), np.int64), ["c"])
+            loaders = {"new": LabelledImages(split, EvalPixels()), "today": TodayEval(split)}
+            speeds = {name: max(loader_throughput(DataLoader(
+                data, batch_size=16, num_workers=args.loader_workers)) for _ in range(2))
+                for name, data in loaders.items()}  # fmt: skip
+        figure(f"eval loader {args.loader_workers} workers new / today",
+               speeds["new"] / speeds["today"], "x",
+               note=f"new {speeds['new']:.0f} img/s (uint8 out), today {speeds['today']:.0f} "
+               "img/s (float32 out); includes the transfer out of the workers")
+
+
+if __name__ == "__main__":
+    main()
