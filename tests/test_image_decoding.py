@@ -152,7 +152,7 @@ def test_images_above_the_limit_are_refused_before_decoding(photo, tmp_path, mon
                 decode_rgb(tmp_path / name)
             assert "limit is 1,000" in caught.value.reason
     assert decode_rgb(tmp_path / "fits.png").shape == (30, 30, 3)
-    _, pixels, reason = DecodedImages(tmp_path, ["big.png"])[0]
+    _, pixels, reason, _ = DecodedImages(tmp_path, ["big.png"])[0]
     assert pixels is None and reason.startswith("image too large")
 
 

@@ -198,7 +198,8 @@ def _rank(rank: int, port: int, out: Path) -> None:
     try:
         with distributed_session("cpu") as (info, device):
             loss = signal_at({2} if rank == 1 else set())  # 24 samples, 2 ranks x batch 2
-            run = engine_run(out, loss_fn=loss, info=info, device=device, batch_size=2)
+            run = engine_run(out, loss_fn=loss, info=info, device=device, batch_size=2,
+                             print_freq=4)  # (ranks agree at log lines)
             try:
                 run.fit()
                 code = 0
@@ -211,8 +212,9 @@ def _rank(rank: int, port: int, out: Path) -> None:
 
 
 def test_the_ranks_agree_on_where_to_stop(tmp_path):
-    """Only rank 1 gets the signal; both ranks stop after the same step, rank 0 saves it. (Two
-    forked gloo processes: no second start-up.)"""
+    """Only rank 1 gets the signal (at its iteration 2); both ranks agree at the next log line
+    (iteration 4) and stop after that step, rank 0 saves it. (Two forked gloo processes: no
+    second start-up.)"""
     import multiprocessing
     import socket
 
@@ -227,8 +229,8 @@ def test_the_ranks_agree_on_where_to_stop(tmp_path):
         process.join(timeout=240)
     outcome = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(o["exit_code"] == EXIT_PREEMPTED for o in outcome), outcome
-    assert outcome[0]["global_step"] == outcome[1]["global_step"] == 3
-    assert load_checkpoint(tmp_path / "checkpoint-last.pth")["resume"]["global_step"] == 3
+    assert outcome[0]["global_step"] == outcome[1]["global_step"] == 4
+    assert load_checkpoint(tmp_path / "checkpoint-last.pth")["resume"]["global_step"] == 4
 
 
 # ---------------------------------------------------------------- linprobe and generate
