@@ -83,7 +83,8 @@ def test_import_leaves_another_runs_partial_store_alone(tmp_path, capsys):
 class Interrupt:
     """Raises KeyboardInterrupt (a Ctrl-C) at one step of finalizing a store."""
 
-    STEPS = ("final attributes", "marker", "old moved aside", "new moved in", "fsync", "cleanup")
+    STEPS = ("final attributes", "marker", "old moved aside", "new moved in", "exchanged",
+             "fsync", "cleanup")  # fmt: skip
 
     def __init__(self, monkeypatch, step: str, path: Path):
         self.step, self.path, self.fired = step, path, False
@@ -117,6 +118,13 @@ class Interrupt:
             fire(step == "marker")
             return real_marker(p, text)
 
+        def exchange(a, b, real_exchange=swap.exchange):
+            if step in ("old moved aside", "new moved in"):  # the two renames, no exchange
+                return False
+            done = real_exchange(a, b)
+            fire(step == "exchanged" and done)
+            return done
+
         def remove_partial(partial, real_remove=swap.remove_partial):
             fire(step == "cleanup")
             real_remove(partial)
@@ -127,6 +135,7 @@ class Interrupt:
         monkeypatch.setattr(ZarrBackend, "update_attrs", staticmethod(update_attrs))
         monkeypatch.setattr(swap, "write_text_atomic", marker)
         monkeypatch.setattr(swap, "remove_partial", remove_partial)
+        monkeypatch.setattr(swap, "exchange", exchange)
 
 
 @pytest.mark.parametrize("step", Interrupt.STEPS)
