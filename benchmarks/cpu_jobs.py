@@ -158,7 +158,9 @@ def main(argv=None) -> None:
         with threadpool_limits(1):
             rates = interleaved_rates({
                 "stage1 new": lambda i: collate_decoded([stage1[i]]),
-                "stage1 today": lambda i: collate_decoded([(i, today_stage1(paths[i]), None)]),
+                "stage1 today": lambda i: collate_decoded(
+                    [(i, today_stage1(paths[i]), None, (-1, -1))]  # (no identity taken)
+                ),
                 "eval new": lambda i: default_collate([evaluation[i]]),
                 "eval today": lambda i: default_collate([today_evaluation[i]]),
                 "train new": lambda i: joint(decode_rgb(paths[i]), rng),
