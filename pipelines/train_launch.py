@@ -8,6 +8,7 @@ from pathlib import Path
 
 from attgmae.checkpoint import LAST_NAME, epoch_name
 from attgmae.core.distributed import launched_world
+from attgmae.data.shards import is_shard_source
 from attgmae.engine.history import LOG_NAME
 from attgmae.pipelines.train_config import TrainConfig
 
@@ -34,12 +35,14 @@ def out_of_memory_message(cfg: TrainConfig, device) -> str:
 
 def finished_message(cfg: TrainConfig, out_dir) -> str:
     """The last lines of a finished run: its checkpoint and log, and the commands that judge it
-    (the paper's k-NN and linear probe; ``--data_path`` must also hold ``val/``)."""
+    (the paper's k-NN and linear probe; ``--data_path`` must also hold ``val/``; after a run on
+    tar shards: IMAGES, the image folder they were packed from)."""
     out_dir = Path(out_dir)
     final = out_dir / epoch_name(cfg.epochs - 1)
     if not final.is_file():  # (pruned, or a run resumed past it)
         final = out_dir / LAST_NAME
-    data = shlex.quote(str(cfg.data_path))
+    # k-NN and the probe read an image folder with train/ and val/, not the training shards
+    data = "IMAGES" if is_shard_source(cfg.data_path) else shlex.quote(str(cfg.data_path))
     checkpoint = shlex.quote(str(final))
     return (
         f"done: {cfg.epochs} epochs; checkpoint {final}, log {out_dir / LOG_NAME}, config "

@@ -253,3 +253,15 @@ def test_an_undecodable_image_in_shards_stops_or_is_stood_in_for(example_root, t
     samples = list(stream(True))
     assert [s["index"] for s in samples] == [1, 1, 2, 3]  # the next good image stands in
     assert [s["bad"] for s in samples] == [keys[0], "", "", ""]
+
+
+def test_the_next_commands_after_a_run_on_shards_name_an_image_folder(tmp_path):
+    """k-NN and the linear probe read train/ and val/ folders: not the training shards."""
+    from attgmae.pipelines.train_config import TrainConfig
+    from attgmae.pipelines.train_launch import finished_message
+
+    on_shards = TrainConfig(data_path="shards/train-{000000..000009}.tar", epochs=2)
+    text = finished_message(on_shards, tmp_path)
+    assert "--data_path IMAGES" in text and ".tar" not in text
+    on_folder = TrainConfig(data_path="/data/in1k")
+    assert "--data_path /data/in1k" in finished_message(on_folder, tmp_path)
