@@ -27,11 +27,6 @@ def on_terminal(stream) -> bool:
     return bool(isatty and isatty())
 
 
-def refresh_interval(stream) -> float:
-    """Seconds between two progress reports on ``stream``: 0.5 on a terminal, 30 in a file."""
-    return TERMINAL_INTERVAL_S if on_terminal(stream) else LOG_INTERVAL_S
-
-
 def duration(seconds: float) -> str:
     """``H:MM:SS`` (``?`` when unknown)."""
     if not math.isfinite(seconds) or seconds < 0:
