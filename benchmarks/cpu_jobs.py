@@ -10,8 +10,10 @@ reruns check it).
 - stage 1 decode + resize to 224 (``DecodedImages``): torchvision's ``decode_jpeg`` + its uint8
   antialiased bilinear kernel; today's = PIL decode + PIL resize with the numpy round trips.
 - TokenCut's eigensolve (a pool process's job, BLAS pinned to one thread; unchanged).
-- evaluation extraction (``LabelledImages`` + ``EvalPixels``, uint8 out); today's = PIL decode +
-  PIL bicubic Resize(256) + CenterCrop + ToTensor + Normalize (float32 out, 4x the bytes).
+- evaluation extraction (``LabelledImages`` + ``EvalPixels``, uint8 out, PIL's first pass for
+  pixels within 1 grey level); today's = PIL decode + PIL bicubic Resize(256) + CenterCrop +
+  ToTensor + Normalize (float32 out, 4x the bytes); and, for what exactness costs, both passes
+  by torchvision's kernel.
 - the training loader's sample (``PretrainDataset``'s decode + joint RandomResizedCrop); today's
   = the same with PIL's decoder.
 
@@ -41,13 +43,15 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 from timing import loader_throughput
 from torch.utils.data import DataLoader, Dataset, default_collate
+from torchvision.transforms.v2 import functional as F2
 
 from attgmae.core.resources import JobCosts, plan_workers
 from attgmae.data.images import decode_rgb
 from attgmae.data.map_inputs import DecodedImages, collate_decoded
+from attgmae.data.pil_resize import torch_resize_like_pil
 from attgmae.data.transforms import JointTransform
 from attgmae.eval.features import ImageSplit, LabelledImages
-from attgmae.eval.transforms import EvalPixels, eval_transform
+from attgmae.eval.transforms import EvalPixels, eval_transform, resized_size
 from attgmae.maps import ncut, tokencut
 
 CORES = 16  # the GPU machine's
@@ -74,6 +78,16 @@ _EVAL = eval_transform()
 
 def today_eval(path) -> torch.Tensor:
     return _EVAL(Image.fromarray(today_decode(path)))
+
+
+def torchvision_only_eval(path) -> torch.Tensor:
+    """The evaluation pixels with both passes by torchvision's kernel (in PIL's order): what
+    exactness costs; not used (2 grey levels on ~1 value in 4 million)."""
+    chw = torch.from_numpy(decode_rgb(path)).permute(2, 0, 1)
+    width, height = chw.shape[2], chw.shape[1]
+    out_width, out_height = resized_size(width, height, 256)
+    resized = torch_resize_like_pil(chw, (out_height, out_width), Image.BICUBIC)
+    return F2.center_crop(resized, [224]).contiguous()
 
 
 class TodayEval(Dataset):
@@ -163,6 +177,7 @@ def main(argv=None) -> None:
                 ),
                 "eval new": lambda i: default_collate([evaluation[i]]),
                 "eval today": lambda i: default_collate([today_evaluation[i]]),
+                "eval torchvision only": lambda i: torchvision_only_eval(paths[i]),
                 "train new": lambda i: joint(decode_rgb(paths[i]), rng),
                 "train today": lambda i: joint(today_decode(paths[i]), rng),
                 "eigensolve": eigensolve_job(len(paths)),
@@ -178,6 +193,9 @@ def main(argv=None) -> None:
         figure(f"cpu {job} job new", new, per_core, note=note)
         figure(f"cpu {job} job today", today, per_core)
         figure(f"cpu {job} job new / today", new / today, "x")
+    figure("cpu eval job torchvision kernel only", rates["eval torchvision only"], per_core,
+           note="both passes by torchvision (not used: 2 grey levels on ~1 value in 4 million); "
+           f"vs today {rates['eval torchvision only'] / rates['eval today']:.2f}x")  # fmt: skip
     figure("cpu tokencut eigensolve job", rates["eigensolve"], per_core, note="unchanged")
 
     # 16-core ceilings: stage 1 with TokenCut, split by plan_workers from the measured costs.

@@ -35,8 +35,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
+
+from attgmae.data.pil_resize import torch_resize_like_pil
 
 IGNORE_INDEX = 255
 PAD_PIXEL = 128  # MultiMAE's image padding value, before normalization
@@ -46,7 +49,7 @@ JITTER_BRIGHTNESS, JITTER_CONTRAST, JITTER_SATURATION, JITTER_HUE = 0.4, 0.4, 0.
 
 def resize_image(image: torch.Tensor, size) -> torch.Tensor:
     """uint8 [3, H, W] -> uint8 [3, h, w], bilinear with antialiasing (PIL's bilinear)."""
-    return TF.resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return torch_resize_like_pil(image, tuple(size), Image.BILINEAR)
 
 
 def resize_nearest(target: torch.Tensor, size) -> torch.Tensor:

@@ -6,11 +6,12 @@ with the ImageNet mean/std that DINO, torchvision's ResNet-50 and pytorch-grad-c
 
 Resize choice: PIL's ``Image.resize((224, 224), BILINEAR)`` filter, which is what DINO's and
 torchvision's ``transforms.Resize`` do on PIL images (bilinear with antialiasing when shrinking),
-computed by torchvision's uint8 antialiased kernel on the decoded array: the same filter in fixed
-point, within 1 grey level of PIL's pixels (tested) and several times faster, with no PIL image
-round trip. It runs per image on the CPU (in the data-loader workers, ``DecodedImages``); only
-the uint8 224x224 image travels to the device, where ``normalize_batch`` does the float
-conversion batched, with the mean and std made once per device.
+computed by torchvision's uint8 antialiased kernel on the decoded array, its passes in PIL's order
+(``attgmae.data.pil_resize``): the same filter in fixed point, within 1 grey level of PIL's
+pixels (tested) and several times faster, with no PIL image round trip. It runs per image on
+the CPU (in the data-loader workers, ``DecodedImages``); only the uint8 224x224 image travels to
+the device, where ``normalize_batch`` does the float conversion batched, with the mean and std
+made once per device.
 """
 
 from __future__ import annotations
@@ -20,19 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from attgmae.core.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - part of the API
 from attgmae.core.constants import MAP_INPUT_SIZE as INPUT_SIZE
 from attgmae.core.identity import UNKNOWN, image_identity
 from attgmae.data.images import ImageDecodeError, decode_rgb, writable
+from attgmae.data.pil_resize import torch_resize_like_pil
 from attgmae.data.transforms import normalize_images
 
 PREPROCESSING = (
     "decode_rgb (PIL convert('RGB'), no EXIF rotation) -> whole image resized to "
-    "224x224 without cropping (PIL's antialiased bilinear filter, torchvision uint8 kernel) -> "
+    "224x224 without cropping (PIL's antialiased bilinear filter, torchvision uint8 kernel, "
+    "passes in PIL's order) -> "
     "/255 -> ImageNet mean/std"
 )
 
@@ -46,9 +48,7 @@ def resize_uint8(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     if image.shape[0] == size and image.shape[1] == size:
         return np.ascontiguousarray(image)
     chw = torch.from_numpy(writable(image)).permute(2, 0, 1)  # [3, H, W] view, HWC storage
-    resized = TF.resize(
-        chw, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True
-    )  # [3, size, size], channels-last storage like its input
+    resized = torch_resize_like_pil(chw, (size, size), Image.BILINEAR)  # channels-last storage
     return np.ascontiguousarray(resized.permute(1, 2, 0).numpy())  # no copy
 
 

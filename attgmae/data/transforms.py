@@ -18,10 +18,10 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
+from PIL import Image
 
 from attgmae.core.constants import IMAGENET_MEAN, IMAGENET_STD
+from attgmae.data.pil_resize import torch_resize_like_pil
 
 AUGMENTATIONS = ("rrc", "resize")
 
@@ -93,15 +93,14 @@ def crop_resize_image(img: np.ndarray, box_px, size: int, flip: bool) -> torch.T
     """Crop ``box_px = (top, left, h, w)`` from uint8 [H, W, 3], bicubic-resize to size x size
     with antialiasing, flip horizontally if asked -> uint8 [3, S, S].
 
-    torchvision's uint8 tensor kernel: within 1-2 grey levels of PIL's bicubic (the MAE
-    recipe's pixels; mean difference ~0.005) and several times faster, which matters because
-    the loader must keep a GPU fed from a few CPU cores.
+    torchvision's uint8 tensor kernel in PIL's pass order (``attgmae.data.pil_resize``):
+    within 1-2 grey levels of PIL's bicubic (the MAE recipe's pixels; mean difference ~0.005)
+    and several times faster, which matters because the loader must keep a GPU fed from a few
+    CPU cores.
     """
     top, left, h, w = box_px
     chw = torch.from_numpy(img).permute(2, 0, 1)  # [3, H, W] view, no copy
-    out = TF.resized_crop(
-        chw, top, left, h, w, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True
-    )
+    out = torch_resize_like_pil(chw[:, top : top + h, left : left + w], (size, size), Image.BICUBIC)
     if flip:
         out = out.flip(-1)
     return out.contiguous()

@@ -44,7 +44,7 @@ from attgmae.data.transforms import normalize_images
 from attgmae.eval.transforms import EvalPixels
 from attgmae.models.tokens import features as encoder_features
 
-CACHE_VERSION = 3  # 2: the whole description and the images' identities; 3: uint8 pixels
+CACHE_VERSION = 4  # 2: the whole description and images' identities; 3: uint8 pixels; 4: exact
 FLUSH_BYTES = 256 << 20  # features held on the device before one copy to the host
 
 
