@@ -7,7 +7,7 @@ grey level. Two things decide how close a whole resize comes:
 - The order of the passes. PIL 13 runs the vertical pass first when the height shrinks by more
   than twice as many pixels as the width (``ImagingResampleInner``; earlier Pillows always run
   the horizontal pass first), torchvision always horizontal first. In the other order 20% of
-  the pixels of a 333 x 500 portrait differ by 1 from PIL's bilinear (12 grey levels for a tall
+  the pixels of a 333 x 500 portrait differ by 1 from PIL's bilinear (10 grey levels for a tall
   image's bicubic): ``torch_resize_like_pil`` runs torchvision's passes in PIL's order.
 - The first pass's rounding. A 1-level difference of the first pass can grow through the
   second (bicubic's negative lobes) to 2, about 1 value in 4 million. ``EvalPixels``
