@@ -28,10 +28,13 @@ from timm.data.auto_augment import posterize as timm_posterize
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
-from torchvision.transforms.v2 import functional as F2
 
 from attgmae.core.constants import IMAGENET_MEAN, IMAGENET_STD
-from attgmae.data.pil_resize import pil_resizes_height_first, support_band
+from attgmae.data.pil_resize import (
+    pil_resizes_height_first,
+    support_band,
+    torch_resize_like_pil,
+)
 
 
 def _to_normalized_tensor():
@@ -85,12 +88,12 @@ class EvalPixels:
             band = support_band(width, out_width, left, crop, Image.BICUBIC)
             part = _pil_resize(image[:, band.start : band.stop], out_height, axis=0)
             rows = _place(part[top : top + crop], band, width, axis=1)  # [crop, W, 3]
-            resized = _torch_pass(rows, [crop, out_width])
+            resized = _second_pass(rows, (crop, out_width))
             return resized[:, :, left : left + crop].contiguous()
         band = support_band(height, out_height, top, crop, Image.BICUBIC)
         part = _pil_resize(image[band.start : band.stop], out_width, axis=1)
         columns = _place(part[:, left : left + crop], band, height, axis=0)  # [H, crop, 3]
-        return _torch_pass(columns, [out_height, crop])[:, top : top + crop].contiguous()
+        return _second_pass(columns, (out_height, crop))[:, top : top + crop].contiguous()
 
     def __repr__(self) -> str:
         return f"EvalPixels(Resize({self.resize_size}, bicubic) + CenterCrop({self.input_size}))"
@@ -106,6 +109,12 @@ def _pil_resize(image: np.ndarray, out_length: int, axis: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.BICUBIC))
 
 
+def _second_pass(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 [h, w, 3] -> uint8 [3, *size] by torchvision's bicubic kernel (one axis changes)."""
+    chw = torch.from_numpy(image).permute(2, 0, 1)  # [3, h, w] view, HWC storage
+    return torch_resize_like_pil(chw, size, Image.BICUBIC)
+
+
 def _place(part: np.ndarray, band: range, length: int, axis: int) -> np.ndarray:
     """``part`` (the pass's outputs over ``band`` of ``axis``) in a zero array of ``length``
     along ``axis``: the second pass reads only the band for the crop's pixels."""
@@ -117,14 +126,6 @@ def _place(part: np.ndarray, band: range, length: int, axis: int) -> np.ndarray:
     else:
         whole[:, band.start : band.stop] = part
     return whole
-
-
-def _torch_pass(image: np.ndarray, size: list[int]) -> torch.Tensor:
-    """uint8 [h, w, 3] -> uint8 [3, *size] by torchvision's bicubic kernel (one axis changes)."""
-    chw = torch.from_numpy(image).permute(2, 0, 1)  # [3, h, w] view, HWC storage
-    if list(chw.shape[1:]) == size:
-        return chw
-    return F2.resize(chw, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
 class SingleDrawRandomResizedCrop(transforms.RandomResizedCrop):
