@@ -9,6 +9,9 @@ reruns check it).
 
 - stage 1 decode + resize to 224 (``DecodedImages``): torchvision's ``decode_jpeg`` + its uint8
   antialiased bilinear kernel; today's = PIL decode + PIL resize with the numpy round trips.
+- stage 1 with ``--decode gpu``: the worker only reads the file and checks its header
+  (``DecodedImages(on_device=True)``); decoding and resizing move to the GPU, whose rate
+  ``benchmarks/generate.py`` measures on CUDA (``stage1 dino decode gpu / cpu``).
 - TokenCut's eigensolve (a pool process's job, BLAS pinned to one thread; unchanged).
 - evaluation extraction (``LabelledImages`` + ``EvalPixels``, uint8 out, PIL's first pass for
   pixels within 1 grey level); today's = PIL decode + PIL bicubic Resize(256) + CenterCrop +
@@ -47,7 +50,7 @@ from torchvision.transforms.v2 import functional as F2
 
 from attgmae.core.resources import JobCosts, plan_workers
 from attgmae.data.images import decode_rgb
-from attgmae.data.map_inputs import DecodedImages, collate_decoded
+from attgmae.data.map_inputs import DecodedImages, collate_decoded, collate_payloads
 from attgmae.data.pil_resize import torch_resize_like_pil
 from attgmae.data.transforms import JointTransform
 from attgmae.eval.features import ImageSplit, LabelledImages
@@ -162,10 +165,11 @@ def main(argv=None) -> None:
         paths = [root / key for key in keys]
         print(describe(root, keys))
         stage1 = DecodedImages(root, keys)
+        stage1_reads = DecodedImages(root, keys, on_device=True)
         split = ImageSplit(root, keys, np.zeros(len(keys), np.int64), ["c"])
         evaluation = LabelledImages(split, EvalPixels())
         joint, rng = JointTransform(224, "rrc"), np.random.default_rng(0)
-        for job in (stage1, evaluation):
+        for job in (stage1, stage1_reads, evaluation):
             job[0]  # imports and first-call costs, untimed
         today_evaluation = TodayEval(split)
         # each job's output collated as a worker collates it (into the batch it sends)
@@ -175,6 +179,7 @@ def main(argv=None) -> None:
                 "stage1 today": lambda i: collate_decoded(
                     [(i, today_stage1(paths[i]), None, (-1, -1))]  # (no identity taken)
                 ),
+                "stage1 gpu decode": lambda i: collate_payloads([stage1_reads[i]]),
                 "eval new": lambda i: default_collate([evaluation[i]]),
                 "eval today": lambda i: default_collate([today_evaluation[i]]),
                 "eval torchvision only": lambda i: torchvision_only_eval(paths[i]),
@@ -197,6 +202,11 @@ def main(argv=None) -> None:
            note="both passes by torchvision (not used: 2 grey levels on ~1 value in 4 million); "
            f"vs today {rates['eval torchvision only'] / rates['eval today']:.2f}x")  # fmt: skip
     figure("cpu tokencut eigensolve job", rates["eigensolve"], per_core, note="unchanged")
+    reads = rates["stage1 gpu decode"]
+    figure("cpu stage1 job with --decode gpu", reads, per_core,
+           note=f"the worker reads the file and its header; {reads / rates['stage1 today']:.0f}x "
+           "today's job, the decode and resize then on the GPU (their rate: benchmarks/"
+           "generate.py on CUDA)")  # fmt: skip
 
     # 16-core ceilings: stage 1 with TokenCut, split by plan_workers from the measured costs.
     costs = JobCosts(1 / rates["stage1 new"], 1 / rates["eigensolve"])
@@ -211,6 +221,13 @@ def main(argv=None) -> None:
     figure("ceiling16 stage1 with tokencut new / today", new / today, "x",
            note=f"per core of the CPU side: {new / (CORES - 1):.0f} vs {today / (CORES - 1):.0f} "
            "img/s")
+    reads_costs = JobCosts(1 / reads, 1 / rates["eigensolve"])
+    reads_plan = plan_workers(-1, -1, uses_pool=True, gpu=True, batch_bytes=1, cores=CORES,
+                              ranks=1, shm_free=None, costs=reads_costs)  # fmt: skip
+    figure("ceiling16 stage1 with tokencut --decode gpu", min(
+        reads_plan.loader_workers * reads, reads_plan.pool_workers * rates["eigensolve"]),
+        "img/s", TARGETS["stage1"], note=f"{reads_plan.loader_workers} readers + "
+        f"{reads_plan.pool_workers} solvers; the CPU side only (nvjpeg's rate: the GPU check)")
     spare = CORES - 1
     for job, label in (("stage1", "stage1 decode only"), ("eval", "eval extraction"),
                        ("train", "train loader")):  # fmt: skip

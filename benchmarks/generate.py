@@ -57,7 +57,7 @@ def run_pipeline(root, out, methods, args, precision="auto", file_list=None):
         images_root=str(root), out_dir=str(out), methods=tuple(methods), random_weights=True,
         device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
         tokencut_workers=args.tokencut_workers, overwrite=True, progress=False,
-        tokencut_solver=getattr(args, "solver", "auto"),
+        tokencut_solver=getattr(args, "solver", "auto"), decode=getattr(args, "decode", "cpu"),
         precision=precision, file_list=file_list, chunk_rows=args.chunk_rows,
         shard_rows=args.chunk_rows * 8,
     )  # fmt: skip
@@ -137,6 +137,9 @@ def main(argv=None) -> None:
     parser.add_argument("--tokencut_workers", type=int, default=-1)
     parser.add_argument("--methods", default=",".join(m for m in DEFAULT_METHODS if m != "random"))
     parser.add_argument("--workdir", default=None, help="keep the JPEGs and stores here")
+    parser.add_argument("--decode_images", type=int, default=None,
+                        help="images for --decode gpu vs cpu (default: 2048 on CUDA, none on "
+                        "the CPU, where a number given rehearses the device path)")
     args = parser.parse_args(argv)
     args.chunk_rows = args.chunk_rows or 2 * args.batch_size  # the first chunk is the warm-up
     warnings.simplefilter("ignore")  # random-weights warnings, once per load
@@ -172,6 +175,11 @@ def main(argv=None) -> None:
             compare_solvers(root, work / "solvers", args)
         if args.device == "cuda" and "gradcam" in methods:
             compare_channels_last(args.batch_size)
+        decode_images = args.decode_images
+        if decode_images is None:
+            decode_images = 2048 if args.device == "cuda" else 0
+        if decode_images and "dino" in methods:
+            compare_decoders(root, keys[:decode_images], work / "decoders", args)
 
 
 def compare_solvers(root, work: Path, args) -> None:
@@ -189,6 +197,40 @@ def compare_solvers(root, work: Path, args) -> None:
            note=f"gpu {rates['gpu']:.0f} img/s, cpu pool {rates['cpu']:.0f} img/s; maps max "
            f"|diff| {stats['max_abs_diff']:.2e}, foreground agreement "
            f"{stats['foreground_agreement']:.5f}")
+
+
+def compare_decoders(root, keys, work: Path, args) -> None:
+    """--decode gpu (nvjpeg and the resize on the device; the workers only read files) vs the
+    CPU path, DINO maps of the same files, same run: steady img/s of each, how far their 224 px
+    pixels and their maps are apart. On the CPU (a rehearsal) the device path runs there."""
+    from attgmae.data.device_decode import device_pixels
+    from attgmae.data.map_inputs import DecodedImages, collate_decoded, collate_payloads
+    from attgmae.pipelines import generate
+
+    if args.device != "cuda":
+        generate.GPU_DECODE_DEVICES = (*generate.GPU_DECODE_DEVICES, args.device)
+    work.mkdir(parents=True, exist_ok=True)
+    file_list = work / "keys.txt"
+    file_list.write_text("\n".join(keys) + "\n")
+    rates, maps = {}, {}
+    for decode in ("cpu", "gpu"):
+        args.decode = decode
+        result = run_pipeline(root, work / decode, ["dino"], args, file_list=str(file_list))
+        rates[decode] = result.steady_img_per_s or result.img_per_s
+        maps[decode] = open_store(work / decode / "dino.zarr").read_all().astype(np.float32)
+    args.decode = "cpu"
+    sample = keys[:256]
+    cpu = collate_decoded(list(DecodedImages(root, sample)))[1]
+    _, payloads, reasons, _ = collate_payloads(list(DecodedImages(root, sample, on_device=True)))
+    pixels = device_pixels(payloads, reasons, sample, torch.device(args.device))[0].cpu()
+    diff = (pixels.int() - cpu.int()).abs()
+    stats = agreement(maps["gpu"], maps["cpu"])
+    ok = "within" if within_tolerance(stats) else "OUTSIDE"
+    figure("stage1 dino decode gpu / cpu", rates["gpu"] / rates["cpu"], "x",
+           note=f"gpu {rates['gpu']:.0f} img/s, cpu {rates['cpu']:.0f} img/s ({len(keys)} "
+           f"images); pixels max |diff| {int(diff.max())}, mean {diff.float().mean():.4f} grey "
+           f"levels ({len(sample)} images); DINO maps mean |diff| {stats['mean_abs_diff']:.2e}, "
+           f"foreground agreement {stats['foreground_agreement']:.4f} ({ok} the bf16 tolerance)")
 
 
 def compare_channels_last(batch: int, steps: int = 10) -> None:

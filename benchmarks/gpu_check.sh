@@ -87,7 +87,8 @@ if [ "$SMALL" = 1 ]; then
   step train 120 $PY benchmarks/train.py --device "$DEVICE" --steps 2 --warmup 1 --batch_size 4 \
     --loader_images 16 --workers 1 --no_compile --part figures
   step generate 120 $PY benchmarks/generate.py --device "$DEVICE" --methods dino --images 4 \
-    --batch_size 2 --chunk_rows 2 --reference_images 1 --agreement_images 2 --num_workers 1
+    --batch_size 2 --chunk_rows 2 --reference_images 1 --agreement_images 2 --num_workers 1 \
+    --decode_images 2
   step eval 60 $PY benchmarks/eval.py --device "$DEVICE" --small
   step train-end-to-end 120 $PY benchmarks/train.py --device "$DEVICE" --batch_size 4 \
     --loader_images 16 --workers 1 --no_compile --part end_to_end

@@ -109,6 +109,14 @@ def _add_generate(subparsers) -> None:
         "on the device, every core left to decoding), auto (the GPU when it measures at least "
         "twice as fast as the planned pool)",
     )
+    p.add_argument(
+        "--decode",
+        default="cpu",
+        choices=("cpu", "gpu"),
+        help="where images are decoded and resized: cpu (the loader workers, libjpeg-turbo) or "
+        "gpu (with CUDA: nvjpeg and the resize on the device, the workers only read files; "
+        "pixels differ slightly, recorded in the stores' parameters)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing complete stores")
     p.add_argument(
         "--chunk_rows",

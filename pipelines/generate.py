@@ -1,12 +1,14 @@
 """Stage 1 orchestration: an image set -> one map store per method (``attg-maps generate``).
 
     keys (sorted) -> DataLoader workers: decode once, resize to 224x224 (uint8)
+        (--decode gpu: the workers read the files, the device decodes and resizes)
         -> device: normalize -> MapComputer (the registry's methods, one DINO forward shared)
         -> per-chunk buffers -> one MapStoreWriter per method (DIR/<method>.zarr or .h5)
 
-This module checks the request, loads what it needs and runs the loop of
-``pipelines/generate_loop.py``, which owns the chunk bookkeeping. A killed run resumes where it
-stopped, and under torchrun each rank gets whole shards.
+This module checks the request, loads what it needs, splits the cores
+(``pipelines/generate_workers.py``) and runs the loop of ``pipelines/generate_loop.py``, which
+owns the chunk bookkeeping. A killed run resumes where it stopped, and under torchrun each rank
+gets whole shards.
 
 Exit codes: 0 every image mapped; 3 some images failed (the stores are complete, failed rows are
 zeros with status 'failed' and their keys and reasons are in the store attributes and the summary);
@@ -25,15 +27,14 @@ from pathlib import Path
 import torch
 
 from attgmae.core import distributed
-from attgmae.core.constants import DEFAULT_TIMEOUT_MIN, MAP_INPUT_SIZE
+from attgmae.core.constants import DEFAULT_TIMEOUT_MIN
 from attgmae.core.device import rank_device, resolve_device, resolve_precision
 from attgmae.core.errors import InputError
 from attgmae.core.files import write_json_atomic
 from attgmae.core.identity import changed_images, image_identities
 from attgmae.core.listing import folder_labels, list_images
 from attgmae.core.outputs import claim_output
-from attgmae.core.resources import JobCosts, WorkerPlan, plan_workers
-from attgmae.data.map_inputs import decode_seconds
+from attgmae.data.images import jpeg_decoder
 from attgmae.data.shard_access import shard_keys
 from attgmae.data.shards import is_shard_source, open_shards
 from attgmae.maps.compute import MapComputer, load_backbones
@@ -47,6 +48,7 @@ from attgmae.maps.registry import (
     resolve_params,
 )
 from attgmae.pipelines.generate_loop import compute_pending, open_writers, store_path
+from attgmae.pipelines.generate_workers import SOLVERS, agreed_plan
 from attgmae.store import StoreError, open_store
 from attgmae.store.swap import finish_interrupted
 
@@ -56,7 +58,8 @@ FORMATS = ("zarr", "h5")
 # Images per batch when --batch_size is not given: an H200 runs ViT-B/16 and ResNet-50 at full
 # speed from 256 (docs/benchmarks.md); a CPU gains nothing beyond 64.
 DEFAULT_BATCH_SIZE = {"cuda": 256, "cpu": 64}
-SOLVERS = {"auto": None, "cpu": False, "gpu": True}  # --tokencut_solver -> plan's device_pool
+DECODERS = ("cpu", "gpu")  # --decode
+GPU_DECODE_DEVICES = ("cuda",)  # device types --decode gpu runs on (tests add the CPU)
 
 
 @dataclass
@@ -76,9 +79,10 @@ class GenerateConfig:
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
     precision: str = "auto"  # 'auto' (bf16 on CUDA, fp32 on CPU) | 'bf16' | 'fp32'
     batch_size: int | None = None  # None: DEFAULT_BATCH_SIZE of the device type
-    num_workers: int = -1  # loader processes; -1: from the cores and /dev/shm (worker_plan)
+    num_workers: int = -1  # loader processes; -1: from the cores and /dev/shm (generate_workers)
     tokencut_workers: int = -1  # -1 auto (0 on CPU, measured share of the cores with CUDA)
     tokencut_solver: str = "auto"  # where eigensolves run with CUDA: auto (measured), cpu, gpu
+    decode: str = "cpu"  # 'cpu' (loader workers) | 'gpu' (nvjpeg + resize on the device)
     overwrite: bool = False
     chunk_rows: int | None = None  # store layout; None = the store's defaults
     shard_rows: int | None = None
@@ -132,6 +136,10 @@ def check_config(cfg: GenerateConfig) -> dict:
         raise InputError("--batch_size must be >= 1")
     if cfg.tokencut_solver not in SOLVERS:
         raise InputError(f"--tokencut_solver {cfg.tokencut_solver!r}: use auto, cpu or gpu")
+    if cfg.decode not in DECODERS:
+        raise InputError(f"--decode {cfg.decode!r}: use cpu or gpu")
+    if cfg.decode == "gpu" and jpeg_decoder() is None:
+        raise InputError("--decode gpu needs torchvision's image decoders (torchvision.io)")
     params = resolved_params(cfg)
     for backbone, path in cfg.weights.items():
         if path is not None and not Path(path).is_file():
@@ -178,48 +186,6 @@ def configure_cuda_backends(fp32: bool) -> None:
     if fp32:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-
-
-def measure_costs(cfg: GenerateConfig, params: dict, keys, device) -> JobCosts | None:
-    """Seconds per image of the CPU jobs beside the GPU forwards (decoding; each pool's job, on
-    one core and on the GPU), measured on this machine to split its cores; None where nothing
-    is planned from them (no GPU, no method with a pool, or both sizes and the solver given)."""
-    pooled = [m for m in params if METHODS[m].pool_cost is not None]
-    chosen = cfg.num_workers >= 0 and cfg.tokencut_workers >= 0
-    if device.type != "cuda" or not pooled or (chosen and cfg.tokencut_solver != "auto"):
-        return None
-    pool_s, device_s = 0.0, 0.0
-    for method in pooled:
-        cpu, on_device = resolve(METHODS[method].pool_cost)(params[method], device, cfg.batch_size)
-        pool_s, device_s = pool_s + cpu, None if on_device is None else (device_s or 0) + on_device
-    return JobCosts(decode_seconds(cfg.images_root, keys), pool_s, device_s)
-
-
-def worker_plan(cfg: GenerateConfig, methods, device: torch.device, costs=None,
-                device_pool: bool | None = None) -> WorkerPlan:  # fmt: skip
-    """Loader workers and pool processes (TokenCut's eigensolves) for this machine's cores and
-    shared memory, split by the measured ``costs``; explicit --num_workers / --tokencut_workers
-    are kept (or refused); ``device_pool`` None: --tokencut_solver's choice."""
-    return plan_workers(
-        cfg.num_workers,
-        cfg.tokencut_workers,
-        uses_pool=any(METHODS[m].pool is not None for m in methods),
-        gpu=device.type == "cuda",
-        batch_bytes=cfg.batch_size * MAP_INPUT_SIZE * MAP_INPUT_SIZE * 3,  # uint8 pixels
-        costs=costs,
-        device_pool=SOLVERS[cfg.tokencut_solver] if device_pool is None else device_pool,
-    )
-
-
-def agreed_plan(cfg: GenerateConfig, params: dict, keys, device, info) -> WorkerPlan:
-    """Every rank plans its own processes; all of them solve where any one found the GPU
-    faster, so one store never mixes two solvers' round-off."""
-    costs = measure_costs(cfg, params, keys, device)
-    plan = worker_plan(cfg, list(params), device, costs)
-    on_gpu = bool(distributed.max_across_ranks(int(plan.device_pool), info))
-    if on_gpu != plan.device_pool:
-        plan = worker_plan(cfg, list(params), device, costs, on_gpu)
-    return plan
 
 
 # ----------------------------------------------------------------------------- the run
@@ -279,10 +245,14 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         cfg = replace(cfg, batch_size=DEFAULT_BATCH_SIZE[device.type])
     if cfg.tokencut_solver == "gpu" and device.type != "cuda":
         raise InputError("--tokencut_solver gpu needs a CUDA device (--device cuda)")
+    if cfg.decode == "gpu" and device.type not in GPU_DECODE_DEVICES:
+        raise InputError("--decode gpu needs a CUDA device (--device cuda)")
     if device.type == "cuda":
         configure_cuda_backends(fp32=not amp)
     defining = {
-        method: defining_params(method, method_params, cfg.weights, cfg.random_weights, precision)
+        method: defining_params(
+            method, method_params, cfg.weights, cfg.random_weights, precision, cfg.decode
+        )
         for method, method_params in params.items()
     }
     try:
@@ -342,6 +312,7 @@ def _run(cfg, defining, keys, class_names, labels, device, amp, info, unreadable
             device.type,
             amp,
             cfg.random_weights,
+            cfg.decode,
         )
         for m in todo
     }

@@ -34,7 +34,13 @@ from attgmae.core.signals import (
     stop_and_running,
     stop_requests,
 )
-from attgmae.data.map_inputs import DecodedImages, collate_decoded, normalize_batch
+from attgmae.data.device_decode import device_pixels
+from attgmae.data.map_inputs import (
+    DecodedImages,
+    collate_decoded,
+    collate_payloads,
+    normalize_batch,
+)
 from attgmae.data.shard_access import ShardImages
 from attgmae.data.shards import is_shard_source, open_shards
 from attgmae.store import MapStoreWriter, StoreError
@@ -158,11 +164,12 @@ def _chunks_to_compute(writers: dict) -> tuple[dict, dict]:
     return bounds, needs
 
 
-def _decoded_images(images_root, keys):
-    """The images decoded and resized by row: from a folder, or from tar shards' bytes."""
+def decoded_images(images_root, keys, on_device: bool = False):
+    """The images decoded and resized by row (``on_device``: what the workers send for the
+    GPU to decode): from a folder, or from tar shards' bytes."""
     if is_shard_source(images_root):
-        return ShardImages(open_shards(images_root), keys)
-    return DecodedImages(images_root, keys)
+        return ShardImages(open_shards(images_root), keys, on_device)
+    return DecodedImages(images_root, keys, on_device)
 
 
 @dataclass
@@ -207,11 +214,12 @@ def _compute_plan(cfg, keys, labels, writers, computer, device, info, workers, p
     every rank agreed on after a batch (a rank done with its share keeps joining the agreements
     until no rank runs)."""
     num_todo = sum(len(rows) for _, rows in plan)
+    on_device = cfg.decode == "gpu"
     loader = DataLoader(
-        _decoded_images(cfg.images_root, keys),
+        decoded_images(cfg.images_root, keys, on_device),
         batch_sampler=[rows.tolist() for _, rows in plan],
         num_workers=workers.loader_workers if plan else 0,
-        collate_fn=collate_decoded,
+        collate_fn=collate_payloads if on_device else collate_decoded,
         pin_memory=device.type == "cuda",
         prefetch_factor=workers.prefetch if plan and workers.loader_workers else None,
         worker_init_fn=ignore_stop_signals,  # the main process answers SIGTERM / SIGUSR1
@@ -235,10 +243,12 @@ def _compute_plan(cfg, keys, labels, writers, computer, device, info, workers, p
                 steady_from, steady_images_before = time.perf_counter(), computed
             if not buffers or buffers[-1].chunk_index != chunk_index:
                 buffers.append(ChunkBuffer(chunk_index, *bounds[chunk_index], needs[chunk_index]))
+            batch_keys = [keys[r] for r in rows]
+            if on_device:  # the payloads: nvjpeg and the resize on the device
+                pixels, reasons = device_pixels(pixels, reasons, batch_keys, device)
             ok = np.array([reason is None for reason in reasons])
             errors = {keys[r]: why for r, why in zip(rows, reasons) if why is not None}
             images = normalize_batch(pixels, device=device)  # float32 [B, 3, 224, 224]
-            batch_keys = [keys[r] for r in rows]
             # From the loader's (pinned) rows: no blocking copy from Python numbers per batch.
             batch_labels = labels_on_device[rows_tensor.to(device, non_blocking=True)]
             results = computer.compute(images, batch_keys, batch_labels, needs[chunk_index])

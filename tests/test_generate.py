@@ -169,6 +169,7 @@ def test_h5_format_file_list_and_overwrite(small_set, tmp_path, capsys):
         (["--methods", "dino", "--dino_heads", "12", "--random_weights"], "out of range"),
         (["--methods", "tokencut", "--tokencut_eps", "0"], "eps"),
         (["--methods", "random", "--device", "tpu"], "--device"),
+        (["--methods", "dino", "--device", "cpu", "--decode", "gpu"], "needs a CUDA device"),
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(small_set, tmp_path, capsys, extra, message):
@@ -275,6 +276,34 @@ def test_precision_flag_selects_bf16_and_is_recorded(generated, small_set, tmp_p
     maps_fp32 = fp32.get_batch(two).astype(np.float32)
     assert not np.array_equal(maps_bf16, maps_fp32)  # the flag reached the forward
     assert np.corrcoef(maps_bf16.ravel(), maps_fp32.ravel())[0, 1] > 0.9
+
+
+def test_gpu_decode_is_a_defining_parameter_and_keeps_the_maps(generated, small_set, tmp_path,
+                                                               monkeypatch, capsys):  # fmt: skip
+    """--decode gpu's path (payloads from the workers, decode and resize in the main process)
+    run on the CPU; its maps stay within the bf16 tolerance of the CPU path's, and a store made
+    with it is never resumed or skipped by a run with the other decoder."""
+    from attgmae.maps.agreement import agreement, within_tolerance
+    from attgmae.pipelines import generate
+
+    monkeypatch.setattr(generate, "GPU_DECODE_DEVICES", ("cuda", "cpu"))
+    root, _, keys = small_set
+    four = keys[2:6]
+    argv = ["generate", str(root), "--out", str(tmp_path / "gpu"), "--file_list",
+            str(write_file_list(tmp_path / "four.txt", four)), "--methods", "dino",
+            "--random_weights", "--device", "cpu", "--batch_size", "4", "--num_workers", "1",
+            "--no_progress"]  # fmt: skip
+    assert main([*argv, "--decode", "gpu"]) == 0
+    store = open_store(tmp_path / "gpu" / "dino.zarr")
+    assert store.attrs["params"]["decode"] == "gpu" and "nvjpeg" in store.attrs["preprocessing"]
+    assert "decode" not in open_store(generated / "dino.zarr").attrs["params"]
+    got = store.get_batch(four).astype(np.float32)
+    want = open_store(generated / "dino.zarr").get_batch(four).astype(np.float32)
+    stats = agreement(got, want)
+    assert within_tolerance(stats) and stats["mean_abs_diff"] < 0.01, stats
+    capsys.readouterr()
+    assert main(argv) == 2  # the CPU decoder's run refuses the GPU decoder's store
+    assert "other parameters" in capsys.readouterr().err
 
 
 def test_cuda_backends_pick_the_same_algorithms_in_every_process():

@@ -77,7 +77,7 @@ def test_what_the_fast_decoder_refuses_gets_pils_result(photo, tmp_path, monkeyp
     with pytest.raises(ImageDecodeError, match="truncated"):
         decode_rgb(tmp_path / "truncated.jpg")
     (tmp_path / "whole.jpg").write_bytes(buffer.getvalue())
-    monkeypatch.setattr(images, "_jpeg_decoder", lambda: None)  # a torchvision without it
+    monkeypatch.setattr(images, "jpeg_decoder", lambda: None)  # a torchvision without it
     np.testing.assert_array_equal(
         decode_rgb(tmp_path / "whole.jpg"), _pil_rgb(tmp_path / "whole.jpg")
     )
@@ -85,7 +85,7 @@ def test_what_the_fast_decoder_refuses_gets_pils_result(photo, tmp_path, monkeyp
     def refuses(data):
         raise RuntimeError("unsupported marker")
 
-    monkeypatch.setattr(images, "_jpeg_decoder", lambda: refuses)
+    monkeypatch.setattr(images, "jpeg_decoder", lambda: refuses)
     np.testing.assert_array_equal(
         decode_rgb(tmp_path / "whole.jpg"), _pil_rgb(tmp_path / "whole.jpg")
     )

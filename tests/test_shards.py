@@ -231,6 +231,21 @@ def test_generate_on_shards_writes_the_folders_stores(packed, tmp_path):
     shutil.rmtree(tmp_path / "shards")
 
 
+def test_shard_items_for_the_gpu_decoder_are_the_folders(packed):
+    """--decode gpu over shards: the same payloads (a JPEG's bytes) as over the folder."""
+    from attgmae.data.map_inputs import DecodedImages
+    from attgmae.data.shard_access import ShardImages
+
+    root, _, pattern = packed
+    shards = open_shards(pattern)
+    keys = ShardReader(shards).keys()
+    folder = DecodedImages(root / "train", keys, on_device=True)
+    packed_images = ShardImages(shards, keys, on_device=True)
+    for row in (0, len(keys) - 1):
+        got, want = packed_images[row][1], folder[row][1]
+        assert got.dim() == 1 and torch.equal(got, want)
+
+
 def test_an_undecodable_image_in_shards_stops_or_is_stood_in_for(example_root, tmp_path):
     images = tmp_path / "train"
     keys = list_images(example_root / "train")[:4]

@@ -60,7 +60,7 @@ def pixel_limit() -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def _jpeg_decoder():
+def jpeg_decoder():
     """torchvision's ``decode_jpeg`` (imported on first use: it loads torch), or None."""
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -73,7 +73,7 @@ def _jpeg_decoder():
 
 def _fast_jpeg(data: bytes) -> np.ndarray | None:
     """A colour JPEG's uint8 RGB [H, W, 3] from torchvision, or None (then PIL decodes it)."""
-    decode = _jpeg_decoder()
+    decode = jpeg_decoder()
     if decode is None:
         return None
     import torch
@@ -104,18 +104,47 @@ def decode_rgb(path) -> np.ndarray:
 
     Raises ImageDecodeError (never another exception) for unreadable files.
     """
+    return _decode(read_image_bytes(path), path)
+
+
+def read_image_bytes(path) -> bytes:
+    """The bytes of the image file ``path``; ImageDecodeError when it cannot be read."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as err:
         raise ImageDecodeError(path, f"cannot read file ({err.strerror or err})") from None
-    return _decode(data, path)
 
 
 def decode_rgb_bytes(data: bytes, name: str) -> np.ndarray:
     """``decode_rgb`` of an image file's bytes (a tar shard's sample); ``name`` (the shard and
     key) names it in errors."""
     return _decode(data, name)
+
+
+def _check_pixel_limit(width: int, height: int, path) -> None:
+    if width * height > pixel_limit():
+        raise ImageDecodeError(
+            path, f"image too large ({width} x {height} = {width * height:,} pixels; the limit "
+            f"is {pixel_limit():,})"
+        )  # fmt: skip
+
+
+def is_plain_colour_jpeg(data: bytes, path) -> bool:
+    """Whether ``data`` is a whole colour (YCbCr) JPEG any JPEG decoder reads the same way: the
+    files ``attg-maps generate --decode gpu`` sends to nvjpeg. Not: other formats, grayscale,
+    CMYK, Adobe's untransformed RGB, files that do not end with the JPEG
+    end marker (truncated, or trailing data). ImageDecodeError for an image above the pixel
+    limit; a header that does not parse is False (``decode_rgb_bytes`` names the error)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            width, height = img.size
+            ycbcr = img.info.get("adobe_transform", 1) == 1  # Adobe's flag: 0 is plain RGB
+            plain = img.format == "JPEG" and img.mode == "RGB" and ycbcr
+    except Exception:  # noqa: BLE001 - any unreadable header goes to the full decoder
+        return False
+    _check_pixel_limit(width, height, path)
+    return plain and data.endswith(b"\xff\xd9")
 
 
 def _decode(data: bytes, path) -> np.ndarray:
@@ -126,12 +155,7 @@ def _decode(data: bytes, path) -> np.ndarray:
         raise ImageDecodeError(path, "empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
-            width, height = img.size
-            if width * height > pixel_limit():
-                raise ImageDecodeError(
-                    path, f"image too large ({width} x {height} = {width * height:,} pixels; "
-                    f"the limit is {pixel_limit():,})"
-                )  # fmt: skip
+            _check_pixel_limit(*img.size, path)
             if img.format == "JPEG" and img.mode == "RGB":
                 fast = _fast_jpeg(data)
                 if fast is not None:

@@ -27,7 +27,8 @@ from torch.utils.data import Dataset
 from attgmae.core.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - part of the API
 from attgmae.core.constants import MAP_INPUT_SIZE as INPUT_SIZE
 from attgmae.core.identity import UNKNOWN, image_identity
-from attgmae.data.images import ImageDecodeError, decode_rgb, writable
+from attgmae.data.device_decode import worker_payload
+from attgmae.data.images import ImageDecodeError, decode_rgb_bytes, read_image_bytes, writable
 from attgmae.data.pil_resize import torch_resize_like_pil
 from attgmae.data.transforms import normalize_images
 
@@ -74,12 +75,14 @@ class DecodedImages(Dataset):
     one unreadable JPEG must not stop an ImageNet run. ``identity``: (size, mtime_ns) of the file
     as stat'ed just before decoding (``core.identity``; UNKNOWN when it cannot be stat'ed), kept
     with the map so that an image replaced later is noticed; a change during the decode shows as
-    a change later, the safe side.
+    a change later, the safe side. ``on_device``: the second item is instead what
+    ``device_decode.worker_payload`` sends (``--decode gpu``: decoded and resized on the GPU).
     """
 
-    def __init__(self, root, keys: list[str]):
+    def __init__(self, root, keys: list[str], on_device: bool = False):
         self.root = Path(root)
         self.keys = keys
+        self.on_device = on_device
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -90,38 +93,59 @@ class DecodedImages(Dataset):
             identity = image_identity(path)
         except OSError:
             identity = (UNKNOWN, UNKNOWN)
-        try:
-            image = decode_rgb(path)  # uint8 [H, W, 3]
-            return row, torch.from_numpy(writable(resize_uint8(image))), None, identity
-        except ImageDecodeError as err:
-            return row, None, err.reason, identity
-        except Exception as err:  # noqa: BLE001 - any per-image failure is recorded, not raised
-            return row, None, f"{type(err).__name__}: {err}", identity
+        return image_item(row, lambda: read_image_bytes(path), path, identity, self.on_device)
+
+
+def image_item(row: int, read, name, identity, on_device: bool) -> tuple:
+    """A dataset item of one image whose bytes ``read()`` returns: (row, uint8 [224, 224, 3]
+    or the device payload, None, identity), or (row, None, failure reason, identity)."""
+    try:
+        data = read()
+        if on_device:
+            return row, worker_payload(data, name), None, identity
+        image = decode_rgb_bytes(data, name)  # uint8 [H, W, 3]
+        return row, torch.from_numpy(writable(resize_uint8(image))), None, identity
+    except ImageDecodeError as err:
+        return row, None, err.reason, identity
+    except Exception as err:  # noqa: BLE001 - any per-image failure is recorded, not raised
+        return row, None, f"{type(err).__name__}: {err}", identity
 
 
 def collate_decoded(items):
     """-> rows int64 [B], pixels uint8 [B, 224, 224, 3] (zeros where failed), reasons [B],
     identities int64 [B, 2] (size, mtime_ns)."""
-    rows = torch.tensor([item[0] for item in items], dtype=torch.int64)
+    rows, reasons, identities = _collate_records(items)
     pixels = torch.zeros((len(items), INPUT_SIZE, INPUT_SIZE, 3), dtype=torch.uint8)
     for i, (_, image, _, _) in enumerate(items):
         if image is not None:
             pixels[i] = image
+    return rows, pixels, reasons, identities
+
+
+def collate_payloads(items):
+    """``collate_decoded`` of ``on_device`` items: the payloads as a list (None where failed),
+    for ``device_decode.device_pixels``."""
+    rows, reasons, identities = _collate_records(items)
+    return rows, [item[1] for item in items], reasons, identities
+
+
+def _collate_records(items) -> tuple:
+    rows = torch.tensor([item[0] for item in items], dtype=torch.int64)
     identities = np.array([item[3] for item in items], dtype=np.int64).reshape(len(items), 2)
-    return rows, pixels, [item[2] for item in items], identities
+    return rows, [item[2] for item in items], identities
 
 
-def decode_seconds(root, keys: list[str], samples: int = 8) -> float:
-    """Seconds per image of a loader worker's job (decode + resize, one thread, as in a worker)
-    on up to ``samples`` images spread over ``keys``; one more first, untimed (imports)."""
-    spread = np.linspace(0, len(keys) - 1, min(len(keys), samples + 1)).round().astype(int)
-    picks = [str(keys[i]) for i in spread]
-    dataset = DecodedImages(root, picks)
+def decode_seconds(dataset, samples: int = 8) -> float:
+    """Seconds per image of a loader worker's job (``dataset``'s items: decode + resize, or
+    just the reads with ``on_device``; one thread, as in a worker) on up to ``samples`` images
+    spread over it; one more first, untimed (imports)."""
+    count = len(dataset)
+    picks = np.linspace(0, count - 1, min(count, samples + 1)).round().astype(int).tolist()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        dataset[0]
-        timed = range(1, len(picks)) if len(picks) > 1 else range(1)
+        dataset[picks[0]]
+        timed = picks[1:] if len(picks) > 1 else picks
         started = time.perf_counter()
         for row in timed:
             dataset[row]

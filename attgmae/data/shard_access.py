@@ -14,12 +14,10 @@ from __future__ import annotations
 import tarfile
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from attgmae.core.identity import UNKNOWN
-from attgmae.data.images import ImageDecodeError, decode_rgb_bytes
-from attgmae.data.map_inputs import resize_uint8
+from attgmae.data.map_inputs import image_item
 from attgmae.data.shards import KEY, ShardError, ShardSample, ShardSet, decode_sample
 
 
@@ -120,13 +118,15 @@ def shard_keys(shards: ShardSet) -> list[str]:
 
 
 class ShardImages(Dataset):
-    """``map_inputs.DecodedImages`` over shards: row -> (row, uint8 [224, 224, 3] tensor or
-    None, failure reason or None, identity (unknown: no file to stat)). A sample whose
-    checksum fails is an error (damage), an image that does not decode a failure record."""
+    """``map_inputs.DecodedImages`` over shards: row -> (row, uint8 [224, 224, 3] tensor (the
+    device payload with ``on_device``) or None, failure reason or None, identity (unknown: no
+    file to stat)). A sample whose checksum fails is an error (damage), an image that does not
+    decode a failure record."""
 
-    def __init__(self, shards: ShardSet, keys: list[str]):
+    def __init__(self, shards: ShardSet, keys: list[str], on_device: bool = False):
         self.reader = ShardReader(shards)
         self.keys = keys
+        self.on_device = on_device
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -139,10 +139,4 @@ class ShardImages(Dataset):
                 "listed: the shards changed since they were listed; rerun"
             )
         identity = (UNKNOWN, UNKNOWN)
-        try:
-            image = decode_rgb_bytes(sample.image, sample.where)
-            return row, torch.from_numpy(resize_uint8(image).copy()), None, identity
-        except ImageDecodeError as err:
-            return row, None, err.reason, identity
-        except Exception as err:  # noqa: BLE001 - any per-image failure is recorded, not raised
-            return row, None, f"{type(err).__name__}: {err}", identity
+        return image_item(row, lambda: sample.image, sample.where, identity, self.on_device)

@@ -1,0 +1,90 @@
+"""Stage-1 pixels decoded on the GPU: ``attg-maps generate --decode gpu``.
+
+The loader workers then only read the files: a plain colour JPEG (``is_plain_colour_jpeg``,
+the ImageNet case) travels as its bytes, the rest (PNG, grayscale, CMYK, truncated files) is
+decoded there by ``decode_rgb`` as on the CPU path and travels as full-size pixels. On the device
+(``device_pixels``) nvjpeg decodes the batch's JPEGs at once (torchvision's ``decode_jpeg`` on a
+CUDA device: the GPU's hardware JPEG engines for baseline files), a file it refuses is decoded
+by ``decode_rgb`` after all (so its failure reason is the CPU path's), and every image is
+resized to 224x224 there by ``float_resize_like_pil`` (PIL's bilinear within 1 grey level).
+
+nvjpeg's IDCT and chroma upsampling are its own, so its pixels differ slightly from
+libjpeg-turbo's (docs/benchmarks.md has the measured difference): the stores record
+``decode: gpu`` among their defining parameters, so one store never mixes the two decoders.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from attgmae.core.constants import MAP_INPUT_SIZE
+from attgmae.data.images import (
+    ImageDecodeError,
+    decode_rgb_bytes,
+    is_plain_colour_jpeg,
+    jpeg_decoder,
+    writable,
+)
+from attgmae.data.pil_resize import float_resize_like_pil
+
+PREPROCESSING_GPU = (
+    "plain colour JPEGs decoded by nvjpeg on the GPU (torchvision decode_jpeg, device cuda), "
+    "other files by decode_rgb (PIL convert('RGB')), no EXIF rotation -> whole image resized "
+    "to 224x224 without cropping on the GPU (PIL's antialiased bilinear filter: float32 passes "
+    "in PIL's order, each rounded half up) -> /255 -> ImageNet mean/std"
+)
+
+
+def worker_payload(data: bytes, name) -> torch.Tensor:
+    """What a loader worker sends for one image file's ``data``: uint8 [n] (the JPEG's bytes,
+    for nvjpeg) or uint8 [H, W, 3] (decoded here). ImageDecodeError as ``decode_rgb``."""
+    if is_plain_colour_jpeg(data, name):
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return torch.from_numpy(writable(decode_rgb_bytes(data, name)))
+
+
+def device_pixels(payloads: list, reasons: list, names: list[str], device) -> tuple:
+    """A batch of ``worker_payload``s (None where the worker failed, ``reasons`` saying why)
+    -> (uint8 [B, 224, 224, 3] on ``device``, zeros where failed; the reasons, with those of
+    files that did not decode here added). ``names`` name the files in errors."""
+    reasons = list(reasons)
+    size = (MAP_INPUT_SIZE, MAP_INPUT_SIZE)
+    pixels = torch.zeros((len(payloads), *size, 3), dtype=torch.uint8, device=device)
+    jpegs = [i for i, p in enumerate(payloads) if p is not None and p.dim() == 1]
+    decoded = dict(zip(jpegs, _decode_jpegs([payloads[i] for i in jpegs], device)))
+    for i, payload in enumerate(payloads):
+        if payload is None:
+            continue
+        if payload.dim() == 3:  # decoded by the worker
+            chw = payload.to(device, non_blocking=True).permute(2, 0, 1)
+        elif decoded[i] is not None:
+            chw = decoded[i]
+        else:  # refused by nvjpeg: the CPU decoder decodes it or names the error
+            try:
+                image = decode_rgb_bytes(payload.numpy().tobytes(), names[i])
+            except ImageDecodeError as err:
+                reasons[i] = err.reason
+                continue
+            chw = torch.from_numpy(image).to(device).permute(2, 0, 1)
+        pixels[i] = float_resize_like_pil(chw, size, Image.BILINEAR).permute(1, 2, 0)
+    return pixels, reasons
+
+
+def _decode_jpegs(encoded: list[torch.Tensor], device) -> list[torch.Tensor | None]:
+    """uint8 [3, H, W] on ``device`` per JPEG, None for each one the decoder refuses: one call
+    for the batch (nvjpeg's batched decode), one per file once a file fails the batch."""
+    decode = jpeg_decoder()
+    if not encoded:
+        return []
+    try:
+        return list(decode(encoded, device=device))
+    except (RuntimeError, ValueError):  # one bad file fails the whole call
+        pass
+    results = []
+    for data in encoded:
+        try:
+            results.append(decode(data, device=device))
+        except (RuntimeError, ValueError):
+            results.append(None)
+    return results

@@ -1,0 +1,132 @@
+"""`--decode gpu`: what the workers send, and the pixels the device makes of it, run here on the
+CPU (torchvision's decode_jpeg takes the same calls with device cpu; the pixels of nvjpeg itself
+are measured on the GPU by benchmarks/generate.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attgmae.data import device_decode
+from attgmae.data.device_decode import device_pixels, worker_payload
+from attgmae.data.images import (
+    ImageDecodeError,
+    decode_rgb,
+    decode_rgb_bytes,
+    is_plain_colour_jpeg,
+)
+from attgmae.data.map_inputs import DecodedImages, collate_decoded, collate_payloads
+from attgmae.data.photo_like import photo_like_image
+from attgmae.data.pil_resize import float_resize_like_pil
+
+
+def _jpeg(pixels: np.ndarray, mode: str = "RGB", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def image_set(tmp_path_factory):
+    """(root, keys, {key: what the worker must send: 'bytes', 'pixels' or 'failed'})."""
+    rng = np.random.default_rng(3)
+    root = tmp_path_factory.mktemp("device_decode")
+    photos = [photo_like_image(rng, size) for size in ((400, 390), (333, 500), (160, 120))]
+    whole = _jpeg(photos[0])
+    files = {
+        "landscape.JPEG": (whole, "bytes"),
+        "portrait.JPEG": (_jpeg(photos[1]), "bytes"),
+        "small_progressive.JPEG": (_jpeg(photos[2], progressive=True), "bytes"),
+        "grey.JPEG": (_jpeg(photos[0], "L"), "pixels"),
+        "cmyk.JPEG": (_jpeg(photos[1], "CMYK"), "pixels"),
+        "trailing_data.JPEG": (whole + b"\x00" * 16, "pixels"),
+        "png.JPEG": (None, "pixels"),
+        "truncated.JPEG": (whole[: len(whole) // 2], "failed"),
+        "empty.JPEG": (b"", "failed"),
+    }
+    for name, (data, _) in files.items():
+        if data is None:
+            Image.fromarray(photos[2]).save(root / name, format="PNG")
+        else:
+            (root / name).write_bytes(data)
+    return root, sorted(files), {name: kind for name, (_, kind) in files.items()}
+
+
+def test_workers_send_plain_colour_jpegs_as_bytes_and_decode_the_rest(image_set):
+    root, keys, kinds = image_set
+    for row, item in enumerate(DecodedImages(root, keys, on_device=True)):
+        key, (_, payload, reason, _) = keys[row], item
+        data = (root / key).read_bytes()
+        if kinds[key] == "bytes":
+            assert payload.dim() == 1 and payload.numpy().tobytes() == data, key
+        elif kinds[key] == "pixels":
+            np.testing.assert_array_equal(payload.numpy(), decode_rgb(root / key), err_msg=key)
+        else:
+            assert payload is None and reason, key
+    assert not is_plain_colour_jpeg(b"not an image", "x")  # the decoder names that error
+
+
+def test_device_pixels_are_the_cpu_paths_within_one_grey_level(image_set):
+    root, keys, _ = image_set
+    cpu_rows, cpu_pixels, cpu_reasons, _ = collate_decoded(list(DecodedImages(root, keys)))
+    rows, payloads, reasons, identities = collate_payloads(
+        list(DecodedImages(root, keys, on_device=True))
+    )
+    assert torch.equal(rows, cpu_rows) and identities.shape == (len(keys), 2)
+    pixels, reasons = device_pixels(payloads, reasons, keys, torch.device("cpu"))
+    assert reasons == cpu_reasons  # the same failures, for the same reasons
+    assert pixels.dtype == torch.uint8 and pixels.shape == cpu_pixels.shape
+    diff = (pixels.int() - cpu_pixels.int()).abs()
+    assert diff.max() <= 1 and diff.float().mean() < 0.01
+    failed = [i for i, reason in enumerate(reasons) if reason is not None]
+    assert failed and not pixels[failed].any()  # failed rows stay zeros
+
+
+def test_a_file_the_jpeg_decoder_refuses_is_decoded_by_the_cpu_decoder(image_set, monkeypatch):
+    """nvjpeg fails a whole batched call for one bad file: the others still decode on the
+    device; the refused one is decoded by decode_rgb, or fails with decode_rgb's reason."""
+    root, keys, kinds = image_set
+    jpegs = [key for key in keys if kinds[key] == "bytes"]
+    refused = {(root / jpegs[0]).read_bytes()}
+    corrupt = _jpeg(np.zeros((64, 64, 3), np.uint8))
+    corrupt = corrupt[:200] + b"\xff\xd9"  # a header, no scan: ends like a JPEG, decodes as none
+    real = device_decode.jpeg_decoder()
+    calls = []
+
+    def picky(data, device):
+        calls.append(len(data) if isinstance(data, list) else 1)
+        batch = data if isinstance(data, list) else [data]
+        if any(d.numpy().tobytes() in refused for d in batch):
+            raise RuntimeError("nvjpeg: unsupported")
+        return real(data, device=device)
+
+    monkeypatch.setattr(device_decode, "jpeg_decoder", lambda: picky)
+    payloads = [worker_payload((root / key).read_bytes(), key) for key in jpegs]
+    payloads.append(torch.frombuffer(bytearray(corrupt), dtype=torch.uint8))
+    names = [*jpegs, "corrupt.JPEG"]
+    pixels, reasons = device_pixels(payloads, [None] * len(names), names, torch.device("cpu"))
+    assert calls == [len(names), *([1] * len(names))]  # the batch, then file by file
+    with pytest.raises(ImageDecodeError) as err:
+        decode_rgb_bytes(corrupt, "corrupt.JPEG")
+    assert reasons == [None] * len(jpegs) + [err.value.reason]
+    cpu = collate_decoded(list(DecodedImages(root, jpegs)))[1]
+    assert (pixels[: len(jpegs)].int() - cpu.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("resample", [Image.BILINEAR, Image.BICUBIC])
+def test_the_float_resize_is_pils_within_one_grey_level(resample):
+    """Shrunk, enlarged, tall (PIL's vertical pass first) and wide, photo-like and noise."""
+    rng = np.random.default_rng(4)
+    sizes = ((400, 390), (500, 375), (333, 500), (257, 1000), (1000, 257), (160, 120), (80, 60))
+    for size in sizes:
+        noise = rng.integers(0, 256, (size[1], size[0], 3), np.uint8)
+        for image in (photo_like_image(rng, size), noise):
+            want = np.asarray(Image.fromarray(image).resize((224, 224), resample)).astype(int)
+            chw = torch.from_numpy(image).permute(2, 0, 1)
+            got = float_resize_like_pil(chw, (224, 224), resample).permute(1, 2, 0).numpy()
+            diff = np.abs(got.astype(int) - want)
+            assert diff.max() <= 1 and diff.mean() < 0.03, (size, resample)
