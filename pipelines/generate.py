@@ -34,7 +34,7 @@ from attgmae.core.files import write_json_atomic
 from attgmae.core.identity import changed_images, image_identities
 from attgmae.core.listing import folder_labels, list_images
 from attgmae.core.outputs import claim_output
-from attgmae.data.images import jpeg_decoder
+from attgmae.data.device_decode import check_device_decoder
 from attgmae.data.shard_access import shard_keys
 from attgmae.data.shards import is_shard_source, open_shards
 from attgmae.maps.compute import MapComputer, load_backbones
@@ -138,8 +138,6 @@ def check_config(cfg: GenerateConfig) -> dict:
         raise InputError(f"--tokencut_solver {cfg.tokencut_solver!r}: use auto, cpu or gpu")
     if cfg.decode not in DECODERS:
         raise InputError(f"--decode {cfg.decode!r}: use cpu or gpu")
-    if cfg.decode == "gpu" and jpeg_decoder() is None:
-        raise InputError("--decode gpu needs torchvision's image decoders (torchvision.io)")
     params = resolved_params(cfg)
     for backbone, path in cfg.weights.items():
         if path is not None and not Path(path).is_file():
@@ -247,6 +245,8 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         raise InputError("--tokencut_solver gpu needs a CUDA device (--device cuda)")
     if cfg.decode == "gpu" and device.type not in GPU_DECODE_DEVICES:
         raise InputError("--decode gpu needs a CUDA device (--device cuda)")
+    if cfg.decode == "gpu":
+        check_device_decoder(device)
     if device.type == "cuda":
         configure_cuda_backends(fp32=not amp)
     defining = {

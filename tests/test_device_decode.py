@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from attgmae.core.errors import InputError
 from attgmae.data import device_decode
-from attgmae.data.device_decode import device_pixels, worker_payload
+from attgmae.data.device_decode import check_device_decoder, device_pixels, worker_payload
 from attgmae.data.images import (
     ImageDecodeError,
     decode_rgb,
@@ -130,3 +131,15 @@ def test_the_float_resize_is_pils_within_one_grey_level(resample):
             got = float_resize_like_pil(chw, (224, 224), resample).permute(1, 2, 0).numpy()
             diff = np.abs(got.astype(int) - want)
             assert diff.max() <= 1 and diff.mean() < 0.03, (size, resample)
+
+
+def test_a_torchvision_that_cannot_decode_on_the_device_stops_the_run(monkeypatch):
+    """Else each file would be refused and decoded by the CPU in the main process: slowly."""
+    check_device_decoder(torch.device("cpu"))  # decodes there: no error
+
+    def without_nvjpeg(data, device):
+        raise RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support")
+
+    monkeypatch.setattr(device_decode, "jpeg_decoder", lambda: without_nvjpeg)
+    with pytest.raises(InputError, match="not compiled with nvJPEG.*use --decode cpu"):
+        check_device_decoder(torch.device("cpu"))

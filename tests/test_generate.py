@@ -283,6 +283,7 @@ def test_gpu_decode_is_a_defining_parameter_and_keeps_the_maps(generated, small_
     """--decode gpu's path (payloads from the workers, decode and resize in the main process)
     run on the CPU; its maps stay within the bf16 tolerance of the CPU path's, and a store made
     with it is never resumed or skipped by a run with the other decoder."""
+    from attgmae.data import device_decode
     from attgmae.maps.agreement import agreement, within_tolerance
     from attgmae.pipelines import generate
 
@@ -304,6 +305,10 @@ def test_gpu_decode_is_a_defining_parameter_and_keeps_the_maps(generated, small_
     capsys.readouterr()
     assert main(argv) == 2  # the CPU decoder's run refuses the GPU decoder's store
     assert "other parameters" in capsys.readouterr().err
+    monkeypatch.setattr(device_decode, "jpeg_decoder", lambda: None)  # no working GPU decoder
+    assert main([*argv, "--decode", "gpu", "--overwrite"]) == 2
+    assert "torchvision cannot decode JPEGs" in capsys.readouterr().err
+    assert open_store(tmp_path / "gpu" / "dino.zarr").attrs["complete"]  # nothing lost
 
 
 def test_cuda_backends_pick_the_same_algorithms_in_every_process():

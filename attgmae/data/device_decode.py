@@ -15,10 +15,13 @@ libjpeg-turbo's (docs/benchmarks.md has the measured difference): the stores rec
 
 from __future__ import annotations
 
+import io
+
 import torch
 from PIL import Image
 
 from attgmae.core.constants import MAP_INPUT_SIZE
+from attgmae.core.errors import InputError
 from attgmae.data.images import (
     ImageDecodeError,
     decode_rgb_bytes,
@@ -34,6 +37,26 @@ PREPROCESSING_GPU = (
     "to 224x224 without cropping on the GPU (PIL's antialiased bilinear filter: float32 passes "
     "in PIL's order, each rounded half up) -> /255 -> ImageNet mean/std"
 )
+
+
+def check_device_decoder(device) -> None:
+    """InputError unless torchvision decodes a JPEG on ``device``: one built without nvjpeg
+    would otherwise refuse every file, each then decoded by the CPU in the main process."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 120, 40)).save(buffer, format="JPEG")
+    data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+    decode = jpeg_decoder()
+    try:
+        if decode is None:
+            raise RuntimeError("torchvision.io has no JPEG decoder")
+        shape = tuple(decode([data], device=device)[0].shape)
+        if shape != (3, 16, 16):
+            raise RuntimeError(f"a 16 x 16 JPEG came back as {shape}")
+    except Exception as err:  # noqa: BLE001 - whatever stops it, the run must not start
+        raise InputError(
+            f"--decode gpu: torchvision cannot decode JPEGs on {device} ({type(err).__name__}: "
+            f"{err}); use --decode cpu"
+        ) from None
 
 
 def worker_payload(data: bytes, name) -> torch.Tensor:
