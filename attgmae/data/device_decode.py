@@ -76,6 +76,7 @@ def device_pixels(payloads: list, reasons: list, names: list[str], device) -> tu
     pixels = torch.zeros((len(payloads), *size, 3), dtype=torch.uint8, device=device)
     jpegs = [i for i, p in enumerate(payloads) if p is not None and p.dim() == 1]
     decoded = dict(zip(jpegs, _decode_jpegs([payloads[i] for i in jpegs], device)))
+    by_size: dict[tuple, list[tuple[int, torch.Tensor]]] = {}  # [3, H, W] -> (row, image)
     for i, payload in enumerate(payloads):
         if payload is None:
             continue
@@ -90,7 +91,12 @@ def device_pixels(payloads: list, reasons: list, names: list[str], device) -> tu
                 reasons[i] = err.reason
                 continue
             chw = torch.from_numpy(image).to(device).permute(2, 0, 1)
-        pixels[i] = float_resize_like_pil(chw, size, Image.BILINEAR).permute(1, 2, 0)
+        by_size.setdefault(tuple(chw.shape), []).append((i, chw))
+    for group in by_size.values():  # one resize per image size (ImageNet has few)
+        rows = [i for i, _ in group]
+        same_size = torch.stack([chw for _, chw in group])  # [n, 3, H, W]
+        resized = float_resize_like_pil(same_size, size, Image.BILINEAR)
+        pixels[rows] = resized.permute(0, 2, 3, 1)
     return pixels, reasons
 
 
