@@ -133,9 +133,9 @@ def _check_pixel_limit(width: int, height: int, path) -> None:
 def is_plain_colour_jpeg(data: bytes, path) -> bool:
     """Whether ``data`` is a whole colour (YCbCr) JPEG any JPEG decoder reads the same way: the
     files ``attg-maps generate --decode gpu`` sends to nvjpeg. Not: other formats, grayscale,
-    CMYK, Adobe's untransformed RGB, files that do not end with the JPEG
-    end marker (truncated, or trailing data). ImageDecodeError for an image above the pixel
-    limit; a header that does not parse is False (``decode_rgb_bytes`` names the error)."""
+    CMYK, Adobe's untransformed RGB, files that do not end with the JPEG end marker (truncated,
+    or trailing data). ImageDecodeError for an image above the pixel limit; a header that does
+    not parse is False (``decode_rgb_bytes`` names the error)."""
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             width, height = img.size
