@@ -9,6 +9,9 @@ reruns check it).
 
 - stage 1 decode + resize to 224 (``DecodedImages``): torchvision's ``decode_jpeg`` + its uint8
   antialiased bilinear kernel; today's = PIL decode + PIL resize with the numpy round trips.
+- stage 1 with ``--resize gpu`` (CUDA's default): the worker decodes (as the new path) and packs
+  the full-size pixels (``DecodedImages(on_device="resize")``, ``collate_payloads``); the
+  resize, PIL's exactly, moves to the GPU.
 - stage 1 with ``--decode gpu``: the worker only reads the file and checks its header
   (``DecodedImages(on_device=True)``); decoding and resizing move to the GPU, whose rate
   ``benchmarks/generate.py`` measures on CUDA (``stage1 dino decode gpu / cpu``).
@@ -16,7 +19,8 @@ reruns check it).
 - evaluation extraction (``LabelledImages`` + ``EvalPixels``, uint8 out, PIL's first pass for
   pixels within 1 grey level); today's = PIL decode + PIL bicubic Resize(256) + CenterCrop +
   ToTensor + Normalize (float32 out, 4x the bytes); and, for what exactness costs, both passes
-  by torchvision's kernel.
+  by torchvision's kernel; and ``DeviceEvalPixels`` (CUDA's default): the worker decodes and
+  packs, the resize and crop (PIL's exactly) move to the GPU.
 - the training loader's sample (``PretrainDataset``'s decode + joint RandomResizedCrop); today's
   = the same with PIL's decoder.
 
@@ -54,7 +58,7 @@ from attgmae.data.map_inputs import DecodedImages, collate_decoded, collate_payl
 from attgmae.data.pil_resize import torch_resize_like_pil
 from attgmae.data.transforms import JointTransform
 from attgmae.eval.features import ImageSplit, LabelledImages
-from attgmae.eval.transforms import EvalPixels, eval_transform, resized_size
+from attgmae.eval.transforms import DeviceEvalPixels, EvalPixels, eval_transform, resized_size
 from attgmae.maps import ncut, tokencut
 
 CORES = 16  # the GPU machine's
@@ -165,11 +169,13 @@ def main(argv=None) -> None:
         paths = [root / key for key in keys]
         print(describe(root, keys))
         stage1 = DecodedImages(root, keys)
-        stage1_reads = DecodedImages(root, keys, on_device=True)
+        stage1_decodes = DecodedImages(root, keys, on_device="resize")
+        stage1_reads = DecodedImages(root, keys, on_device="decode")
         split = ImageSplit(root, keys, np.zeros(len(keys), np.int64), ["c"])
         evaluation = LabelledImages(split, EvalPixels())
+        evaluation_decodes = LabelledImages(split, DeviceEvalPixels())
         joint, rng = JointTransform(224, "rrc"), np.random.default_rng(0)
-        for job in (stage1, stage1_reads, evaluation):
+        for job in (stage1, stage1_decodes, stage1_reads, evaluation, evaluation_decodes):
             job[0]  # imports and first-call costs, untimed
         today_evaluation = TodayEval(split)
         # each job's output collated as a worker collates it (into the batch it sends)
@@ -179,8 +185,10 @@ def main(argv=None) -> None:
                 "stage1 today": lambda i: collate_decoded(
                     [(i, today_stage1(paths[i]), None, (-1, -1))]  # (no identity taken)
                 ),
+                "stage1 gpu resize": lambda i: collate_payloads([stage1_decodes[i]]),
                 "stage1 gpu decode": lambda i: collate_payloads([stage1_reads[i]]),
                 "eval new": lambda i: default_collate([evaluation[i]]),
+                "eval gpu resize": lambda i: DeviceEvalPixels.collate([evaluation_decodes[i]]),
                 "eval today": lambda i: default_collate([today_evaluation[i]]),
                 "eval torchvision only": lambda i: torchvision_only_eval(paths[i]),
                 "train new": lambda i: joint(decode_rgb(paths[i]), rng),
@@ -202,6 +210,13 @@ def main(argv=None) -> None:
            note="both passes by torchvision (not used: 2 grey levels on ~1 value in 4 million); "
            f"vs today {rates['eval torchvision only'] / rates['eval today']:.2f}x")  # fmt: skip
     figure("cpu tokencut eigensolve job", rates["eigensolve"], per_core, note="unchanged")
+    today_rates = {job: rates[f"{job} today"] for job in ("stage1", "eval")}
+    for job, flag in (("stage1", "--resize gpu"), ("eval", "the device's resize")):
+        rate = rates[f"{job} gpu resize"]
+        figure(f"cpu {job} job with {flag}", rate, per_core,
+               note="the worker decodes and packs the full-size pixels; the resize (PIL's "
+               "pixels exactly) on the GPU (CUDA's default)")  # fmt: skip
+        figure(f"cpu {job} job with {flag} / today", rate / today_rates[job], "x")
     reads = rates["stage1 gpu decode"]
     figure("cpu stage1 job with --decode gpu", reads, per_core,
            note=f"the worker reads the file and its header; {reads / rates['stage1 today']:.0f}x "
@@ -221,6 +236,14 @@ def main(argv=None) -> None:
     figure("ceiling16 stage1 with tokencut new / today", new / today, "x",
            note=f"per core of the CPU side: {new / (CORES - 1):.0f} vs {today / (CORES - 1):.0f} "
            "img/s")
+    resize_costs = JobCosts(1 / rates["stage1 gpu resize"], 1 / rates["eigensolve"])
+    resize_plan = plan_workers(-1, -1, uses_pool=True, gpu=True, batch_bytes=1, cores=CORES,
+                               ranks=1, shm_free=None, costs=resize_costs)  # fmt: skip
+    figure("ceiling16 stage1 with tokencut --resize gpu", min(
+        resize_plan.loader_workers * rates["stage1 gpu resize"],
+        resize_plan.pool_workers * rates["eigensolve"]), "img/s", TARGETS["stage1"],
+        note=f"{resize_plan.loader_workers} decoders + {resize_plan.pool_workers} solvers "
+        "(CUDA's default)")  # fmt: skip
     reads_costs = JobCosts(1 / reads, 1 / rates["eigensolve"])
     reads_plan = plan_workers(-1, -1, uses_pool=True, gpu=True, batch_bytes=1, cores=CORES,
                               ranks=1, shm_free=None, costs=reads_costs)  # fmt: skip
@@ -235,6 +258,10 @@ def main(argv=None) -> None:
         target = TARGETS[job] if job != "stage1" else None
         figure(f"ceiling16 {label} new", new, "img/s", target, note=f"{spare} workers")
         figure(f"ceiling16 {label} today", today, "img/s")
+    for job, label in (("stage1", "stage1 decode only"), ("eval", "eval extraction")):
+        figure(f"ceiling16 {label} with the device's resize", spare * rates[f"{job} gpu resize"],
+               "img/s", TARGETS[job] if job == "eval" else None,
+               note=f"{spare} workers that decode (CUDA's default)")  # fmt: skip
 
     if args.loader_workers:
         with tempfile.TemporaryDirectory() as tmp:

@@ -35,9 +35,9 @@ from attgmae.eval.features import (
     autocast_for,
     extract_features,
     make_loader,
+    split_transform,
 )
 from attgmae.eval.knn import knn_classify_multi
-from attgmae.eval.transforms import EvalPixels
 from attgmae.models.encoder import EncoderSpec, build_encoder
 from attgmae.models.tokens import features
 
@@ -135,8 +135,10 @@ def _mark(marks: list, seen: int) -> None:
 
 def bench_extraction(device, size, images, batch_size, workers, precision, target=None):
     """The real extraction, ``extract_features`` as attg-eval runs it: photo-like JPEG files ->
-    loader workers (``LabelledImages`` + ``EvalPixels``: uint8 out) -> normalized on the device
-    -> the encoder, in the steady state (after the first batch: workers started); beside
+    loader workers (``LabelledImages`` + ``split_transform``: on CUDA ``DeviceEvalPixels``, the
+    workers decode and the device resizes and crops; elsewhere ``EvalPixels``, uint8 224 px out
+    of the workers) -> normalized on the device -> the encoder, in the steady state (after the
+    first batch: workers started); beside
     today's path (PIL decode, PIL bicubic transform, float32 out of the workers), same files,
     same model, same run."""
     dim, depth, heads, patch = VIT[size]
@@ -149,7 +151,8 @@ def bench_extraction(device, size, images, batch_size, workers, precision, targe
         print(describe(root, keys))
         split = ImageSplit(root, keys, np.zeros(len(keys), np.int64), ["c"])
         rates = {}
-        for path, dataset in (("new", LabelledImages(split, EvalPixels())),
+        transform = split_transform(224, device)
+        for path, dataset in (("new", LabelledImages(split, transform)),
                               ("today", TodayEval(split))):  # fmt: skip
             marks: list[tuple[int, float]] = []
             loader = make_loader(dataset, batch_size, workers, device)
@@ -159,7 +162,8 @@ def bench_extraction(device, size, images, batch_size, workers, precision, targe
             first_seen, first_time = marks[0]
             rates[path] = (marks[-1][0] - first_seen) / max(ended - first_time, 1e-9)
     figure(f"eval extraction {name} {precision} from JPEGs", rates["new"], "img/s", target,
-           note=f"{images} JPEGs, {workers} workers, batch {batch_size}, after the first batch")
+           note=f"{images} JPEGs, {workers} workers, batch {batch_size}, after the first batch; "
+           f"{transform!r}")
     figure("eval extraction new / today", rates["new"] / rates["today"], "x",
            note=f"today {rates['today']:.1f} img/s (float32 out of the workers)")
 

@@ -33,6 +33,7 @@ import torch
 from figures import figure
 from machine import print_machine
 from photos import describe, photo_set
+from PIL import Image
 from timing import best_of_rounds
 
 from attgmae.core.listing import list_images
@@ -58,6 +59,7 @@ def run_pipeline(root, out, methods, args, precision="auto", file_list=None):
         device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
         tokencut_workers=args.tokencut_workers, overwrite=True, progress=False,
         tokencut_solver=getattr(args, "solver", "auto"), decode=getattr(args, "decode", "cpu"),
+        resize=getattr(args, "resize", "auto"),
         precision=precision, file_list=file_list, chunk_rows=args.chunk_rows,
         shard_rows=args.chunk_rows * 8,
     )  # fmt: skip
@@ -138,8 +140,9 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", default=",".join(m for m in DEFAULT_METHODS if m != "random"))
     parser.add_argument("--workdir", default=None, help="keep the JPEGs and stores here")
     parser.add_argument("--decode_images", type=int, default=None,
-                        help="images for --decode gpu vs cpu (default: 2048 on CUDA, none on "
-                        "the CPU, where a number given rehearses the device path)")
+                        help="images for --resize gpu and --decode gpu vs cpu (default: 2048 "
+                        "on CUDA, none on the CPU, where a number given rehearses the device "
+                        "paths)")
     args = parser.parse_args(argv)
     args.chunk_rows = args.chunk_rows or 2 * args.batch_size  # the first chunk is the warm-up
     warnings.simplefilter("ignore")  # random-weights warnings, once per load
@@ -199,38 +202,58 @@ def compare_solvers(root, work: Path, args) -> None:
            f"{stats['foreground_agreement']:.5f}")
 
 
+PIXEL_PATHS = {  # name -> (--decode, --resize)
+    "workers": ("cpu", "cpu"),  # the workers decode and resize (the CPU's default)
+    "resize gpu": ("cpu", "gpu"),  # the workers decode, the device resizes (CUDA's default)
+    "decode gpu": ("gpu", "gpu"),  # the workers read, nvjpeg decodes, the device resizes
+}
+
+
 def compare_decoders(root, keys, work: Path, args) -> None:
-    """--decode gpu (nvjpeg and the resize on the device; the workers only read files) vs the
-    CPU path, DINO maps of the same files, same run: steady img/s of each, how far their 224 px
-    pixels and their maps are apart. On the CPU (a rehearsal) the device path runs there."""
+    """Where stage 1's pixels are made (``PIXEL_PATHS``), DINO maps of the same files, same
+    run: steady img/s of each, how far each one's 224 px pixels are from PIL's own (decode_rgb,
+    then PIL's resize) and its maps from the workers' path's. On the CPU (a rehearsal) the
+    device's share runs there."""
+    from attgmae.data import pil_exact
     from attgmae.data.device_decode import device_pixels
     from attgmae.data.map_inputs import DecodedImages, collate_decoded, collate_payloads
     from attgmae.pipelines import generate
 
     if args.device != "cuda":
         generate.GPU_DECODE_DEVICES = (*generate.GPU_DECODE_DEVICES, args.device)
+        pil_exact.FAST_DEVICE_TYPES = (*pil_exact.FAST_DEVICE_TYPES, args.device)
     work.mkdir(parents=True, exist_ok=True)
     file_list = work / "keys.txt"
     file_list.write_text("\n".join(keys) + "\n")
-    rates, maps = {}, {}
-    for decode in ("cpu", "gpu"):
-        args.decode = decode
-        result = run_pipeline(root, work / decode, ["dino"], args, file_list=str(file_list))
-        rates[decode] = result.steady_img_per_s or result.img_per_s
-        maps[decode] = open_store(work / decode / "dino.zarr").read_all().astype(np.float32)
-    args.decode = "cpu"
     sample = keys[:256]
-    cpu = collate_decoded(list(DecodedImages(root, sample)))[1]
-    _, payloads, reasons, _ = collate_payloads(list(DecodedImages(root, sample, on_device=True)))
-    pixels = device_pixels(payloads, reasons, sample, torch.device(args.device))[0].cpu()
-    diff = (pixels.int() - cpu.int()).abs()
-    stats = agreement(maps["gpu"], maps["cpu"])
-    ok = "within" if within_tolerance(stats) else "OUTSIDE"
-    figure("stage1 dino decode gpu / cpu", rates["gpu"] / rates["cpu"], "x",
-           note=f"gpu {rates['gpu']:.0f} img/s, cpu {rates['cpu']:.0f} img/s ({len(keys)} "
-           f"images); pixels max |diff| {int(diff.max())}, mean {diff.float().mean():.4f} grey "
-           f"levels ({len(sample)} images); DINO maps mean |diff| {stats['mean_abs_diff']:.2e}, "
-           f"foreground agreement {stats['foreground_agreement']:.4f} ({ok} the bf16 tolerance)")
+    pil = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(decode_rgb(Path(root) / k))
+                       .resize((224, 224), Image.BILINEAR))) for k in sample])  # fmt: skip
+    rates, maps, pixels = {}, {}, {}
+    for name, (args.decode, args.resize) in PIXEL_PATHS.items():
+        out = work / name.replace(" ", "_")
+        result = run_pipeline(root, out, ["dino"], args, file_list=str(file_list))
+        rates[name] = result.steady_img_per_s or result.img_per_s
+        maps[name] = open_store(out / "dino.zarr").read_all().astype(np.float32)
+        on_device = generate.device_work(args)
+        if on_device:
+            items = collate_payloads(list(DecodedImages(root, sample, on_device)))
+            made = device_pixels(items[1], items[2], sample, torch.device(args.device))[0]
+        else:
+            made = collate_decoded(list(DecodedImages(root, sample)))[1]
+        pixels[name] = (made.cpu().int() - pil.int()).abs()
+    args.decode, args.resize = "cpu", "auto"
+    workers = pixels["workers"]
+    for name in ("resize gpu", "decode gpu"):
+        stats = agreement(maps[name], maps["workers"])
+        ok = "within" if within_tolerance(stats) else "OUTSIDE"
+        diff = pixels[name]
+        figure(f"stage1 dino {name} / cpu", rates[name] / rates["workers"], "x",
+               note=f"{rates[name]:.0f} vs {rates['workers']:.0f} img/s with the workers' "
+               f"resize ({len(keys)} images); pixels vs PIL's max |diff| {int(diff.max())}, mean "
+               f"{diff.float().mean():.4f} (the workers': {int(workers.max())}, "
+               f"{workers.float().mean():.4f}; {len(sample)} images); DINO maps vs the workers' "
+               f"mean |diff| {stats['mean_abs_diff']:.2e}, foreground agreement "
+               f"{stats['foreground_agreement']:.4f} ({ok} the bf16 tolerance)")
 
 
 def compare_channels_last(batch: int, steps: int = 10) -> None:

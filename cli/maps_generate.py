@@ -113,9 +113,17 @@ def _add_generate(subparsers) -> None:
         "--decode",
         default="cpu",
         choices=("cpu", "gpu"),
-        help="where images are decoded and resized: cpu (the loader workers, libjpeg-turbo) or "
-        "gpu (with CUDA: nvjpeg and the resize on the device, the workers only read files; "
-        "pixels differ slightly, recorded in the stores' parameters)",
+        help="where images are decoded: cpu (the loader workers, libjpeg-turbo) or gpu (with "
+        "CUDA: nvjpeg, then the resize on the device too; the workers only read files; pixels "
+        "differ slightly, recorded in the stores' parameters)",
+    )
+    p.add_argument(
+        "--resize",
+        default="auto",
+        choices=("auto", "cpu", "gpu"),
+        help="where images decoded by the workers are resized: cpu (the workers, within 1 grey "
+        "level of PIL) or gpu (the device, PIL's pixels exactly; the workers only decode); "
+        "auto: gpu on CUDA, cpu otherwise (recorded in the stores' parameters)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing complete stores")
     p.add_argument(

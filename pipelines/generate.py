@@ -34,6 +34,7 @@ from attgmae.core.files import write_json_atomic
 from attgmae.core.identity import changed_images, image_identities
 from attgmae.core.listing import folder_labels, list_images
 from attgmae.core.outputs import claim_output
+from attgmae.data import pil_exact
 from attgmae.data.device_decode import check_device_decoder
 from attgmae.data.shard_access import shard_keys
 from attgmae.data.shards import is_shard_source, open_shards
@@ -47,7 +48,12 @@ from attgmae.maps.registry import (
     resolve,
     resolve_params,
 )
-from attgmae.pipelines.generate_loop import compute_pending, open_writers, store_path
+from attgmae.pipelines.generate_loop import (
+    compute_pending,
+    device_work,
+    open_writers,
+    store_path,
+)
 from attgmae.pipelines.generate_workers import SOLVERS, agreed_plan
 from attgmae.store import StoreError, open_store
 from attgmae.store.swap import finish_interrupted
@@ -59,6 +65,7 @@ FORMATS = ("zarr", "h5")
 # speed from 256 (docs/benchmarks.md); a CPU gains nothing beyond 64.
 DEFAULT_BATCH_SIZE = {"cuda": 256, "cpu": 64}
 DECODERS = ("cpu", "gpu")  # --decode
+RESIZERS = ("auto", "cpu", "gpu")  # --resize; auto: gpu where the device resizes fast
 GPU_DECODE_DEVICES = ("cuda",)  # device types --decode gpu runs on (tests add the CPU)
 
 
@@ -83,6 +90,7 @@ class GenerateConfig:
     tokencut_workers: int = -1  # -1 auto (0 on CPU, measured share of the cores with CUDA)
     tokencut_solver: str = "auto"  # where eigensolves run with CUDA: auto (measured), cpu, gpu
     decode: str = "cpu"  # 'cpu' (loader workers) | 'gpu' (nvjpeg + resize on the device)
+    resize: str = "auto"  # 'auto' (gpu on CUDA) | 'cpu' (loader workers) | 'gpu' (the device)
     overwrite: bool = False
     chunk_rows: int | None = None  # store layout; None = the store's defaults
     shard_rows: int | None = None
@@ -128,6 +136,16 @@ def resolved_params(cfg: GenerateConfig) -> dict:
         raise InputError(str(err)) from None
 
 
+def resolved_resize(cfg: GenerateConfig, device: torch.device) -> str:
+    """--resize for ``device``: auto is gpu with --decode gpu or where the device runs PIL's
+    exact resize fast (``pil_exact.fast_on``: CUDA), else cpu."""
+    if cfg.resize == "gpu" and not pil_exact.fast_on(device):
+        raise InputError(f"--resize gpu needs a CUDA device (--device cuda), not {device}")
+    if cfg.resize != "auto":
+        return cfg.resize
+    return "gpu" if cfg.decode == "gpu" or pil_exact.fast_on(device) else "cpu"
+
+
 def check_config(cfg: GenerateConfig) -> dict:
     """Everything that can be checked before any work; returns the resolved parameters."""
     if cfg.fmt not in FORMATS:
@@ -138,6 +156,10 @@ def check_config(cfg: GenerateConfig) -> dict:
         raise InputError(f"--tokencut_solver {cfg.tokencut_solver!r}: use auto, cpu or gpu")
     if cfg.decode not in DECODERS:
         raise InputError(f"--decode {cfg.decode!r}: use cpu or gpu")
+    if cfg.resize not in RESIZERS:
+        raise InputError(f"--resize {cfg.resize!r}: use auto, cpu or gpu")
+    if cfg.decode == "gpu" and cfg.resize == "cpu":
+        raise InputError("--decode gpu resizes on the GPU too: drop --resize cpu")
     params = resolved_params(cfg)
     for backbone, path in cfg.weights.items():
         if path is not None and not Path(path).is_file():
@@ -247,11 +269,12 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         raise InputError("--decode gpu needs a CUDA device (--device cuda)")
     if cfg.decode == "gpu":
         check_device_decoder(device)
+    cfg = replace(cfg, resize=resolved_resize(cfg, device))
     if device.type == "cuda":
         configure_cuda_backends(fp32=not amp)
     defining = {
         method: defining_params(
-            method, method_params, cfg.weights, cfg.random_weights, precision, cfg.decode
+            method, method_params, cfg.weights, cfg.random_weights, precision, device_work(cfg)
         )
         for method, method_params in params.items()
     }
@@ -312,7 +335,7 @@ def _run(cfg, defining, keys, class_names, labels, device, amp, info, unreadable
             device.type,
             amp,
             cfg.random_weights,
-            cfg.decode,
+            device_work(cfg),
         )
         for m in todo
     }

@@ -164,9 +164,17 @@ def _chunks_to_compute(writers: dict) -> tuple[dict, dict]:
     return bounds, needs
 
 
-def decoded_images(images_root, keys, on_device: bool = False):
+def device_work(cfg) -> str:
+    """What the device does of the decode + resize (``map_inputs.ON_DEVICE``) for ``cfg``'s
+    ``--decode`` and (resolved) ``--resize``."""
+    if cfg.decode == "gpu":
+        return "decode"
+    return "resize" if cfg.resize == "gpu" else ""
+
+
+def decoded_images(images_root, keys, on_device: str = ""):
     """The images decoded and resized by row (``on_device``: what the workers send for the
-    GPU to decode): from a folder, or from tar shards' bytes."""
+    device to finish, ``device_work``): from a folder, or from tar shards' bytes."""
     if is_shard_source(images_root):
         return ShardImages(open_shards(images_root), keys, on_device)
     return DecodedImages(images_root, keys, on_device)
@@ -214,7 +222,7 @@ def _compute_plan(cfg, keys, labels, writers, computer, device, info, workers, p
     every rank agreed on after a batch (a rank done with its share keeps joining the agreements
     until no rank runs)."""
     num_todo = sum(len(rows) for _, rows in plan)
-    on_device = cfg.decode == "gpu"
+    on_device = device_work(cfg)
     loader = DataLoader(
         decoded_images(cfg.images_root, keys, on_device),
         batch_sampler=[rows.tolist() for _, rows in plan],
@@ -244,7 +252,7 @@ def _compute_plan(cfg, keys, labels, writers, computer, device, info, workers, p
             if not buffers or buffers[-1].chunk_index != chunk_index:
                 buffers.append(ChunkBuffer(chunk_index, *bounds[chunk_index], needs[chunk_index]))
             batch_keys = [keys[r] for r in rows]
-            if on_device:  # the payloads: nvjpeg and the resize on the device
+            if on_device:  # the payloads: (nvjpeg and) the resize on the device
                 pixels, reasons = device_pixels(pixels, reasons, batch_keys, device)
             ok = np.array([reason is None for reason in reasons])
             errors = {keys[r]: why for r, why in zip(rows, reasons) if why is not None}

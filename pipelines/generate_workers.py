@@ -12,7 +12,7 @@ from attgmae.core.constants import MAP_INPUT_SIZE
 from attgmae.core.resources import JobCosts, WorkerPlan, plan_workers
 from attgmae.data.map_inputs import decode_seconds
 from attgmae.maps.registry import METHODS, resolve
-from attgmae.pipelines.generate_loop import decoded_images
+from attgmae.pipelines.generate_loop import decoded_images, device_work
 
 SOLVERS = {"auto": None, "cpu": False, "gpu": True}  # --tokencut_solver -> plan's device_pool
 
@@ -30,7 +30,7 @@ def measure_costs(cfg, params: dict, keys, device) -> JobCosts | None:
     for method in pooled:
         cpu, on_device = resolve(METHODS[method].pool_cost)(params[method], device, cfg.batch_size)
         pool_s, device_s = pool_s + cpu, None if on_device is None else (device_s or 0) + on_device
-    loader_job = decoded_images(cfg.images_root, keys, on_device=cfg.decode == "gpu")
+    loader_job = decoded_images(cfg.images_root, keys, on_device=device_work(cfg))
     return JobCosts(decode_seconds(loader_job), pool_s, device_s)
 
 

@@ -1,6 +1,6 @@
-"""`--decode gpu`: what the workers send, and the pixels the device makes of it, run here on the
-CPU (torchvision's decode_jpeg takes the same calls with device cpu; the pixels of nvjpeg itself
-are measured on the GPU by benchmarks/generate.py)."""
+"""`--decode gpu` and `--resize gpu`: what the workers send, and the pixels the device makes of
+it, run here on the CPU (torchvision's decode_jpeg takes the same calls with device cpu; the
+pixels of nvjpeg itself are measured on the GPU by benchmarks/generate.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from attgmae.data.images import (
     is_plain_colour_jpeg,
 )
 from attgmae.data.map_inputs import DecodedImages, collate_decoded, collate_payloads
+from attgmae.data.packed import pack
 from attgmae.data.photo_like import photo_like_image
-from attgmae.data.pil_resize import float_resize_like_pil
 
 
 def _jpeg(pixels: np.ndarray, mode: str = "RGB", **options) -> bytes:
@@ -59,7 +59,7 @@ def image_set(tmp_path_factory):
 
 def test_workers_send_plain_colour_jpegs_as_bytes_and_decode_the_rest(image_set):
     root, keys, kinds = image_set
-    for row, item in enumerate(DecodedImages(root, keys, on_device=True)):
+    for row, item in enumerate(DecodedImages(root, keys, on_device="decode")):
         key, (_, payload, reason, _) = keys[row], item
         data = (root / key).read_bytes()
         if kinds[key] == "bytes":
@@ -75,7 +75,7 @@ def test_device_pixels_are_the_cpu_paths_within_one_grey_level(image_set):
     root, keys, _ = image_set
     cpu_rows, cpu_pixels, cpu_reasons, _ = collate_decoded(list(DecodedImages(root, keys)))
     rows, payloads, reasons, identities = collate_payloads(
-        list(DecodedImages(root, keys, on_device=True))
+        list(DecodedImages(root, keys, on_device="decode"))
     )
     assert torch.equal(rows, cpu_rows) and identities.shape == (len(keys), 2)
     pixels, reasons = device_pixels(payloads, reasons, keys, torch.device("cpu"))
@@ -109,7 +109,8 @@ def test_a_file_the_jpeg_decoder_refuses_is_decoded_by_the_cpu_decoder(image_set
     payloads = [worker_payload((root / key).read_bytes(), key) for key in jpegs]
     payloads.append(torch.frombuffer(bytearray(corrupt), dtype=torch.uint8))
     names = [*jpegs, "corrupt.JPEG"]
-    pixels, reasons = device_pixels(payloads, [None] * len(names), names, torch.device("cpu"))
+    batch = pack(payloads)
+    pixels, reasons = device_pixels(batch, [None] * len(names), names, torch.device("cpu"))
     assert calls == [len(names), *([1] * len(names))]  # the batch, then file by file
     with pytest.raises(ImageDecodeError) as err:
         decode_rgb_bytes(corrupt, "corrupt.JPEG")
@@ -118,19 +119,25 @@ def test_a_file_the_jpeg_decoder_refuses_is_decoded_by_the_cpu_decoder(image_set
     assert (pixels[: len(jpegs)].int() - cpu.int()).abs().max() <= 1
 
 
-@pytest.mark.parametrize("resample", [Image.BILINEAR, Image.BICUBIC])
-def test_the_float_resize_is_pils_within_one_grey_level(resample):
-    """Shrunk, enlarged, tall (PIL's vertical pass first) and wide, photo-like and noise."""
-    rng = np.random.default_rng(4)
-    sizes = ((400, 390), (500, 375), (333, 500), (257, 1000), (1000, 257), (160, 120), (80, 60))
-    for size in sizes:
-        noise = rng.integers(0, 256, (size[1], size[0], 3), np.uint8)
-        for image in (photo_like_image(rng, size), noise):
-            want = np.asarray(Image.fromarray(image).resize((224, 224), resample)).astype(int)
-            chw = torch.from_numpy(image).permute(2, 0, 1)
-            got = float_resize_like_pil(chw, (224, 224), resample).permute(1, 2, 0).numpy()
-            diff = np.abs(got.astype(int) - want)
-            assert diff.max() <= 1 and diff.mean() < 0.03, (size, resample)
+def test_with_resize_gpu_the_workers_decode_and_the_device_makes_pils_pixels(image_set):
+    """--resize gpu: every file decoded by the worker (JPEGs too), sent full size; the device's
+    resize is PIL's own pixels, bit for bit, and the workers' path within 1 grey level."""
+    root, keys, kinds = image_set
+    items = list(DecodedImages(root, keys, on_device="resize"))
+    for key, (_, payload, reason, _) in zip(keys, items):
+        if kinds[key] == "failed":
+            assert payload is None and reason, key
+        else:
+            np.testing.assert_array_equal(payload.numpy(), decode_rgb(root / key), err_msg=key)
+    rows, batch, reasons, _ = collate_payloads(items)
+    pixels, reasons = device_pixels(batch, reasons, keys, torch.device("cpu"))
+    cpu_pixels, cpu_reasons = collate_decoded(list(DecodedImages(root, keys)))[1:3]
+    assert reasons == cpu_reasons
+    for i, key in enumerate(keys):
+        if reasons[i] is None:
+            pil = Image.fromarray(decode_rgb(root / key)).resize((224, 224), Image.BILINEAR)
+            np.testing.assert_array_equal(pixels[i].numpy(), np.asarray(pil), err_msg=key)
+    assert (pixels.int() - cpu_pixels.int()).abs().max() <= 1
 
 
 def test_a_torchvision_that_cannot_decode_on_the_device_stops_the_run(monkeypatch):

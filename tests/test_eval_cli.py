@@ -18,7 +18,7 @@ from attgmae.data.transforms import normalize_images
 from attgmae.eval.features import LabelledImages, image_split, l2_normalize
 from attgmae.eval.knn import knn_classifier
 from attgmae.eval.monitor import knn_top1
-from attgmae.eval.transforms import EvalPixels, eval_transform
+from attgmae.eval.transforms import DeviceEvalPixels, EvalPixels, eval_transform
 from attgmae.models import mae_vit_tiny_patch16
 from attgmae.models.encoder import load_encoder
 from attgmae.models.tokens import features
@@ -529,9 +529,12 @@ def test_linprobe_on_a_subset_file_with_seeds(tmp_path, example_root, checkpoint
 def test_knn_linprobe_and_fewshot_results_are_those_of_the_pil_transform(
     tmp_path, example_root, checkpoints, monkeypatch
 ):
-    """The extraction's uint8 path (EvalPixels, normalized on the device) against today's PIL
+    """The extraction's uint8 paths (EvalPixels in the workers, and DeviceEvalPixels: the
+    resize and crop on the device, CUDA's default, run here on the CPU) against today's PIL
     protocol transform (float32 out of the loader) on the example set: the same k-NN
-    accuracies, linear-probe and few-shot probe results; the features within round-off."""
+    accuracies, linear-probe and few-shot probe results; the features within round-off (the
+    device's pixels are PIL's exactly: only the normalization's rounding is left)."""
+    from attgmae.data import pil_exact
     from attgmae.eval import features as features_module
     from attgmae.pipelines.knn import KnnConfig, run_knn
 
@@ -554,10 +557,16 @@ def test_knn_linprobe_and_fewshot_results_are_those_of_the_pil_transform(
         return knn, probes, feats["features"]
 
     knn, probes, feats = evaluate("uint8")
+    with monkeypatch.context() as patch:
+        patch.setattr(pil_exact, "FAST_DEVICE_TYPES", ("cuda", "cpu"))
+        assert isinstance(features_module.split_transform(64, "cpu"), DeviceEvalPixels)
+        knn_device, probes_device, feats_device = evaluate("device")
     monkeypatch.setattr(features_module, "EvalPixels", eval_transform)  # today's transform
     knn_pil, probes_pil, feats_pil = evaluate("pil")
-    assert knn["results"] == knn_pil["results"]
-    for name in probes:
-        curve = [(h["test_acc1"], h["test_acc5"]) for h in probes[name]["history"]]
-        assert curve == [(h["test_acc1"], h["test_acc5"]) for h in probes_pil[name]["history"]]
+    for results, runs in ((knn, probes), (knn_device, probes_device)):
+        assert results["results"] == knn_pil["results"]
+        for name in runs:
+            curve = [(h["test_acc1"], h["test_acc5"]) for h in runs[name]["history"]]
+            assert curve == [(h["test_acc1"], h["test_acc5"]) for h in probes_pil[name]["history"]]
     assert 0 < (feats - feats_pil).abs().max() < 1e-2  # the 1-grey-level pixels, nothing more
+    assert (feats_device - feats_pil).abs().max() < 1e-4  # PIL's pixels: round-off only

@@ -67,7 +67,7 @@ def test_teacher_then_student_of_one_dino_checkpoint_never_share_features(
     encoder, _ = load_encoder(ckpt, img_size=32, checkpoint_key="student")
     dataset = feature_module.LabelledImages(
         image_split(example_root, "val", image_split(example_root, "train").class_names),
-        feature_module.split_transform(32),
+        feature_module.split_transform(32, "cpu"),
     )
     with torch.no_grad():
         pixels = feature_module.normalize_images(dataset[0][0][None])  # uint8 out of a worker

@@ -170,6 +170,8 @@ def test_h5_format_file_list_and_overwrite(small_set, tmp_path, capsys):
         (["--methods", "tokencut", "--tokencut_eps", "0"], "eps"),
         (["--methods", "random", "--device", "tpu"], "--device"),
         (["--methods", "dino", "--device", "cpu", "--decode", "gpu"], "needs a CUDA device"),
+        (["--methods", "dino", "--device", "cpu", "--resize", "gpu"], "needs a CUDA device"),
+        (["--methods", "dino", "--decode", "gpu", "--resize", "cpu"], "drop --resize cpu"),
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(small_set, tmp_path, capsys, extra, message):
@@ -297,7 +299,8 @@ def test_gpu_decode_is_a_defining_parameter_and_keeps_the_maps(generated, small_
     assert main([*argv, "--decode", "gpu"]) == 0
     store = open_store(tmp_path / "gpu" / "dino.zarr")
     assert store.attrs["params"]["decode"] == "gpu" and "nvjpeg" in store.attrs["preprocessing"]
-    assert "decode" not in open_store(generated / "dino.zarr").attrs["params"]
+    assert store.attrs["params"]["resize"] == "gpu"
+    assert not {"decode", "resize"} & set(open_store(generated / "dino.zarr").attrs["params"])
     got = store.get_batch(four).astype(np.float32)
     want = open_store(generated / "dino.zarr").get_batch(four).astype(np.float32)
     stats = agreement(got, want)
@@ -309,6 +312,35 @@ def test_gpu_decode_is_a_defining_parameter_and_keeps_the_maps(generated, small_
     assert main([*argv, "--decode", "gpu", "--overwrite"]) == 2
     assert "torchvision cannot decode JPEGs" in capsys.readouterr().err
     assert open_store(tmp_path / "gpu" / "dino.zarr").attrs["complete"]  # nothing lost
+
+
+def test_gpu_resize_is_a_defining_parameter_and_makes_pils_pixels(
+    generated, small_set, tmp_path, monkeypatch
+):
+    """--resize gpu (the default on CUDA) run on the CPU: the workers only decode, the main
+    process resizes exactly as PIL; the maps are within the bf16 tolerance of the workers'
+    resize (their pixels within 1 grey level), and the store records where the pixels were
+    resized. --resize cpu keeps today's store (same parameters: skipped as complete)."""
+    from attgmae.data import pil_exact
+    from attgmae.maps.agreement import agreement, within_tolerance
+
+    monkeypatch.setattr(pil_exact, "FAST_DEVICE_TYPES", ("cuda", "cpu"))  # auto: gpu here
+    root, _, keys = small_set
+    four = keys[2:6]
+    argv = ["generate", str(root), "--out", str(tmp_path / "resize"), "--file_list",
+            str(write_file_list(tmp_path / "four.txt", four)), "--methods", "dino",
+            "--random_weights", "--device", "cpu", "--batch_size", "4", "--num_workers", "1",
+            "--no_progress"]  # fmt: skip
+    assert main(argv) == 0
+    store = open_store(tmp_path / "resize" / "dino.zarr")
+    assert store.attrs["params"]["resize"] == "gpu" and "decode" not in store.attrs["params"]
+    assert "exactly" in store.attrs["preprocessing"]
+    got = store.get_batch(four).astype(np.float32)
+    want = open_store(generated / "dino.zarr").get_batch(four).astype(np.float32)
+    stats = agreement(got, want)
+    assert within_tolerance(stats) and stats["mean_abs_diff"] < 0.01, stats
+    assert main([*argv, "--resize", "cpu"]) == 2  # never mixed with the workers' resize
+    assert main([*argv, "--resize", "gpu"]) == 0  # complete with these parameters: skipped
 
 
 def test_cuda_backends_pick_the_same_algorithms_in_every_process():

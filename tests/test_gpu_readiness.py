@@ -89,6 +89,7 @@ def test_the_whole_check_runs_small_on_the_cpu_within_its_budget(tmp_path):
     assert scripts == {"train", "generate", "eval", "finetune", "dense"}
     names = {json.loads(line)["name"] for line in figures}
     assert "stage1 dino decode gpu / cpu" in names  # --decode gpu's path, rehearsed on the CPU
+    assert "stage1 dino resize gpu / cpu" in names  # --resize gpu's path too
     summary = (out / "summary.txt").read_text().splitlines()
     assert result.stdout.splitlines()[-len(summary) :] == summary  # the summary ends the output
     assert "NOT MEASURED" in "\n".join(summary)  # the H200 targets, on a CPU
@@ -206,24 +207,27 @@ def test_cores_are_split_by_the_measured_cost_of_each_job():
     assert (cpu_only.pool_workers, cpu_only.loader_workers, cpu_only.device_pool) == (0, 1, False)
 
 
-@pytest.mark.parametrize("decode", ["cpu", "gpu"])
-def test_the_split_is_planned_from_the_decoders_own_worker_job(example_root, monkeypatch,
-                                                              decode):  # fmt: skip
-    """With --decode gpu a loader worker only reads files: that job, not decoding, is what
-    the cores are split by (the eigensolves then get nearly all of them)."""
+@pytest.mark.parametrize("decode, resize, on_device, payload_dims",
+                         [("cpu", "cpu", "", 3), ("cpu", "gpu", "resize", 3),
+                          ("gpu", "gpu", "decode", 1)])  # fmt: skip
+def test_the_split_is_planned_from_the_decoders_own_worker_job(
+    example_root, monkeypatch, decode, resize, on_device, payload_dims
+):
+    """With --resize gpu a loader worker only decodes, with --decode gpu it only reads files:
+    that job is what the cores are split by (the eigensolves then get more of them)."""
     from attgmae.pipelines import generate, generate_workers
 
     timed = []
     monkeypatch.setattr(generate_workers, "decode_seconds", lambda job: timed.append(job) or 2e-3)
     monkeypatch.setattr(generate_workers, "resolve", lambda ref: lambda p, device, b: (1e-3, None))
     cfg = generate.GenerateConfig(str(example_root / "train"), "unused", decode=decode,
-                                  batch_size=8)  # fmt: skip
+                                  resize=resize, batch_size=8)  # fmt: skip
     keys = list_images(example_root / "train")
     costs = generate_workers.measure_costs(cfg, {"tokencut": {}}, keys, torch.device("cuda"))
     assert costs == JobCosts(decode_s=2e-3, pool_s=1e-3, device_pool_s=None)
-    assert timed[0].on_device is (decode == "gpu") and timed[0].keys == keys
+    assert timed[0].on_device == on_device and timed[0].keys == keys
     payload = timed[0][0][1]  # what that job hands on for the first image
-    assert payload.dim() == (1 if decode == "gpu" else 3)
+    assert payload.dim() == payload_dims and (resize == "cpu") == (payload.shape[0] == 224)
 
 
 def test_the_tokencut_solver_choice_is_checked(four_images, tmp_path, capsys):

@@ -189,7 +189,7 @@ def test_images_above_the_limit_are_refused_before_decoding(photo, tmp_path, mon
     _, pixels, reason, _ = DecodedImages(tmp_path, ["big.png"])[0]
     assert pixels is None and reason.startswith("image too large")
     for name in ("big.png", "big.jpg"):  # --decode gpu: no bytes sent on to the GPU either
-        _, payload, reason, _ = DecodedImages(tmp_path, [name], on_device=True)[0]
+        _, payload, reason, _ = DecodedImages(tmp_path, [name], on_device="decode")[0]
         assert payload is None and reason.startswith("image too large"), name
 
 

@@ -239,8 +239,8 @@ def test_shard_items_for_the_gpu_decoder_are_the_folders(packed):
     root, _, pattern = packed
     shards = open_shards(pattern)
     keys = ShardReader(shards).keys()
-    folder = DecodedImages(root / "train", keys, on_device=True)
-    packed_images = ShardImages(shards, keys, on_device=True)
+    folder = DecodedImages(root / "train", keys, on_device="decode")
+    packed_images = ShardImages(shards, keys, on_device="decode")
     for row in (0, len(keys) - 1):
         got, want = packed_images[row][1], folder[row][1]
         assert got.dim() == 1 and torch.equal(got, want)

@@ -1,16 +1,18 @@
-"""Stage-1 pixels decoded on the GPU: ``attg-maps generate --decode gpu``.
+"""Stage-1 pixels made on the GPU: ``attg-maps generate --resize gpu`` and ``--decode gpu``.
 
-The loader workers then only read the files: a plain colour JPEG (``is_plain_colour_jpeg``,
-the ImageNet case) travels as its bytes, the rest (PNG, grayscale, CMYK, truncated files) is
-decoded there by ``decode_rgb`` as on the CPU path and travels as full-size pixels. On the device
+With ``--resize gpu`` (the default on CUDA) the loader workers only decode (``decode_rgb``, as
+on the CPU path) and send the full-size pixels; with ``--decode gpu`` they only read the files:
+a plain colour JPEG (``is_plain_colour_jpeg``, the ImageNet case) travels as its bytes, the rest
+(PNG, grayscale, CMYK, truncated files) is decoded there and travels as pixels. On the device
 (``device_pixels``) nvjpeg decodes the batch's JPEGs at once (torchvision's ``decode_jpeg`` on a
 CUDA device: the GPU's hardware JPEG engines for baseline files), a file it refuses is decoded
 by ``decode_rgb`` after all (so its failure reason is the CPU path's), and every image is
-resized to 224x224 there by ``float_resize_like_pil`` (PIL's bilinear within 1 grey level).
+resized to 224x224 there by ``pil_exact.resize_like_pil``: PIL's bilinear, exactly.
 
 nvjpeg's IDCT and chroma upsampling are its own, so its pixels differ slightly from
 libjpeg-turbo's (docs/benchmarks.md has the measured difference): the stores record
-``decode: gpu`` among their defining parameters, so one store never mixes the two decoders.
+``decode: gpu`` (and ``resize: gpu``) among their defining parameters, so one store never mixes
+pixels made in different places.
 """
 
 from __future__ import annotations
@@ -29,13 +31,19 @@ from attgmae.data.images import (
     jpeg_decoder,
     writable,
 )
-from attgmae.data.pil_resize import float_resize_like_pil
+from attgmae.data.packed import PackedBatch
+from attgmae.data.pil_exact import resize_like_pil
 
 PREPROCESSING_GPU = (
     "plain colour JPEGs decoded by nvjpeg on the GPU (torchvision decode_jpeg, device cuda), "
     "other files by decode_rgb (PIL convert('RGB')), no EXIF rotation -> whole image resized "
-    "to 224x224 without cropping on the GPU (PIL's antialiased bilinear filter: float32 passes "
-    "in PIL's order, each rounded half up) -> /255 -> ImageNet mean/std"
+    "to 224x224 without cropping on the GPU (PIL's antialiased bilinear filter, exactly: its "
+    "integer weights in float64 matrix products) -> /255 -> ImageNet mean/std"
+)
+PREPROCESSING_RESIZE_GPU = (
+    "decode_rgb (PIL convert('RGB'), no EXIF rotation) in the loader workers -> whole image "
+    "resized to 224x224 without cropping on the GPU (PIL's antialiased bilinear filter, "
+    "exactly: its integer weights in float64 matrix products) -> /255 -> ImageNet mean/std"
 )
 
 
@@ -59,29 +67,33 @@ def check_device_decoder(device) -> None:
         ) from None
 
 
-def worker_payload(data: bytes, name) -> torch.Tensor:
+def worker_payload(data: bytes, name, jpeg_bytes: bool = True) -> torch.Tensor:
     """What a loader worker sends for one image file's ``data``: uint8 [n] (the JPEG's bytes,
-    for nvjpeg) or uint8 [H, W, 3] (decoded here). ImageDecodeError as ``decode_rgb``."""
-    if is_plain_colour_jpeg(data, name):
+    for nvjpeg; only with ``jpeg_bytes``) or uint8 [H, W, 3] (decoded here). ImageDecodeError
+    as ``decode_rgb``."""
+    if jpeg_bytes and is_plain_colour_jpeg(data, name):
         return torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return torch.from_numpy(writable(decode_rgb_bytes(data, name)))
 
 
-def device_pixels(payloads: list, reasons: list, names: list[str], device) -> tuple:
-    """A batch of ``worker_payload``s (None where the worker failed, ``reasons`` saying why)
+def device_pixels(batch: PackedBatch, reasons: list, names: list[str], device) -> tuple:
+    """A batch of ``worker_payload``s (no item where the worker failed, ``reasons`` saying why)
     -> (uint8 [B, 224, 224, 3] on ``device``, zeros where failed; the reasons, with those of
     files that did not decode here added). ``names`` name the files in errors."""
     reasons = list(reasons)
     size = (MAP_INPUT_SIZE, MAP_INPUT_SIZE)
-    pixels = torch.zeros((len(payloads), *size, 3), dtype=torch.uint8, device=device)
-    jpegs = [i for i, p in enumerate(payloads) if p is not None and p.dim() == 1]
-    decoded = dict(zip(jpegs, _decode_jpegs([payloads[i] for i in jpegs], device)))
+    pixels = torch.zeros((len(batch), *size, 3), dtype=torch.uint8, device=device)
+    on_host = batch.items()  # JPEG bytes stay on the host: decode_jpeg reads them there
+    decoded_here = any(shape is not None and len(shape) == 3 for shape in batch.shapes)
+    on_device = batch.items(device) if decoded_here else on_host  # one copy for the batch
+    jpegs = [i for i, p in enumerate(on_host) if p is not None and p.dim() == 1]
+    decoded = dict(zip(jpegs, _decode_jpegs([on_host[i] for i in jpegs], device)))
     by_size: dict[tuple, list[tuple[int, torch.Tensor]]] = {}  # [3, H, W] -> (row, image)
-    for i, payload in enumerate(payloads):
+    for i, payload in enumerate(on_host):
         if payload is None:
             continue
         if payload.dim() == 3:  # decoded by the worker
-            chw = payload.to(device, non_blocking=True).permute(2, 0, 1)
+            chw = on_device[i].permute(2, 0, 1)
         elif decoded[i] is not None:
             chw = decoded[i]
         else:  # refused by nvjpeg: the CPU decoder decodes it or names the error
@@ -95,8 +107,7 @@ def device_pixels(payloads: list, reasons: list, names: list[str], device) -> tu
     for group in by_size.values():  # one resize per image size (ImageNet has few)
         rows = [i for i, _ in group]
         same_size = torch.stack([chw for _, chw in group])  # [n, 3, H, W]
-        resized = float_resize_like_pil(same_size, size, Image.BILINEAR)
-        pixels[rows] = resized.permute(0, 2, 3, 1)
+        pixels[rows] = resize_like_pil(same_size, size, Image.BILINEAR).permute(0, 2, 3, 1)
     return pixels, reasons
 
 

@@ -29,6 +29,7 @@ from attgmae.core.constants import MAP_INPUT_SIZE as INPUT_SIZE
 from attgmae.core.identity import UNKNOWN, image_identity
 from attgmae.data.device_decode import worker_payload
 from attgmae.data.images import ImageDecodeError, decode_rgb_bytes, read_image_bytes, writable
+from attgmae.data.packed import pack
 from attgmae.data.pil_resize import torch_resize_like_pil
 from attgmae.data.transforms import normalize_images
 
@@ -38,6 +39,7 @@ PREPROCESSING = (
     "passes in PIL's order) -> "
     "/255 -> ImageNet mean/std"
 )
+ON_DEVICE = ("", "resize", "decode")  # what the device does of the decode + resize
 
 
 def resize_uint8(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
@@ -75,11 +77,13 @@ class DecodedImages(Dataset):
     one unreadable JPEG must not stop an ImageNet run. ``identity``: (size, mtime_ns) of the file
     as stat'ed just before decoding (``core.identity``; UNKNOWN when it cannot be stat'ed), kept
     with the map so that an image replaced later is noticed; a change during the decode shows as
-    a change later, the safe side. ``on_device``: the second item is instead what
-    ``device_decode.worker_payload`` sends (``--decode gpu``: decoded and resized on the GPU).
+    a change later, the safe side. ``on_device`` (ON_DEVICE): what the device does instead,
+    the second item then being what ``device_decode.worker_payload`` sends: "resize" (the
+    decoded full-size pixels; ``--resize gpu``) or "decode" (the JPEG's bytes; ``--decode gpu``).
     """
 
-    def __init__(self, root, keys: list[str], on_device: bool = False):
+    def __init__(self, root, keys: list[str], on_device: str = ""):
+        check_on_device(on_device)
         self.root = Path(root)
         self.keys = keys
         self.on_device = on_device
@@ -96,13 +100,19 @@ class DecodedImages(Dataset):
         return image_item(row, lambda: read_image_bytes(path), path, identity, self.on_device)
 
 
-def image_item(row: int, read, name, identity, on_device: bool) -> tuple:
+def check_on_device(on_device: str) -> None:
+    if on_device not in ON_DEVICE:
+        raise ValueError(f"on_device {on_device!r}: one of {ON_DEVICE}")
+
+
+def image_item(row: int, read, name, identity, on_device: str) -> tuple:
     """A dataset item of one image whose bytes ``read()`` returns: (row, uint8 [224, 224, 3]
     or the device payload, None, identity), or (row, None, failure reason, identity)."""
     try:
         data = read()
         if on_device:
-            return row, worker_payload(data, name), None, identity
+            payload = worker_payload(data, name, jpeg_bytes=on_device == "decode")
+            return row, payload, None, identity
         image = decode_rgb_bytes(data, name)  # uint8 [H, W, 3]
         return row, torch.from_numpy(writable(resize_uint8(image))), None, identity
     except ImageDecodeError as err:
@@ -123,10 +133,10 @@ def collate_decoded(items):
 
 
 def collate_payloads(items):
-    """``collate_decoded`` of ``on_device`` items: the payloads as a list (None where failed),
-    for ``device_decode.device_pixels``."""
+    """``collate_decoded`` of ``on_device`` items: the payloads packed in one buffer (no item
+    where failed), for ``device_decode.device_pixels``."""
     rows, reasons, identities = _collate_records(items)
-    return rows, [item[1] for item in items], reasons, identities
+    return rows, pack([item[1] for item in items]), reasons, identities
 
 
 def _collate_records(items) -> tuple:
@@ -137,7 +147,7 @@ def _collate_records(items) -> tuple:
 
 def decode_seconds(dataset, samples: int = 8) -> float:
     """Seconds per image of a loader worker's job (``dataset``'s items: decode + resize, or
-    just the reads with ``on_device``; one thread, as in a worker) on up to ``samples`` images
+    less with ``on_device``; one thread, as in a worker) on up to ``samples`` images
     spread over it; one more first, untimed (imports)."""
     count = len(dataset)
     picks = np.linspace(0, count - 1, min(count, samples + 1)).round().astype(int).tolist()

@@ -73,24 +73,3 @@ def support_band(length: int, out_length: int, start: int, count: int, resample)
     first = (start + 0.5) * scale - support
     last = (start + count - 0.5) * scale + support
     return range(max(int(first + 0.5) - 1, 0), min(int(last + 0.5) + 1, length))
-
-
-def float_resize_like_pil(chw: torch.Tensor, size: tuple[int, int], resample) -> torch.Tensor:
-    """uint8 [3, H, W] or [n, 3, H, W] on any device -> uint8 [(n,) 3, *size]: PIL's two
-    passes in PIL's order, each in float32 by torch's antialiased ``interpolate`` and rounded
-    half up as PIL rounds (for devices where torchvision has no uint8 kernel: CUDA). Within 1
-    grey level of PIL (tested)."""
-    height, width = chw.shape[-2:]
-    out_height, out_width = size
-    steps = [(out_height, width), (out_height, out_width)]
-    if not pil_resizes_height_first(width, height, out_width, out_height):
-        steps[0] = (height, out_width)
-    image = chw.reshape(-1, *chw.shape[-3:]).float()
-    mode = _MODES[resample].value
-    for step in steps:
-        if tuple(image.shape[-2:]) != step:
-            image = torch.nn.functional.interpolate(
-                image, size=step, mode=mode, align_corners=False, antialias=True
-            )
-            image = image.add_(0.5).floor_().clamp_(0, 255)  # PIL: (sum + half) >> bits, clipped
-    return image.reshape(*chw.shape[:-2], out_height, out_width).to(torch.uint8)

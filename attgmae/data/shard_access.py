@@ -17,7 +17,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from attgmae.core.identity import UNKNOWN
-from attgmae.data.map_inputs import image_item
+from attgmae.data.map_inputs import check_on_device, image_item
 from attgmae.data.shards import KEY, ShardError, ShardSample, ShardSet, decode_sample
 
 
@@ -123,7 +123,8 @@ class ShardImages(Dataset):
     file to stat)). A sample whose checksum fails is an error (damage), an image that does not
     decode a failure record."""
 
-    def __init__(self, shards: ShardSet, keys: list[str], on_device: bool = False):
+    def __init__(self, shards: ShardSet, keys: list[str], on_device: str = ""):
+        check_on_device(on_device)
         self.reader = ShardReader(shards)
         self.keys = keys
         self.on_device = on_device

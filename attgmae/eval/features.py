@@ -39,9 +39,11 @@ from attgmae.core.listing import folder_labels, list_split, split_root
 from attgmae.core.progress import Progress
 from attgmae.core.signals import ignore_stop_signals
 from attgmae.core.torchfile import CheckpointError, load_torch_file, save_torch_file
+from attgmae.data import pil_exact
 from attgmae.data.images import ImageDecodeError, decode_rgb
+from attgmae.data.packed import PackedBatch
 from attgmae.data.transforms import normalize_images
-from attgmae.eval.transforms import EvalPixels
+from attgmae.eval.transforms import DeviceEvalPixels, EvalPixels
 from attgmae.models.tokens import features as encoder_features
 
 CACHE_VERSION = 4  # 2: the whole description and images' identities; 3: uint8 pixels; 4: exact
@@ -136,6 +138,8 @@ class LabelledImages(Dataset):
 def make_loader(
     dataset, batch_size, num_workers, device, shuffle=False, drop_last=False, generator=None
 ):
+    """A DataLoader of ``dataset``, collated by its transform's ``collate`` where it has one
+    (``DeviceEvalPixels``: full-size images packed in one buffer)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -145,6 +149,7 @@ def make_loader(
         pin_memory=torch.device(device).type == "cuda",
         persistent_workers=False,
         generator=generator,
+        collate_fn=getattr(getattr(dataset, "transform", None), "collate", None),
         # SIGTERM / SIGUSR1 are the main process's to answer (runs that resume save first)
         worker_init_fn=ignore_stop_signals,
     )
@@ -162,8 +167,9 @@ def autocast_for(device, precision: str = "auto"):
 def extract_features(model, loader, device, pool="cls", precision="auto", progress=None):
     """Features of every image the loader yields -> (float32 [N, D] on CPU, labels [N], img/s).
 
-    Batches of uint8 pixels (``EvalPixels``) are normalized on the device; float batches are
-    taken as normalized. Rows are placed by the dataset row index each batch carries, so the
+    Batches of uint8 pixels (``EvalPixels``) are normalized on the device, packed full-size
+    images (``DeviceEvalPixels``) resized and cropped there first; float batches are taken as
+    normalized. Rows are placed by the dataset row index each batch carries, so the
     order is the split's. On CUDA nothing waits for the device per batch: features stay there
     and come to the host about every ``FLUSH_BYTES`` (one wait per many batches), so the next
     batches' uploads and forwards queue up while the workers decode.
@@ -175,6 +181,8 @@ def extract_features(model, loader, device, pool="cls", precision="auto", progre
     row_batches, label_batches = [], []
     start, seen = time.perf_counter(), 0
     for imgs, targets, rows in loader:
+        if isinstance(imgs, PackedBatch):
+            imgs = dataset.transform.on_device(imgs, device)
         imgs = imgs.to(device, non_blocking=True)
         if imgs.dtype == torch.uint8:
             imgs = normalize_images(imgs)
@@ -246,10 +254,14 @@ def encoder_description(info, cfg) -> dict:
     }
 
 
-def split_transform(input_size: int) -> EvalPixels:
+def split_transform(input_size: int, device) -> EvalPixels:
     """The feature transform: Resize(input * 256 / 224, bicubic) + CenterCrop(input), uint8 out
-    of the workers (normalized on the device)."""
-    return EvalPixels(input_size, round(input_size * 256 / 224))
+    of the workers (normalized on the device); on a device that runs PIL's exact resize fast
+    (CUDA: ``pil_exact.fast_on``) the resize and crop move there, the workers only decode."""
+    resize_size = round(input_size * 256 / 224)
+    if pil_exact.fast_on(device):
+        return DeviceEvalPixels(input_size, resize_size)
+    return EvalPixels(input_size, resize_size)
 
 
 def feature_description(
@@ -267,7 +279,7 @@ def feature_description(
         "precision": resolve_precision(precision, device),
         "device_type": torch.device(device).type,  # CUDA convolutions round otherwise (TF32)
         "input_size": int(input_size),
-        "transform": repr(split_transform(input_size)),
+        "transform": repr(split_transform(input_size, device)),
         "split": split_name,
         "root": str(Path(split.root).resolve()),
         "num_images": len(split.keys),
@@ -403,7 +415,7 @@ def split_features(
     of = f" (rank 0's share of {len(split.keys)})" if info.distributed else ""
     with Progress(len(share.keys), f"{split_name} features{of}", enabled=info.is_main) as bar:
         if share.keys:
-            dataset = LabelledImages(share, split_transform(input_size))
+            dataset = LabelledImages(share, split_transform(input_size, device))
             loader = make_loader(dataset, batch_size, num_workers, device)
             feats, _, _ = extract_features(
                 model, loader, device, pool, precision, progress=bar.moved_to

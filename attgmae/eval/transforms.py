@@ -7,6 +7,9 @@
   ``eval_transform``'s pixels (tested), and no float tensors out of the loader workers; the
   batch is normalized on the device
   (``attgmae.data.transforms.normalize_images``).
+- ``DeviceEvalPixels``: the same pixels split between the workers (decode only) and the device
+  (PIL's resize and crop exactly, ``attgmae.data.pil_exact``): the extraction's transform on
+  CUDA, where it frees the workers of the resize.
 - ``probe_train_transform``: MAE's linear-probe augmentation, RandomResizedCrop(224, bicubic)
   with MAE's single-draw crop (as TF/BYOL: no retry loop, the box clipped to the image) + flip.
 - ``finetune_train_transform``: MAE's fine-tuning augmentation (DeiT's), timm's
@@ -30,6 +33,9 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from attgmae.core.constants import IMAGENET_MEAN, IMAGENET_STD
+from attgmae.data.images import writable
+from attgmae.data.packed import PackedBatch, pack
+from attgmae.data.pil_exact import resize_crop_like_pil
 from attgmae.data.pil_resize import (
     pil_resizes_height_first,
     support_band,
@@ -97,6 +103,43 @@ class EvalPixels:
 
     def __repr__(self) -> str:
         return f"EvalPixels(Resize({self.resize_size}, bicubic) + CenterCrop({self.input_size}))"
+
+
+class DeviceEvalPixels(EvalPixels):
+    """``EvalPixels`` with the resize and crop on the device, PIL's pixels exactly: the loader
+    workers only decode (``__call__``: the full-size uint8 [H, W, 3]), ``collate`` packs a
+    batch into one buffer, ``on_device`` makes uint8 [B, 3, S, S] of it there, one resize per
+    image size (the float64 products of ``pil_exact``, fast on a GPU only)."""
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(writable(image))
+
+    @staticmethod
+    def collate(items) -> tuple[PackedBatch, torch.Tensor, torch.Tensor]:
+        """(image, label, row) items -> (packed images, labels [B], rows [B])."""
+        labels = torch.tensor([item[1] for item in items], dtype=torch.int64)
+        rows = torch.tensor([item[2] for item in items], dtype=torch.int64)
+        return pack([item[0] for item in items]), labels, rows
+
+    def on_device(self, batch: PackedBatch, device) -> torch.Tensor:
+        images = batch.items(device)
+        crop = self.input_size
+        out = torch.empty((len(images), 3, crop, crop), dtype=torch.uint8, device=device)
+        by_size: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape), []).append(i)
+        for (height, width, _), rows in by_size.items():
+            out_width, out_height = resized_size(width, height, self.resize_size)
+            top = int(round((out_height - crop) / 2.0))  # torchvision's CenterCrop anchor
+            left = int(round((out_width - crop) / 2.0))
+            same_size = torch.stack([images[i] for i in rows]).permute(0, 3, 1, 2)
+            out[rows] = resize_crop_like_pil(
+                same_size, (out_height, out_width), Image.BICUBIC, (top, left, crop, crop)
+            )
+        return out
+
+    def __repr__(self) -> str:
+        return super().__repr__() + " exactly, on the device"
 
 
 def _pil_resize(image: np.ndarray, out_length: int, axis: int) -> np.ndarray:
