@@ -136,6 +136,23 @@ def eigensolve_job(graphs: int):
     return lambda i: ncut.ncut_map(adjacency[i % graphs], params["eps"], params["map"])
 
 
+def transfer_seconds(item_bytes: int, batch: int = 256, rounds: int = 3) -> float:
+    """Seconds per item to write a batch of ``item_bytes`` items into a fresh shared-memory
+    buffer, as a worker's batch leaves it (the DataLoader's collate and ``packed.pack`` make it
+    there; the kernel zero-fills each new page on first touch); fastest of ``rounds``."""
+    item = torch.ones(item_bytes, dtype=torch.uint8)
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        shared = torch.UntypedStorage._new_shared(item_bytes * batch)
+        buffer = torch.empty(0, dtype=torch.uint8).set_(shared)
+        for i in range(batch):
+            buffer[i * item_bytes : (i + 1) * item_bytes].copy_(item)
+        best = min(best, (time.perf_counter() - started) / batch)
+        del buffer, shared
+    return best
+
+
 def stage1_agreement(dataset: DecodedImages, paths) -> tuple[int, float]:
     diffs = [
         np.abs(dataset[row][1].numpy().astype(int) - today_stage1(path).numpy())
@@ -197,6 +214,15 @@ def main(argv=None) -> None:
             }, len(paths), args.rounds)  # fmt: skip
         worst, mean = stage1_agreement(stage1, paths)
         eval_worst, eval_mean = eval_agreement(paths)
+        # what each job's item weighs on its way out of the worker
+        full_size = int(np.mean([np.prod(stage1_decodes[i][1].shape) for i in range(len(keys))]))
+        file_size = int(np.mean([path.stat().st_size for path in paths]))
+        pixels224 = 224 * 224 * 3
+        item_bytes = {"stage1 new": pixels224, "stage1 today": pixels224,
+                      "stage1 gpu resize": full_size, "stage1 gpu decode": file_size,
+                      "eval new": pixels224, "eval gpu resize": full_size,
+                      "eval today": pixels224 * 4}  # fmt: skip
+        transfer = {size: transfer_seconds(size) for size in set(item_bytes.values())}
 
     per_core = "img/s per core"
     for job, note in (("stage1", f"pixels vs today: max {worst}, mean {mean:.4f} grey levels"),
@@ -222,6 +248,23 @@ def main(argv=None) -> None:
            note=f"the worker reads the file and its header; {reads / rates['stage1 today']:.0f}x "
            "today's job, the decode and resize then on the GPU (their rate: benchmarks/"
            "generate.py on CUDA)")  # fmt: skip
+
+    for size, label in ((pixels224, "uint8 224 px image"), (full_size, "full-size image"),
+                        (pixels224 * 4, "float32 224 px image (today's eval)"),
+                        (file_size, "JPEG file's bytes")):  # fmt: skip
+        figure(f"cpu transfer of a {label} through /dev/shm", transfer[size] * 1e6, "us",
+               note=f"{size / 1024:.0f} KiB, per image of a 256-image batch, fresh pages")
+    # the per-core figures again, each job's item also written into shared memory
+    sent = {name: 1 / (1 / rates[name] + transfer[size]) for name, size in item_bytes.items()}
+    for name, label in (("stage1 new", "stage1 job new"),
+                        ("stage1 gpu resize", "stage1 job with --resize gpu"),
+                        ("stage1 gpu decode", "stage1 job with --decode gpu"),
+                        ("eval new", "eval job new"),
+                        ("eval gpu resize", "eval job with the device's resize")):  # fmt: skip
+        today_sent = sent[f"{name.split()[0]} today"]
+        figure(f"cpu {label} incl. transfer / today", sent[name] / today_sent, "x",
+               note=f"{sent[name]:.0f} vs {today_sent:.0f} img/s per core, each job's "
+               "item also written into /dev/shm as a worker sends it")  # fmt: skip
 
     # 16-core ceilings: stage 1 with TokenCut, split by plan_workers from the measured costs.
     costs = JobCosts(1 / rates["stage1 new"], 1 / rates["eigensolve"])

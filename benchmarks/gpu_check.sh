@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU check in one short run (one H200: 420 s of step limits), for a session lent a
+# The whole GPU check in one short run (one H200: 430 s of step limits), for a session lent a
 # GPU machine. From the repository root there, through the device tool with `carry: [".whl"]`:
 #   bash benchmarks/gpu_check.sh                      # CUDA, full settings
 #   DEVICE=cpu SMALL=1 bash benchmarks/gpu_check.sh   # the same steps, tiny, to test the script
@@ -99,10 +99,10 @@ if [ "$SMALL" = 1 ]; then
 else
   # Most important first, a cold compile late: the stage-2 figures that need no compile
   # (seconds), stage 1, evaluation, then the compiled guided ViT-L/16 end to end (a minute or
-  # more of cold compilation), fine-tuning (compiled too), the dense tasks. 420 s of limits.
+  # more of cold compilation), fine-tuning (compiled too), the dense tasks. 430 s of limits.
   step train 45 $PY benchmarks/train.py --device cuda --model mae_vit_large_patch16 \
     --batch_size 256 --steps 10 --loader_images 8192 --workers 15 --part figures
-  step generate 100 $PY benchmarks/generate.py --device cuda --images 8192 --batch_size 256 \
+  step generate 110 $PY benchmarks/generate.py --device cuda --images 8192 --batch_size 256 \
     --reference_images 32 --agreement_images 256
   step eval 60 $PY benchmarks/eval.py --device cuda --full
   step train-end-to-end 110 $PY benchmarks/train.py --device cuda \
