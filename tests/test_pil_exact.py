@@ -63,11 +63,16 @@ def test_the_weights_are_pils_integers_summing_to_one_in_22_bits():
     assert np.array_equal(identity, np.eye(50) * (1 << 22))
 
 
-def test_a_batch_of_same_size_images_resizes_as_each_alone():
+def test_a_batch_of_same_size_images_resizes_as_each_alone(monkeypatch):
+    """Also when the batch is resized a few images at a time (its float64 copy too large)."""
+    from attgmae.data import pil_exact
+
     rng = np.random.default_rng(6)
-    images = rng.integers(0, 256, (3, 3, 60, 80), np.uint8)
+    images = rng.integers(0, 256, (5, 3, 60, 80), np.uint8)
     batch = resize_like_pil(torch.from_numpy(images), (30, 50), Image.BILINEAR)
-    for i in range(3):
+    monkeypatch.setattr(pil_exact, "CHUNK_BYTES", 2 * 8 * 3 * 60 * 80)  # two images a call
+    assert torch.equal(resize_like_pil(torch.from_numpy(images), (30, 50), Image.BILINEAR), batch)
+    for i in range(5):
         alone = resize_like_pil(torch.from_numpy(images[i : i + 1]), (30, 50), Image.BILINEAR)
         assert torch.equal(batch[i], alone[0])
 

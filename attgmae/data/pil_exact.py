@@ -28,6 +28,11 @@ PRECISION_BITS = 22  # PIL's: 32 bits - 8 for the result - 2 for the overflow of
 FAST_DEVICE_TYPES = ("cuda",)
 
 
+# float64 working memory per resize call: a batch of same-size large photos is resized a few
+# images at a time (256 phone photos of 12 MP would be 75 GB at once)
+CHUNK_BYTES = 1 << 30
+
+
 def fast_on(device) -> bool:
     """Whether ``device`` runs the exact resize fast enough to take it off the CPU workers."""
     return torch.device(device).type in FAST_DEVICE_TYPES
@@ -100,7 +105,18 @@ def resize_crop_like_pil(
 ) -> torch.Tensor:
     """uint8 [n, 3, H, W] (any device) -> uint8 [n, 3, h, w]: PIL's ``resize`` to ``size``
     (height, width) with ``resample`` (Image.BILINEAR or BICUBIC), then the crop ``box`` (top,
-    left, h, w) of the result (None: the whole image), exactly PIL's pixels."""
+    left, h, w) of the result (None: the whole image), exactly PIL's pixels. A few images at a
+    time when the batch's float64 copy would pass ``CHUNK_BYTES``."""
+    per_image = 8 * images[0].numel() if len(images) else 1
+    step = max(1, CHUNK_BYTES // per_image)
+    if len(images) > step:
+        parts = [_resize_crop(images[i : i + step], size, resample, box)
+                 for i in range(0, len(images), step)]  # fmt: skip
+        return torch.cat(parts)
+    return _resize_crop(images, size, resample, box)
+
+
+def _resize_crop(images, size, resample, box) -> torch.Tensor:
     height, width = images.shape[-2:]
     out_height, out_width = size
     top, left, crop_height, crop_width = box or (0, 0, out_height, out_width)
