@@ -17,6 +17,7 @@ from attgmae.eval.transforms import eval_transform, resized_size
 # shrunk, enlarged, tall (PIL's vertical pass first), wide, one axis unchanged, tiny
 SIZES = ((400, 390), (500, 375), (333, 500), (257, 1000), (1000, 257), (224, 300), (120, 90),
          (7, 5))  # fmt: skip
+EDGES = ((1, 1), (9, 1), (2, 3000))  # one pixel, one column, a sliver (width, height)
 
 
 def _chw(image: np.ndarray) -> torch.Tensor:
@@ -26,11 +27,11 @@ def _chw(image: np.ndarray) -> torch.Tensor:
 @pytest.mark.parametrize("resample", [Image.BILINEAR, Image.BICUBIC])
 def test_the_resize_is_pils_bit_for_bit(resample):
     rng = np.random.default_rng(4)
-    for width, height in SIZES:
+    for width, height in SIZES + EDGES:
         noise = rng.integers(0, 256, (height, width, 3), np.uint8)
         photo = photo_like_image(rng, (width, height)) if min(width, height) > 16 else noise
         for image in (photo, noise):
-            for out in ((224, 224), (300, 130), (height, 97)):  # (height, width)
+            for out in ((224, 224), (300, 130), (height, 97), (1, 1)):  # (height, width)
                 want = np.asarray(Image.fromarray(image).resize(out[::-1], resample))
                 got = resize_like_pil(_chw(image), out, resample)[0].permute(1, 2, 0).numpy()
                 np.testing.assert_array_equal(got, want, err_msg=f"{width}x{height} -> {out}")
