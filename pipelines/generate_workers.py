@@ -5,6 +5,7 @@ machine (``attgmae.core.resources.plan_workers``); every rank then solves in the
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from attgmae.core import distributed
@@ -34,17 +35,32 @@ def measure_costs(cfg, params: dict, keys, device) -> JobCosts | None:
     return JobCosts(decode_seconds(loader_job), pool_s, device_s)
 
 
-def worker_plan(cfg, methods, device: torch.device, costs=None,
-                device_pool: bool | None = None) -> WorkerPlan:  # fmt: skip
+def item_bytes(cfg, keys, samples: int = 8) -> int:
+    """Bytes one image takes out of a loader worker: its uint8 224 px pixels, or with the
+    device's share of the work (``device_work``) the largest payload of ``samples`` images spread
+    over ``keys`` (full-size pixels, or a JPEG's bytes), so that /dev/shm is planned for them."""
+    pixels224 = MAP_INPUT_SIZE * MAP_INPUT_SIZE * 3
+    on_device = device_work(cfg)
+    if not on_device or not keys:
+        return pixels224
+    dataset = decoded_images(cfg.images_root, keys, on_device)
+    picks = np.linspace(0, len(keys) - 1, min(len(keys), samples)).round().astype(int)
+    payloads = [dataset[int(row)][1] for row in sorted(set(picks.tolist()))]
+    return max((p.numel() for p in payloads if p is not None), default=pixels224)
+
+
+def worker_plan(cfg, methods, device: torch.device, costs=None, device_pool: bool | None = None,
+                image_bytes: int = MAP_INPUT_SIZE * MAP_INPUT_SIZE * 3) -> WorkerPlan:  # fmt: skip
     """Loader workers and pool processes (TokenCut's eigensolves) for this machine's cores and
-    shared memory, split by the measured ``costs``; explicit --num_workers / --tokencut_workers
-    are kept (or refused); ``device_pool`` None: --tokencut_solver's choice."""
+    shared memory (``image_bytes`` an image out of a worker: ``item_bytes``), split by the
+    measured ``costs``; explicit --num_workers / --tokencut_workers are kept (or refused);
+    ``device_pool`` None: --tokencut_solver's choice."""
     return plan_workers(
         cfg.num_workers,
         cfg.tokencut_workers,
         uses_pool=any(METHODS[m].pool is not None for m in methods),
         gpu=device.type == "cuda",
-        batch_bytes=cfg.batch_size * MAP_INPUT_SIZE * MAP_INPUT_SIZE * 3,  # uint8 pixels
+        batch_bytes=cfg.batch_size * image_bytes,
         costs=costs,
         device_pool=SOLVERS[cfg.tokencut_solver] if device_pool is None else device_pool,
     )
@@ -54,8 +70,9 @@ def agreed_plan(cfg, params: dict, keys, device, info) -> WorkerPlan:
     """Every rank plans its own processes; all of them solve where any one found the GPU
     faster, so one store never mixes two solvers' round-off."""
     costs = measure_costs(cfg, params, keys, device)
-    plan = worker_plan(cfg, list(params), device, costs)
+    image_bytes = item_bytes(cfg, keys)
+    plan = worker_plan(cfg, list(params), device, costs, image_bytes=image_bytes)
     on_gpu = bool(distributed.max_across_ranks(int(plan.device_pool), info))
     if on_gpu != plan.device_pool:
-        plan = worker_plan(cfg, list(params), device, costs, on_gpu)
+        plan = worker_plan(cfg, list(params), device, costs, on_gpu, image_bytes)
     return plan

@@ -230,6 +230,27 @@ def test_the_split_is_planned_from_the_decoders_own_worker_job(
     assert payload.dim() == payload_dims and (resize == "cpu") == (payload.shape[0] == 224)
 
 
+@pytest.mark.parametrize("decode, resize", [("cpu", "cpu"), ("cpu", "gpu"), ("gpu", "gpu")])
+def test_shared_memory_is_planned_for_what_the_workers_send(example_root, decode, resize):
+    """Full-size pixels (--resize gpu) or a JPEG's bytes (--decode gpu) instead of 224 px ones:
+    /dev/shm is planned for the largest of the sampled images' payloads."""
+    from attgmae.data.images import decode_rgb
+    from attgmae.pipelines import generate, generate_workers
+
+    root = example_root / "train"
+    cfg = generate.GenerateConfig(str(root), "unused", decode=decode, resize=resize,
+                                  batch_size=8)  # fmt: skip
+    keys = list_images(root)
+    picks = sorted(set(np.linspace(0, len(keys) - 1, 8).round().astype(int).tolist()))
+    want = {("cpu", "cpu"): 224 * 224 * 3,
+            ("cpu", "gpu"): max(decode_rgb(root / keys[i]).size for i in picks),
+            ("gpu", "gpu"): max((root / keys[i]).stat().st_size for i in picks)}  # fmt: skip
+    assert generate_workers.item_bytes(cfg, keys) == want[decode, resize]
+    plan = generate_workers.worker_plan(cfg, ["dino"], torch.device("cpu"), image_bytes=want[
+        decode, resize])  # fmt: skip
+    assert plan.loader_workers >= 1
+
+
 def test_the_tokencut_solver_choice_is_checked(four_images, tmp_path, capsys):
     root, listed = four_images
     argv = ["generate", str(root), "--out", str(tmp_path / "m"), "--methods", "tokencut",
