@@ -96,11 +96,15 @@ def make_truth_example():
 
 def _torchrun(module: str, *args, nproc: int = 2, timeout: int = 300):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    # faulthandler: a rank that dies of a signal prints every thread's Python stack first
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="1")
     target = [str(module)] if str(module).endswith(".py") else ["-m", module]  # a script or -m
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node", str(nproc), *target, *map(str, args)]  # fmt: skip
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:  # the whole of it in the failure's report (asserts show a tail)
+        print(proc.stderr, file=sys.stderr)
+    return proc
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """One rank of `attg-eval knn` then `attg-eval linprobe` under torchrun, in one launch and one
 process group (see tests/test_eval_ddp.py): ``torchrun eval_ranks.py KNN_ARGS -- PROBE_ARGS``."""
 
+import gc
 import sys
 
 import torch
@@ -14,5 +15,6 @@ if __name__ == "__main__":
     cut = argv.index("--")
     dist.init_process_group("gloo")  # the commands use it and leave it (one rendezvous)
     code = main(argv[:cut]) or main(argv[cut + 1 :])
+    gc.collect()  # as attgmae.core.distributed.cleanup: DDP wrappers freed before the group
     dist.destroy_process_group()
     sys.exit(code)

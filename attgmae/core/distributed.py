@@ -8,6 +8,7 @@ is above 1. gloo on CPU, nccl on CUDA. One process (world size 1) never touches
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import re
 from dataclasses import dataclass
@@ -176,7 +177,12 @@ def all_gather_rows(tensor: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Leave the process group. What still holds it (a DistributedDataParallel wrapper in a
+    reference cycle, its pending works) is freed first, while the group and the interpreter are
+    alive: freed during the interpreter's shutdown, gloo's threads can abort the process
+    (SIGABRT, "terminate called without an active exception")."""
     if info.distributed and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
