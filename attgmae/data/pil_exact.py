@@ -26,8 +26,6 @@ PRECISION_BITS = 22  # PIL's: 32 bits - 8 for the result - 2 for the overflow of
 # Device types that run these float64 products fast (a CPU core takes ~25 ms for one 400 x 390
 # image, 15x its uint8 kernel): where the resize moves to the device by default.
 FAST_DEVICE_TYPES = ("cuda",)
-
-
 # float64 working memory per resize call: a batch of same-size large photos is resized a few
 # images at a time (256 phone photos of 12 MP would be 75 GB at once)
 CHUNK_BYTES = 1 << 30
