@@ -237,7 +237,12 @@ def compare_decoders(root, keys, work: Path, args) -> None:
         on_device = generate.device_work(args)
         if on_device:
             items = collate_payloads(list(DecodedImages(root, sample, on_device)))
-            made = device_pixels(items[1], items[2], sample, torch.device(args.device))[0]
+            device = torch.device(args.device)
+            made = device_pixels(items[1], items[2], sample, device)[0]  # warm: weights cached
+            rate = max(_pixel_rate(items, sample, device) for _ in range(3))
+            figure(f"stage1 device pixels {name}", rate, "img/s",
+                   note=f"device_pixels alone on {len(sample)} images: the copy to the device"
+                   f"{', nvjpeg' if on_device == 'decode' else ''} and PIL's exact resize")
         else:
             made = collate_decoded(list(DecodedImages(root, sample)))[1]
         pixels[name] = (made.cpu().int() - pil.int()).abs()
@@ -254,6 +259,17 @@ def compare_decoders(root, keys, work: Path, args) -> None:
                f"{workers.float().mean():.4f}; {len(sample)} images); DINO maps vs the workers' "
                f"mean |diff| {stats['mean_abs_diff']:.2e}, foreground agreement "
                f"{stats['foreground_agreement']:.4f} ({ok} the bf16 tolerance)")
+
+
+def _pixel_rate(items, names, device) -> float:
+    """img/s of one ``device_pixels`` call on a collated batch, the device waited for."""
+    from attgmae.data.device_decode import device_pixels
+
+    started = time.perf_counter()
+    device_pixels(items[1], items[2], names, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(names) / (time.perf_counter() - started)
 
 
 def compare_channels_last(batch: int, steps: int = 10) -> None:

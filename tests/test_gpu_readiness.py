@@ -90,6 +90,7 @@ def test_the_whole_check_runs_small_on_the_cpu_within_its_budget(tmp_path):
     names = {json.loads(line)["name"] for line in figures}
     assert "stage1 dino decode gpu / cpu" in names  # --decode gpu's path, rehearsed on the CPU
     assert "stage1 dino resize gpu / cpu" in names  # --resize gpu's path too
+    assert "stage1 device pixels resize gpu" in names  # and the device's share alone
     summary = (out / "summary.txt").read_text().splitlines()
     assert result.stdout.splitlines()[-len(summary) :] == summary  # the summary ends the output
     assert "NOT MEASURED" in "\n".join(summary)  # the H200 targets, on a CPU
