@@ -84,12 +84,18 @@ class EvalPixels:
             raise ValueError(f"resize_size {resize_size} is smaller than the crop {input_size}")
         self.input_size, self.resize_size = input_size, resize_size
 
+    def layout(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(resized width, resized height, crop top, crop left) of a ``width`` x ``height``
+        image: torchvision's Resize size and CenterCrop anchor."""
+        out_width, out_height = resized_size(width, height, self.resize_size)
+        top = int(round((out_height - self.input_size) / 2.0))
+        left = int(round((out_width - self.input_size) / 2.0))
+        return out_width, out_height, top, left
+
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         height, width = image.shape[:2]
-        out_width, out_height = resized_size(width, height, self.resize_size)
+        out_width, out_height, top, left = self.layout(width, height)
         crop = self.input_size
-        top = int(round((out_height - crop) / 2.0))  # torchvision's CenterCrop anchor
-        left = int(round((out_width - crop) / 2.0))
         if pil_resizes_height_first(width, height, out_width, out_height):
             band = support_band(width, out_width, left, crop, Image.BICUBIC)
             part = _pil_resize(image[:, band.start : band.stop], out_height, axis=0)
@@ -129,9 +135,7 @@ class DeviceEvalPixels(EvalPixels):
         for i, image in enumerate(images):
             by_size.setdefault(tuple(image.shape), []).append(i)
         for (height, width, _), rows in by_size.items():
-            out_width, out_height = resized_size(width, height, self.resize_size)
-            top = int(round((out_height - crop) / 2.0))  # torchvision's CenterCrop anchor
-            left = int(round((out_width - crop) / 2.0))
+            out_width, out_height, top, left = self.layout(width, height)
             same_size = torch.stack([images[i] for i in rows]).permute(0, 3, 1, 2)
             out[rows] = resize_crop_like_pil(
                 same_size, (out_height, out_width), Image.BICUBIC, (top, left, crop, crop)
