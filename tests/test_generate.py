@@ -280,31 +280,44 @@ def test_precision_flag_selects_bf16_and_is_recorded(generated, small_set, tmp_p
     assert np.corrcoef(maps_bf16.ravel(), maps_fp32.ravel())[0, 1] > 0.9
 
 
+def _four_image_dino_argv(small_set, tmp_path, out_name: str) -> tuple[list[str], list[str]]:
+    """(argv of a CPU dino run over four of ``small_set``'s images into ``tmp_path/out_name``,
+    those four keys): the runs that compare a pixel path's maps with ``generated``'s."""
+    root, _, keys = small_set
+    four = keys[2:6]
+    argv = ["generate", str(root), "--out", str(tmp_path / out_name), "--file_list",
+            str(write_file_list(tmp_path / "four.txt", four)), "--methods", "dino",
+            "--random_weights", "--device", "cpu", "--batch_size", "4", "--num_workers", "1",
+            "--no_progress"]  # fmt: skip
+    return argv, four
+
+
+def _assert_maps_match_the_workers_path(store, generated, keys) -> None:
+    """``store``'s maps of ``keys`` within the bf16 tolerance of the workers' path's."""
+    from attgmae.maps.agreement import agreement, within_tolerance
+
+    got = store.get_batch(keys).astype(np.float32)
+    want = open_store(generated / "dino.zarr").get_batch(keys).astype(np.float32)
+    stats = agreement(got, want)
+    assert within_tolerance(stats) and stats["mean_abs_diff"] < 0.01, stats
+
+
 def test_gpu_decode_is_a_defining_parameter_and_keeps_the_maps(generated, small_set, tmp_path,
                                                                monkeypatch, capsys):  # fmt: skip
     """--decode gpu's path (payloads from the workers, decode and resize in the main process)
     run on the CPU; its maps stay within the bf16 tolerance of the CPU path's, and a store made
     with it is never resumed or skipped by a run with the other decoder."""
     from attgmae.data import device_decode
-    from attgmae.maps.agreement import agreement, within_tolerance
     from attgmae.pipelines import generate
 
     monkeypatch.setattr(generate, "GPU_DECODE_DEVICES", ("cuda", "cpu"))
-    root, _, keys = small_set
-    four = keys[2:6]
-    argv = ["generate", str(root), "--out", str(tmp_path / "gpu"), "--file_list",
-            str(write_file_list(tmp_path / "four.txt", four)), "--methods", "dino",
-            "--random_weights", "--device", "cpu", "--batch_size", "4", "--num_workers", "1",
-            "--no_progress"]  # fmt: skip
+    argv, four = _four_image_dino_argv(small_set, tmp_path, "gpu")
     assert main([*argv, "--decode", "gpu"]) == 0
     store = open_store(tmp_path / "gpu" / "dino.zarr")
     assert store.attrs["params"]["decode"] == "gpu" and "nvjpeg" in store.attrs["preprocessing"]
     assert store.attrs["params"]["resize"] == "gpu"
     assert not {"decode", "resize"} & set(open_store(generated / "dino.zarr").attrs["params"])
-    got = store.get_batch(four).astype(np.float32)
-    want = open_store(generated / "dino.zarr").get_batch(four).astype(np.float32)
-    stats = agreement(got, want)
-    assert within_tolerance(stats) and stats["mean_abs_diff"] < 0.01, stats
+    _assert_maps_match_the_workers_path(store, generated, four)
     capsys.readouterr()
     assert main(argv) == 2  # the CPU decoder's run refuses the GPU decoder's store
     assert "other parameters" in capsys.readouterr().err
@@ -320,25 +333,16 @@ def test_gpu_resize_is_a_defining_parameter_and_makes_pils_pixels(
     """--resize gpu (the default on CUDA) run on the CPU: the workers only decode, the main
     process resizes exactly as PIL; the maps are within the bf16 tolerance of the workers'
     resize (their pixels within 1 grey level), and the store records where the pixels were
-    resized. --resize cpu keeps today's store (same parameters: skipped as complete)."""
+    resized: a --resize cpu run refuses it, a --resize gpu run skips it as complete."""
     from attgmae.data import pil_exact
-    from attgmae.maps.agreement import agreement, within_tolerance
 
     monkeypatch.setattr(pil_exact, "FAST_DEVICE_TYPES", ("cuda", "cpu"))  # auto: gpu here
-    root, _, keys = small_set
-    four = keys[2:6]
-    argv = ["generate", str(root), "--out", str(tmp_path / "resize"), "--file_list",
-            str(write_file_list(tmp_path / "four.txt", four)), "--methods", "dino",
-            "--random_weights", "--device", "cpu", "--batch_size", "4", "--num_workers", "1",
-            "--no_progress"]  # fmt: skip
+    argv, four = _four_image_dino_argv(small_set, tmp_path, "resize")
     assert main(argv) == 0
     store = open_store(tmp_path / "resize" / "dino.zarr")
     assert store.attrs["params"]["resize"] == "gpu" and "decode" not in store.attrs["params"]
     assert "exactly" in store.attrs["preprocessing"]
-    got = store.get_batch(four).astype(np.float32)
-    want = open_store(generated / "dino.zarr").get_batch(four).astype(np.float32)
-    stats = agreement(got, want)
-    assert within_tolerance(stats) and stats["mean_abs_diff"] < 0.01, stats
+    _assert_maps_match_the_workers_path(store, generated, four)
     assert main([*argv, "--resize", "cpu"]) == 2  # never mixed with the workers' resize
     assert main([*argv, "--resize", "gpu"]) == 0  # complete with these parameters: skipped
 
