@@ -190,7 +190,8 @@ def main(argv=None) -> None:
         stage1_reads = DecodedImages(root, keys, on_device="decode")
         split = ImageSplit(root, keys, np.zeros(len(keys), np.int64), ["c"])
         evaluation = LabelledImages(split, EvalPixels())
-        evaluation_decodes = LabelledImages(split, DeviceEvalPixels())
+        device_eval = DeviceEvalPixels()
+        evaluation_decodes = LabelledImages(split, device_eval)
         joint, rng = JointTransform(224, "rrc"), np.random.default_rng(0)
         for job in (stage1, stage1_decodes, stage1_reads, evaluation, evaluation_decodes):
             job[0]  # imports and first-call costs, untimed
@@ -205,7 +206,7 @@ def main(argv=None) -> None:
                 "stage1 gpu resize": lambda i: collate_payloads([stage1_decodes[i]]),
                 "stage1 gpu decode": lambda i: collate_payloads([stage1_reads[i]]),
                 "eval new": lambda i: default_collate([evaluation[i]]),
-                "eval gpu resize": lambda i: DeviceEvalPixels.collate([evaluation_decodes[i]]),
+                "eval gpu resize": lambda i: device_eval.collate([evaluation_decodes[i]]),
                 "eval today": lambda i: default_collate([today_evaluation[i]]),
                 "eval torchvision only": lambda i: torchvision_only_eval(paths[i]),
                 "train new": lambda i: joint(decode_rgb(paths[i]), rng),

@@ -14,6 +14,7 @@ a batch, write the chunks they have whole, drop the rest and raise ``Preempted``
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
 from collections import deque
@@ -227,7 +228,10 @@ def _compute_plan(cfg, keys, labels, writers, computer, device, info, workers, p
         decoded_images(cfg.images_root, keys, on_device),
         batch_sampler=[rows.tolist() for _, rows in plan],
         num_workers=workers.loader_workers if plan else 0,
-        collate_fn=collate_payloads if on_device else collate_decoded,
+        collate_fn=(
+            functools.partial(collate_payloads, budget_bytes=workers.batch_bytes)
+            if on_device else collate_decoded
+        ),
         pin_memory=device.type == "cuda",
         prefetch_factor=workers.prefetch if plan and workers.loader_workers else None,
         worker_init_fn=ignore_stop_signals,  # the main process answers SIGTERM / SIGUSR1

@@ -140,6 +140,29 @@ def test_with_resize_gpu_the_workers_decode_and_the_device_makes_pils_pixels(ima
     assert (pixels.int() - cpu_pixels.int()).abs().max() <= 1
 
 
+def test_a_batch_over_its_budget_is_resized_by_the_workers_into_the_same_pixels(image_set):
+    """Over the budget /dev/shm was planned for, the worker resizes the largest decoded images
+    itself (PIL's resize: the device's pixels, bit for bit) until the batch fits; a JPEG's
+    bytes (--decode gpu) travel as they are."""
+    root, keys, kinds = image_set
+    items = list(DecodedImages(root, keys, on_device="resize"))
+    _, whole, reasons, _ = collate_payloads(items)
+    budget = whole.data.numel() // 2
+    _, fitted, _, _ = collate_payloads(items, budget_bytes=budget)
+    assert fitted.data.numel() <= budget and 0 < sum(fitted.ready) < len(keys) - 2
+    largest = sorted(range(len(keys)), key=lambda i: -(items[i][1] is not None and
+                                                       items[i][1].numel()))  # fmt: skip
+    assert fitted.ready == [i in largest[: sum(fitted.ready)] for i in range(len(keys))]
+    cpu = torch.device("cpu")
+    want, _ = device_pixels(whole, reasons, keys, cpu)
+    got, got_reasons = device_pixels(fitted, reasons, keys, cpu)
+    assert got_reasons == reasons and torch.equal(got, want)
+    jpegs = [item for item, key in zip(DecodedImages(root, keys, on_device="decode"), keys)
+             if kinds[key] == "bytes"]  # fmt: skip
+    sent = collate_payloads(jpegs, budget_bytes=1)[1]
+    assert sent.ready == [False] * len(jpegs) and all(len(s) == 1 for s in sent.shapes)
+
+
 def test_a_torchvision_that_cannot_decode_on_the_device_stops_the_run(monkeypatch):
     """Else each file would be refused and decoded by the CPU in the main process: slowly."""
     check_device_decoder(torch.device("cpu"))  # decodes there: no error

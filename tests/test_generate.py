@@ -347,6 +347,44 @@ def test_gpu_resize_is_a_defining_parameter_and_makes_pils_pixels(
     assert main([*argv, "--resize", "gpu"]) == 0  # complete with these parameters: skipped
 
 
+def test_a_batch_over_its_shm_budget_is_resized_by_its_worker_into_the_same_maps(
+    small_set, tmp_path, monkeypatch
+):
+    """--resize gpu with /dev/shm planned for 224 px images only (``item_bytes`` says so): a
+    batch of larger photos is over its budget, so the worker resizes them itself (PIL's pixels,
+    which the device makes too), and the maps equal those of the unbounded run."""
+    from PIL import Image
+
+    from attgmae.data import map_inputs, pil_exact
+    from attgmae.pipelines import generate_workers
+
+    root, _, keys = small_set
+    large = tmp_path / "large"
+    for key in keys[:4]:  # 320 x 240: larger than the 224 x 224 pixels they become
+        (large / key).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(root / key).resize((320, 240), Image.BICUBIC).save(large / key, quality=92)
+    monkeypatch.setattr(pil_exact, "FAST_DEVICE_TYPES", ("cuda", "cpu"))  # auto: gpu here
+
+    def run(out_name: str) -> np.ndarray:
+        assert main(["generate", str(large), "--out", str(tmp_path / out_name), "--methods",
+                     "dino", "--random_weights", "--device", "cpu", "--batch_size", "4",
+                     "--num_workers", "0", "--no_progress"]) == 0  # fmt: skip
+        return open_store(tmp_path / out_name / "dino.zarr").get_batch(keys[:4])
+
+    unbounded = run("unbounded")
+    resized = []
+    worker_resize = map_inputs.resized_in_worker  # spied on: --num_workers 0 collates here
+
+    def spy(payload):
+        resized.append(tuple(payload.shape))
+        return worker_resize(payload)
+
+    monkeypatch.setattr(map_inputs, "resized_in_worker", spy)
+    monkeypatch.setattr(generate_workers, "item_bytes", lambda cfg, keys: 224 * 224 * 3)
+    np.testing.assert_array_equal(run("bounded"), unbounded)
+    assert resized and set(resized) == {(240, 320, 3)}
+
+
 def test_cuda_backends_pick_the_same_algorithms_in_every_process():
     """cuDNN's autotuner may choose other kernels in a resumed run or another rank; off."""
     from attgmae.pipelines.generate import configure_cuda_backends

@@ -97,6 +97,27 @@ def test_a_packed_batch_gives_back_every_item_and_its_gaps():
     assert pack([None, None]).items() == [None, None]
 
 
+def test_a_batch_over_its_budget_has_its_largest_items_finished_first():
+    """Above the budget the largest items are replaced by their finished (smaller) form until
+    the batch fits, and only those are marked ready; an item that cannot be finished stays."""
+    sizes = [10, 1000, 50, None, 500, 700]
+    items = [None if n is None else torch.full((n,), i, dtype=torch.uint8)
+             for i, n in enumerate(sizes)]  # fmt: skip
+    finished = []
+
+    def finish(item):
+        finished.append(item.numel())
+        return None if item.numel() == 700 else item[:4].clone()  # 700: cannot be finished
+
+    batch = pack(items, budget_bytes=1200, finish=finish)
+    assert finished == [1000, 700, 500]  # 2260 -> 1264; the 700 one stays; -> 768
+    assert batch.ready == [False, True, False, False, True, False]
+    assert batch.data.numel() == 10 + 4 + 50 + 4 + 700 <= 1200
+    assert torch.equal(batch.items()[1], items[1][:4]) and torch.equal(batch.items()[5], items[5])
+    assert pack(items, budget_bytes=5000, finish=finish).ready == [False] * 6  # fits: untouched
+    assert pack(items).ready == [False] * 6 and len(finished) == 3
+
+
 def _pack_in_worker(items):
     batch = pack(items)
     return batch, batch.data.is_shared()  # made in shared memory: not copied again to send
@@ -113,9 +134,13 @@ def test_packed_batches_cross_from_loader_workers_as_one_buffer():
         assert (want is None and item is None) or torch.equal(want, item), i
 
 
-def test_the_device_evaluation_transform_through_a_loader_is_the_protocols_pixels(tmp_path):
+@pytest.mark.parametrize("budget", [None, 200 * 200 * 3])
+def test_the_device_evaluation_transform_through_a_loader_is_the_protocols_pixels(
+    tmp_path, monkeypatch, budget
+):
     """DeviceEvalPixels as the extraction runs it: the workers decode, the batch is packed,
-    the device (here the CPU) resizes and crops: eval_transform's pixels, bit for bit."""
+    the device (here the CPU) resizes and crops: eval_transform's pixels, bit for bit; also
+    when a small budget per image makes the workers crop the largest images themselves."""
     from attgmae.eval.features import ImageSplit, LabelledImages, make_loader
     from attgmae.eval.transforms import DeviceEvalPixels
 
@@ -127,12 +152,16 @@ def test_the_device_evaluation_transform_through_a_loader_is_the_protocols_pixel
         Image.fromarray(photo_like_image(rng, size)).save(tmp_path / keys[-1], quality=90)
     split = ImageSplit(tmp_path, keys, np.arange(len(keys)), ["c"])
     transform = DeviceEvalPixels(112, 128)
+    if budget is not None:
+        monkeypatch.setattr(transform, "BUDGET_ITEM_BYTES", budget)
     loader = make_loader(LabelledImages(split, transform), 4, 1, "cpu")
     protocol = eval_transform(112, 128)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    seen = []
+    seen, ready = [], []
     for packed, labels, rows in loader:
+        assert budget is None or packed.data.numel() <= len(rows) * budget
+        ready += packed.ready
         pixels = transform.on_device(packed, torch.device("cpu"))
         assert pixels.shape == (len(rows), 3, 112, 112) and pixels.dtype == torch.uint8
         for image, label, row in zip(pixels, labels.tolist(), rows.tolist()):
@@ -141,3 +170,4 @@ def test_the_device_evaluation_transform_through_a_loader_is_the_protocols_pixel
             np.testing.assert_array_equal(image.float().numpy(), want.numpy(), err_msg=keys[row])
             seen.append((row, label))
     assert seen == [(i, i) for i in range(len(keys))]
+    assert ready == ([False] * 5 if budget is None else [True, True, True, False, False])

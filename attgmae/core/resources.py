@@ -71,6 +71,7 @@ class WorkerPlan:
     pool_workers: int
     text: str  # one line for the log: the choice and why
     device_pool: bool = False  # the pool's job runs on the GPU (no pool processes)
+    batch_bytes: int | None = None  # what /dev/shm was planned for per batch (None: unplanned)
 
 
 def _shm_need(ranks: int, workers: int, prefetch: int | None, batch_bytes: int) -> int:
@@ -153,4 +154,4 @@ def plan_workers(loader_workers: int, pool_workers: int, *, uses_pool: bool, gpu
         f"{per_rank} of {cores} cores per rank ({ranks} rank(s) here); {shm}"
         f"{_split_note(costs, pool_workers, device_pool) if pooled else ''}"
     )
-    return WorkerPlan(loader_workers, prefetch, pool_workers, text, device_pool)
+    return WorkerPlan(loader_workers, prefetch, pool_workers, text, device_pool, batch_bytes)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -76,10 +77,23 @@ def worker_payload(data: bytes, name, jpeg_bytes: bool = True) -> torch.Tensor:
     return torch.from_numpy(writable(decode_rgb_bytes(data, name)))
 
 
+def resized_in_worker(payload: torch.Tensor) -> torch.Tensor | None:
+    """A worker's decoded payload (uint8 [H, W, 3]) as its final uint8 [224, 224, 3] pixels, by
+    PIL's own resize: the pixels ``device_pixels`` makes of it (``pil_exact`` is PIL's, bit for
+    bit), for a batch over its budget (``packed.pack``). None for a JPEG's bytes: they travel as
+    they are (nvjpeg decodes every plain JPEG of a ``--decode gpu`` store)."""
+    if payload.dim() != 3:
+        return None
+    image = Image.fromarray(payload.numpy())
+    resized = image.resize((MAP_INPUT_SIZE, MAP_INPUT_SIZE), Image.BILINEAR)
+    return torch.from_numpy(writable(np.asarray(resized)))
+
+
 def device_pixels(batch: PackedBatch, reasons: list, names: list[str], device) -> tuple:
     """A batch of ``worker_payload``s (no item where the worker failed, ``reasons`` saying why)
     -> (uint8 [B, 224, 224, 3] on ``device``, zeros where failed; the reasons, with those of
-    files that did not decode here added). ``names`` name the files in errors."""
+    files that did not decode here added). ``names`` name the files in errors. Items the
+    worker made final (``batch.ready``) are placed as they are."""
     reasons = list(reasons)
     size = (MAP_INPUT_SIZE, MAP_INPUT_SIZE)
     pixels = torch.zeros((len(batch), *size, 3), dtype=torch.uint8, device=device)
@@ -91,6 +105,9 @@ def device_pixels(batch: PackedBatch, reasons: list, names: list[str], device) -
     by_size: dict[tuple, list[tuple[int, torch.Tensor]]] = {}  # [3, H, W] -> (row, image)
     for i, payload in enumerate(on_host):
         if payload is None:
+            continue
+        if batch.ready[i]:  # resized by the worker (its batch was over the budget)
+            pixels[i] = on_device[i]
             continue
         if payload.dim() == 3:  # decoded by the worker
             chw = on_device[i].permute(2, 0, 1)

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from attgmae.core.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - part of the API
 from attgmae.core.constants import MAP_INPUT_SIZE as INPUT_SIZE
 from attgmae.core.identity import UNKNOWN, image_identity
-from attgmae.data.device_decode import worker_payload
+from attgmae.data.device_decode import resized_in_worker, worker_payload
 from attgmae.data.images import ImageDecodeError, decode_rgb_bytes, read_image_bytes, writable
 from attgmae.data.packed import pack
 from attgmae.data.pil_resize import torch_resize_like_pil
@@ -132,11 +132,13 @@ def collate_decoded(items):
     return rows, pixels, reasons, identities
 
 
-def collate_payloads(items):
+def collate_payloads(items, budget_bytes: int | None = None):
     """``collate_decoded`` of ``on_device`` items: the payloads packed in one buffer (no item
-    where failed), for ``device_decode.device_pixels``."""
+    where failed), for ``device_decode.device_pixels``; over ``budget_bytes`` (what /dev/shm was
+    planned for) the largest decoded images are resized here (``resized_in_worker``)."""
     rows, reasons, identities = _collate_records(items)
-    return rows, pack([item[1] for item in items]), reasons, identities
+    payloads = pack([item[1] for item in items], budget_bytes, resized_in_worker)
+    return rows, payloads, reasons, identities
 
 
 def _collate_records(items) -> tuple:

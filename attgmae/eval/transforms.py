@@ -115,17 +115,32 @@ class DeviceEvalPixels(EvalPixels):
     """``EvalPixels`` with the resize and crop on the device, PIL's pixels exactly: the loader
     workers only decode (``__call__``: the full-size uint8 [H, W, 3]), ``collate`` packs a
     batch into one buffer, ``on_device`` makes uint8 [B, 3, S, S] of it there, one resize per
-    image size (the float64 products of ``pil_exact``, fast on a GPU only)."""
+    image size (the float64 products of ``pil_exact``, fast on a GPU only).
+
+    A batch weighs what its photos weigh; above ``BUDGET_ITEM_BYTES`` an image on average, the
+    worker crops its largest images itself (``cropped_in_worker``: PIL's resize, the same
+    pixels), so /dev/shm and the device's copy stay bounded (``packed.pack``)."""
+
+    BUDGET_ITEM_BYTES = 1 << 20  # a 600 x 580 photo; ImageNet's images average ~0.4 MiB
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(writable(image))
 
-    @staticmethod
-    def collate(items) -> tuple[PackedBatch, torch.Tensor, torch.Tensor]:
+    def collate(self, items) -> tuple[PackedBatch, torch.Tensor, torch.Tensor]:
         """(image, label, row) items -> (packed images, labels [B], rows [B])."""
         labels = torch.tensor([item[1] for item in items], dtype=torch.int64)
         rows = torch.tensor([item[2] for item in items], dtype=torch.int64)
-        return pack([item[0] for item in items]), labels, rows
+        budget = len(items) * self.BUDGET_ITEM_BYTES
+        return pack([item[0] for item in items], budget, self.cropped_in_worker), labels, rows
+
+    def cropped_in_worker(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 [H, W, 3] -> its final uint8 [S, S, 3] by PIL's own Resize + CenterCrop: the
+        pixels ``on_device`` makes of it (``pil_exact`` is PIL's, bit for bit)."""
+        height, width = image.shape[:2]
+        out_width, out_height, top, left = self.layout(width, height)
+        resized = Image.fromarray(image.numpy()).resize((out_width, out_height), Image.BICUBIC)
+        crop = resized.crop((left, top, left + self.input_size, top + self.input_size))
+        return torch.from_numpy(writable(np.asarray(crop)))
 
     def on_device(self, batch: PackedBatch, device) -> torch.Tensor:
         images = batch.items(device)
@@ -133,7 +148,10 @@ class DeviceEvalPixels(EvalPixels):
         out = torch.empty((len(images), 3, crop, crop), dtype=torch.uint8, device=device)
         by_size: dict[tuple, list[int]] = {}
         for i, image in enumerate(images):
-            by_size.setdefault(tuple(image.shape), []).append(i)
+            if batch.ready[i]:  # cropped by the worker (its batch was over the budget)
+                out[i] = image.permute(2, 0, 1)
+            else:
+                by_size.setdefault(tuple(image.shape), []).append(i)
         for (height, width, _), rows in by_size.items():
             out_width, out_height, top, left = self.layout(width, height)
             same_size = torch.stack([images[i] for i in rows]).permute(0, 3, 1, 2)
