@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +49,12 @@ from machine import print_machine
 from photos import describe, photo_set
 from PIL import Image
 from threadpoolctl import threadpool_limits
-from timing import loader_throughput
+from timing import best_of_rounds, loader_throughput
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms.v2 import functional as F2
 
 from attgmae.core.resources import JobCosts, plan_workers
+from attgmae.data import packed
 from attgmae.data.images import decode_rgb
 from attgmae.data.map_inputs import DecodedImages, collate_decoded, collate_payloads
 from attgmae.data.pil_resize import torch_resize_like_pil
@@ -171,6 +173,71 @@ def eval_agreement(paths) -> tuple[float, float]:
     return float(max(d.max() for d in diffs)), float(np.mean([float(d.mean()) for d in diffs]))
 
 
+class TodayStage1(Dataset):
+    """Today's stage-1 dataset: ``DecodedImages``'s items made by ``today_stage1``."""
+
+    def __init__(self, root, keys):
+        self.paths = [Path(root) / key for key in keys]
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, row):
+        return row, today_stage1(self.paths[row]), None, (-1, -1)
+
+
+def loader_rate(dataset, collate, batch_size: int, kept_buffers: int) -> float:
+    """img/s of a one-worker DataLoader whose main process copies each batch's pixels out (as
+    the pin thread or the CPU device does) and releases a packed batch; ``kept_buffers`` 0: a
+    fresh shared-memory segment a batch (before the kept buffers)."""
+    packed.KEPT_BUFFERS, default = kept_buffers, packed.KEPT_BUFFERS  # the fork inherits it
+    try:
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=1, collate_fn=collate,
+                            prefetch_factor=4)  # fmt: skip
+        batches = iter(loader)
+        _sent(next(batches))  # the worker's start-up, untimed
+        started = time.perf_counter()
+        images = sum(_sent(batch) for batch in batches)
+        return images / (time.perf_counter() - started)
+    finally:
+        packed.KEPT_BUFFERS = default
+
+
+def _sent(batch) -> int:
+    """Copy a batch's pixels out (releasing a packed batch) -> its images."""
+    sent = next((p for p in batch if isinstance(p, packed.PackedBatch)), None)
+    if sent is None:  # collate_decoded's (rows, pixels, ...)
+        batch[1].clone()
+        return len(batch[1])
+    sent.data.clone()
+    sent.release()
+    return len(sent)
+
+
+def loader_rates(root, keys, split, rounds: int, batch_size: int = 16) -> dict[str, float]:
+    """{'<payload> kept' / '<payload> fresh': img/s} of ``loader_rate`` for the three packed
+    payloads, kept buffers against a fresh segment a batch, and 'stage1 today' (PIL's decode
+    and resize, the DataLoader's own transfer), alternating rounds."""
+    repeated = keys * max(1, 384 // len(keys))  # enough batches to time (cached reads)
+    decodes = DecodedImages(root, repeated, on_device="resize")
+    budget = batch_size * max(int(np.prod(decodes[i][1].shape)) for i in range(len(keys)))
+    device_eval = DeviceEvalPixels()
+    repeated_split = ImageSplit(root, repeated, np.zeros(len(repeated), np.int64),
+                                split.class_names)  # fmt: skip
+    jobs = {
+        "stage1 --resize gpu": (decodes, partial(collate_payloads, budget_bytes=budget)),
+        "stage1 --decode gpu": (DecodedImages(root, repeated, on_device="decode"),
+                                collate_payloads),
+        "eval device resize": (LabelledImages(repeated_split, device_eval), device_eval.collate),
+    }  # fmt: skip
+    measures = {"stage1 today": partial(
+        loader_rate, TodayStage1(root, repeated), collate_decoded, batch_size, 0)}  # fmt: skip
+    for name, (dataset, collate) in jobs.items():
+        for label, kept in (("kept", packed.KEPT_BUFFERS), ("fresh", 0)):
+            measures[f"{name} {label}"] = partial(loader_rate, dataset, collate, batch_size, kept)
+    return best_of_rounds(measures, rounds)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=48, help="photo-like JPEGs, 400 x 390")
@@ -213,6 +280,7 @@ def main(argv=None) -> None:
                 "train today": lambda i: joint(today_decode(paths[i]), rng),
                 "eigensolve": eigensolve_job(len(paths)),
             }, len(paths), args.rounds)  # fmt: skip
+        loaders = loader_rates(root, keys, split, max(3, args.rounds // 2))
         worst, mean = stage1_agreement(stage1, paths)
         eval_worst, eval_mean = eval_agreement(paths)
         # what each job's item weighs on its way out of the worker
@@ -266,6 +334,16 @@ def main(argv=None) -> None:
         figure(f"cpu {label} incl. transfer / today", sent[name] / today_sent, "x",
                note=f"{sent[name]:.0f} vs {today_sent:.0f} img/s per core, each job's "
                "item also written into /dev/shm as a worker sends it")  # fmt: skip
+
+    for name in ("stage1 --resize gpu", "stage1 --decode gpu", "eval device resize"):
+        kept, fresh = loaders[f"{name} kept"], loaders[f"{name} fresh"]
+        figure(f"loader {name} kept buffers / fresh", kept / fresh, "x",
+               note=f"one worker: {kept:.0f} vs {fresh:.0f} img/s, the main process copying "
+               "each batch out and releasing it; fresh: a /dev/shm segment a batch")  # fmt: skip
+    today_loader, resize_loader = loaders["stage1 today"], loaders["stage1 --resize gpu kept"]
+    figure("loader stage1 --resize gpu kept buffers / today", resize_loader / today_loader, "x",
+           note=f"one worker each, as above; today's {today_loader:.0f} img/s (PIL's decode "
+           "and resize, the DataLoader's own collate and transfer)")  # fmt: skip
 
     # 16-core ceilings: stage 1 with TokenCut, split by plan_workers from the measured costs.
     costs = JobCosts(1 / rates["stage1 new"], 1 / rates["eigensolve"])

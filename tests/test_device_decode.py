@@ -5,14 +5,16 @@ pixels of nvjpeg itself are measured on the GPU by benchmarks/generate.py)."""
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from attgmae.core.errors import InputError
-from attgmae.data import device_decode
+from attgmae.data import device_decode, packed
 from attgmae.data.device_decode import check_device_decoder, device_pixels, worker_payload
 from attgmae.data.images import (
     ImageDecodeError,
@@ -173,3 +175,51 @@ def test_a_torchvision_that_cannot_decode_on_the_device_stops_the_run(monkeypatc
     monkeypatch.setattr(device_decode, "jpeg_decoder", lambda: without_nvjpeg)
     with pytest.raises(InputError, match="not compiled with nvJPEG.*use --decode cpu"):
         check_device_decoder(torch.device("cpu"))
+
+
+def _payloads_and_buffers(items):
+    """A worker's collate that also says how many buffers its worker keeps."""
+    return *collate_payloads(items), len(packed._kept.get(os.getpid(), []))
+
+
+def test_workers_reuse_each_buffer_the_device_has_released_and_no_other(image_set, monkeypatch):
+    """Batches out of a real worker, turned into pixels by ``device_pixels`` (which releases
+    each): the same pixels as in one process, with fewer buffers than batches; and batches
+    the main process holds unreleased are never written over."""
+    root, keys, _ = image_set
+    monkeypatch.setattr(packed, "KEPT_BUFFERS", 3)  # prefetch 2 + the one held (forks inherit it)
+    dataset = DecodedImages(root, keys, on_device="resize")
+    cpu = torch.device("cpu")
+    want, want_reasons = device_pixels(*collate_payloads(list(dataset))[1:3], keys, cpu)
+    loader = DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=_payloads_and_buffers)
+    kept, start = [], 0
+    for rows, batch, reasons, _, buffers in loader:
+        assert batch.held is not None and int(batch.held[0]) == 1  # out of its worker
+        flag = batch.held
+        pixels, reasons = device_pixels(batch, reasons, [keys[r] for r in rows], cpu)
+        assert int(flag[0]) == 0 and batch.data.numel() == 0  # given back, not readable
+        assert torch.equal(pixels, want[start : start + len(rows)])
+        assert reasons == want_reasons[start : start + len(rows)]
+        kept, start = kept + [buffers], start + len(rows)
+    assert len(kept) == 5 and max(kept) == 3  # 9 images, 5 batches, all in the 3 kept buffers
+    held = [batch for _, batch, *_ in loader]  # nothing released
+    assert [b.held is not None for b in held] == [True] * 3 + [False] * 2  # past them: fresh
+    got = torch.cat([device_pixels(b, [None] * len(b), ["?"] * len(b), cpu)[0] for b in held])
+    ok = [reason is None for reason in want_reasons]
+    assert torch.equal(got[ok], want[ok])
+
+
+def test_pinning_a_batch_gives_its_buffer_back(monkeypatch):
+    """The DataLoader's pin thread copies a batch into pinned memory: the copy is what the
+    device reads, so the worker's buffer is released at once."""
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *args: self.clone())
+    items = [torch.full((4, 3, 3), i, dtype=torch.uint8) for i in range(3)]
+    batch = pack(items)
+    batch.held = flag = torch.ones(1, dtype=torch.uint8)
+    pinned = batch.pin_memory()
+    assert int(flag[0]) == 0 and pinned.held is None and batch.data.numel() == 0
+    assert all(torch.equal(a, b) for a, b in zip(pinned.items(), items))
+    with pytest.raises(RuntimeError):
+        batch.items()  # released: its views are gone
+    pinned.release()  # memory of its own: nothing to give back, still readable
+    assert all(torch.equal(a, b) for a, b in zip(pinned.items(), items))

@@ -162,7 +162,9 @@ def test_the_device_evaluation_transform_through_a_loader_is_the_protocols_pixel
     for packed, labels, rows in loader:
         assert budget is None or packed.data.numel() <= len(rows) * budget
         ready += packed.ready
+        held = packed.held  # the worker's kept buffer, out of the worker
         pixels = transform.on_device(packed, torch.device("cpu"))
+        assert int(held[0]) == 0  # given back once the pixels are made
         assert pixels.shape == (len(rows), 3, 112, 112) and pixels.dtype == torch.uint8
         for image, label, row in zip(pixels, labels.tolist(), rows.tolist()):
             with Image.open(tmp_path / keys[row]) as pil:

@@ -93,7 +93,7 @@ def device_pixels(batch: PackedBatch, reasons: list, names: list[str], device) -
     """A batch of ``worker_payload``s (no item where the worker failed, ``reasons`` saying why)
     -> (uint8 [B, 224, 224, 3] on ``device``, zeros where failed; the reasons, with those of
     files that did not decode here added). ``names`` name the files in errors. Items the
-    worker made final (``batch.ready``) are placed as they are."""
+    worker made final (``batch.ready``) are placed as they are. The batch is released."""
     reasons = list(reasons)
     size = (MAP_INPUT_SIZE, MAP_INPUT_SIZE)
     pixels = torch.zeros((len(batch), *size, 3), dtype=torch.uint8, device=device)
@@ -125,6 +125,7 @@ def device_pixels(batch: PackedBatch, reasons: list, names: list[str], device) -
         rows = [i for i, _ in group]
         same_size = torch.stack([chw for _, chw in group])  # [n, 3, H, W]
         pixels[rows] = resize_like_pil(same_size, size, Image.BILINEAR).permute(0, 2, 3, 1)
+    batch.release()  # every item is copied out: its worker may reuse the buffer
     return pixels, reasons
 
 

@@ -143,6 +143,7 @@ class DeviceEvalPixels(EvalPixels):
         return torch.from_numpy(writable(np.asarray(crop)))
 
     def on_device(self, batch: PackedBatch, device) -> torch.Tensor:
+        """A ``collate``d batch -> uint8 [B, 3, S, S] on ``device``; the batch is released."""
         images = batch.items(device)
         crop = self.input_size
         out = torch.empty((len(images), 3, crop, crop), dtype=torch.uint8, device=device)
@@ -158,6 +159,7 @@ class DeviceEvalPixels(EvalPixels):
             out[rows] = resize_crop_like_pil(
                 same_size, (out_height, out_width), Image.BICUBIC, (top, left, crop, crop)
             )
+        batch.release()  # every image is copied out: its worker may reuse the buffer
         return out
 
     def __repr__(self) -> str:
